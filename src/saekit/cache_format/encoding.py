@@ -1,0 +1,79 @@
+"""Storage encodings of activations and gradients (torch in, numpy out, and back).
+
+Activations are kept as float16, float32, or bfloat16 bits in a uint16 array (zarr has no
+bfloat16 dtype). Gradients of an LM loss are tiny (median ~1e-4) and about half their elements
+sit below float16's normal range, so float16 gradients are multiplied per row by a power of two
+that puts the row's largest magnitude in [2^14, 2^15) and the factor is stored beside them:
+`gradient = stored / gradient_scale`. The scaling is exact (a power of two), cannot overflow and
+keeps every row at full float16 precision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from saekit.errors import SaekitError
+
+FLOAT16_MAX = 65504.0
+_TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# Largest |g| of a row is scaled into [2**_SCALED_EXPONENT, 2**(_SCALED_EXPONENT + 1)).
+_SCALED_EXPONENT = 14
+
+
+def _check_finite(x_RD: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(x_RD).all()):
+        bad = (~torch.isfinite(x_RD)).any(dim=-1).nonzero().flatten()[:5].tolist()
+        raise SaekitError(
+            f"{what} contain NaN or Inf (rows {bad} of the block); nothing was written"
+        )
+
+
+def encode_activations(x_RD: torch.Tensor, logical_dtype: str) -> np.ndarray:
+    """Activations of any float dtype and device -> numpy array in the storage dtype."""
+    _check_finite(x_RD, "activations")
+    if logical_dtype == "float16" and float(x_RD.abs().max()) > FLOAT16_MAX:
+        raise SaekitError(
+            "activations exceed the float16 range (65504); harvest into a new store with "
+            "--dtype bfloat16 or --dtype float32"
+        )
+    converted = x_RD.detach().to(_TORCH_DTYPES[logical_dtype])
+    if logical_dtype == "bfloat16":
+        converted = converted.view(torch.int16)
+    array = converted.cpu().numpy()
+    return array.view(np.uint16) if logical_dtype == "bfloat16" else array
+
+
+def decode_activations(raw_RD: torch.Tensor, logical_dtype: str) -> torch.Tensor:
+    """Stored activations (as a torch tensor of the storage dtype) -> float32."""
+    if logical_dtype == "bfloat16":
+        return raw_RD.view(torch.bfloat16).float()
+    return raw_RD.float()
+
+
+def as_torch(array: np.ndarray) -> torch.Tensor:
+    """Wrap a numpy array without copying; uint16 (bfloat16 bits) becomes int16 of the same bits."""
+    if array.dtype == np.uint16:
+        array = array.view(np.int16)
+    return torch.from_numpy(array)
+
+
+def encode_gradients(g_RD: torch.Tensor, encoding: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Gradients -> (stored values, per-row scale or None for float32 storage)."""
+    _check_finite(g_RD, "gradients")
+    g_RD = g_RD.detach().float()
+    if encoding == "float32":
+        return g_RD.cpu().numpy(), None
+    amax_R = g_RD.abs().amax(dim=-1)
+    _, exponent_R = torch.frexp(amax_R)  # amax = mantissa * 2**exponent, mantissa in [0.5, 1)
+    shift_R = torch.where(amax_R > 0, _SCALED_EXPONENT + 1 - exponent_R, 0).clamp(-126, 126)
+    scale_R = torch.ldexp(torch.ones_like(amax_R), shift_R)
+    values_RD = (g_RD * scale_R[:, None]).to(torch.float16)
+    return values_RD.cpu().numpy(), scale_R.cpu().numpy()
+
+
+def decode_gradients(values_RD: torch.Tensor, scale_R: torch.Tensor | None) -> torch.Tensor:
+    """Stored gradients (and their per-row scale) -> float32."""
+    if scale_R is None:
+        return values_RD.float()
+    return values_RD.float() / scale_R[:, None]

@@ -1,0 +1,211 @@
+"""Read-only access to a store's committed rows, from a local path or an fsspec URL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import zarr
+import zarr.errors
+from zarr.core.buffer.cpu import NDBuffer
+
+from saekit.cache_format import encoding, schema
+from saekit.cache_format.location import zarr_store
+from saekit.cache_format.schema import StoreSpec
+from saekit.errors import SaekitError
+
+Split = Literal["train", "holdout", "all"]
+SPLITS: tuple[Split, ...] = ("train", "holdout", "all")
+ROW_FIELDS = (schema.TOKENS, schema.SEQUENCE, schema.POSITION, schema.LOSS)
+HOOK_FIELDS = (schema.ACTIVATIONS, schema.GRADIENTS)
+ROW_INDEX = "row"  # a field computed on read: the row's index in the store
+
+
+class ActivationStore:
+    """A store opened read-only. Only committed rows are visible; nothing is ever written."""
+
+    def __init__(self, location: str | Path, group: zarr.Group, attrs: dict[str, Any]) -> None:
+        self.location = str(location)
+        self.attrs = attrs
+        self.spec = StoreSpec.from_attrs(attrs)
+        self.n_rows_committed = int(attrs["n_rows_committed"])
+        self._arrays: dict[str, zarr.Array] = {}
+        for path in schema.array_plan(self.spec):
+            try:
+                array = group[path]
+            except KeyError:
+                raise SaekitError(
+                    f"store {location} has no array '{path}'; the store is damaged, "
+                    "harvest it again"
+                ) from None
+            if array.shape[0] < self.n_rows_committed:
+                raise SaekitError(
+                    f"array '{path}' of {location} holds {array.shape[0]} rows but "
+                    f"{self.n_rows_committed} are committed; the store is damaged"
+                )
+            self._arrays[path] = array
+
+    @classmethod
+    def open(
+        cls, location: str | Path, storage_options: dict[str, Any] | None = None
+    ) -> ActivationStore:
+        """Open a store read-only (local path, file://, memory://, http(s)://, s3://, gs://...)."""
+        try:
+            store = zarr_store(location, read_only=True, storage_options=storage_options)
+            group = zarr.open_group(store, mode="r", zarr_format=3)
+        except (FileNotFoundError, NotADirectoryError, zarr.errors.BaseZarrError, ValueError):
+            raise SaekitError(
+                f"{location} is not a saekit activation store; check the path"
+            ) from None
+        except ImportError as error:  # fsspec names the package a protocol needs
+            raise SaekitError(f"cannot open {location}: {error}") from None
+        attrs = schema.check_format(dict(group.attrs), location)
+        if not attrs.get("initialized"):
+            raise SaekitError(
+                f"store {location} was interrupted while being created; re-run the command "
+                "that writes it"
+            )
+        return cls(location, group, attrs)
+
+    # -- description -------------------------------------------------------------------------
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.spec.hooks)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete", False))
+
+    def resolve_hook(self, hook: str | None) -> str:
+        """`hook`, checked against the store; None picks the store's only hook."""
+        if hook is None:
+            if len(self.hooks) != 1:
+                raise SaekitError(f"store has hooks {self.hooks}; choose one with --hook")
+            return self.hooks[0]
+        if hook not in self.spec.hooks:
+            raise SaekitError(f"store {self.location} has no hook '{hook}'; it has {self.hooks}")
+        return hook
+
+    def has_gradients(self, hook: str | None) -> bool:
+        return self.spec.hooks[self.resolve_hook(hook)].gradients
+
+    def require_gradients(self, hook: str | None) -> None:
+        """Raise a clear error when the store keeps no gradients for `hook`."""
+        if not self.has_gradients(hook):
+            raise SaekitError(
+                f"store {self.location} has no gradients for {self.resolve_hook(hook)}; harvest "
+                "without --no-gradients to train gradient-based SAEs"
+            )
+
+    def ranges(self, split: Split) -> list[tuple[int, int]]:
+        """Committed row ranges of a split; held-out rows are the first `holdout_rows` rows."""
+        n = self.n_rows_committed
+        holdout = min(self.spec.layout.holdout_rows, n)
+        spans = {"all": (0, n), "holdout": (0, holdout), "train": (holdout, n)}
+        start, stop = spans[split]
+        return [(start, stop)] if stop > start else []
+
+    def n_rows(self, split: Split) -> int:
+        return sum(stop - start for start, stop in self.ranges(split))
+
+    def array(self, path: str) -> zarr.Array:
+        """The zarr array at `path` (for integrity checks and plain-zarr access)."""
+        return self._arrays[path]
+
+    @property
+    def array_paths(self) -> list[str]:
+        return list(self._arrays)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def fields_to_arrays(self, fields: Sequence[str], hook: str | None = None) -> dict[str, str]:
+        """Raw output name -> array path for the fields asked (gradients add their scale)."""
+        paths: dict[str, str] = {}
+        for name in fields:
+            if name in ROW_FIELDS:
+                paths[name] = name
+            elif name in HOOK_FIELDS:
+                paths.update(self._hook_paths(name, hook))
+            elif name != ROW_INDEX:
+                raise ValueError(f"unknown field {name!r}")
+        return paths
+
+    def read(
+        self,
+        fields: Sequence[str],
+        start: int,
+        stop: int,
+        hook: str | None = None,
+        out: dict[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Raw stored values of rows [start, stop) (storage dtypes; gradients not yet descaled).
+
+        With `out`, stored values are read straight into those arrays (one per raw name, of the
+        rows' shape and storage dtype) instead of new ones; the `row` field is always new.
+        """
+        if not 0 <= start <= stop <= self.n_rows_committed:
+            raise ValueError(f"rows [{start}, {stop}) are not committed")
+        result: dict[str, np.ndarray] = {}
+        if ROW_INDEX in fields:
+            result[ROW_INDEX] = np.arange(start, stop, dtype=np.int64)
+        for name, path in self.fields_to_arrays(fields, hook).items():
+            array = self._arrays[path]
+            if out is None:
+                result[name] = array[start:stop]
+            else:
+                array.get_basic_selection(
+                    slice(start, stop), out=NDBuffer.from_numpy_array(out[name])
+                )
+                result[name] = out[name]
+        return result
+
+    def raw_layout(self, fields: Sequence[str], hook: str | None = None) -> dict[str, tuple]:
+        """Raw output name -> (row shape, numpy dtype) of what `read(fields)` returns."""
+        layout = {ROW_INDEX: ((), np.dtype(np.int64))} if ROW_INDEX in fields else {}
+        for name, path in self.fields_to_arrays(fields, hook).items():
+            array = self._arrays[path]
+            layout[name] = (array.shape[1:], array.dtype)
+        return layout
+
+    def _hook_paths(self, name: str, hook: str | None) -> dict[str, str]:
+        hook = self.resolve_hook(hook)
+        if name == schema.ACTIVATIONS:
+            return {name: schema.hook_array_path(hook, name)}
+        self.require_gradients(hook)
+        paths = {name: schema.hook_array_path(hook, name)}
+        if self.spec.gradient_encoding == "scaled-float16":
+            paths[schema.GRADIENT_SCALE] = schema.hook_array_path(hook, schema.GRADIENT_SCALE)
+        return paths
+
+    def decode(
+        self, raw: dict[str, np.ndarray | torch.Tensor], device: str | torch.device = "cpu"
+    ) -> dict[str, torch.Tensor]:
+        """Raw values (numpy or already-moved tensors) -> float32 activations and gradients."""
+        tensors = {
+            name: (encoding.as_torch(v) if isinstance(v, np.ndarray) else v).to(device)
+            for name, v in raw.items()
+        }
+        out: dict[str, torch.Tensor] = {}
+        for name, tensor in tensors.items():
+            if name == schema.ACTIVATIONS:
+                out[name] = encoding.decode_activations(tensor, self.spec.activation_dtype)
+            elif name == schema.GRADIENTS:
+                out[name] = encoding.decode_gradients(tensor, tensors.get(schema.GRADIENT_SCALE))
+            elif name != schema.GRADIENT_SCALE:
+                out[name] = tensor
+        return out
+
+    def read_tensors(
+        self,
+        fields: Sequence[str],
+        start: int,
+        stop: int,
+        hook: str | None = None,
+        device: str | torch.device = "cpu",
+    ) -> dict[str, torch.Tensor]:
+        """Rows [start, stop) as tensors, activations and gradients decoded to float32."""
+        return self.decode(self.read(fields, start, stop, hook), device)

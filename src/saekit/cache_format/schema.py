@@ -1,0 +1,266 @@
+"""The store's names, attributes and geometry: format v1 in one place.
+
+A store is a Zarr v3 group. Every row array has one row per token, the same length and the same
+chunk length. Rows are written and committed in *blocks* of whole chunks; rows inside a block are
+permuted (separately for the held-out and the training part) so that a chunk mixes many sequences.
+`docs/cache-format.md` is the human-readable version of this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from saekit.errors import SaekitError
+
+FORMAT_NAME = "saekit.activation-store"
+FORMAT_VERSION = 1
+
+# Per-row arrays at the root of the group: name -> (numpy dtype, fill value of unwritten rows).
+TOKENS = "tokens"
+SEQUENCE = "sequence"
+POSITION = "position"
+LOSS = "loss"
+ROW_COLUMNS: dict[str, tuple[str, int | float]] = {
+    TOKENS: ("int32", -1),
+    SEQUENCE: ("int64", -1),
+    POSITION: ("int32", -1),
+    LOSS: ("float32", float("nan")),
+}
+
+# Per-hook arrays, under hooks/<hook>/.
+ACTIVATIONS = "activations"
+GRADIENTS = "gradients"
+GRADIENT_SCALE = "gradient_scale"
+
+ACTIVATION_DTYPES = ("float16", "bfloat16", "float32")
+# zarr has no bfloat16: bfloat16 activations are kept as their raw bits in a uint16 array.
+ACTIVATION_STORAGE_DTYPES = {"float16": "float16", "bfloat16": "uint16", "float32": "float32"}
+BFLOAT16_NAN_BITS = 0x7FC0
+
+ROW_SHUFFLE_RULE = (
+    "rows of each block are permuted, the held-out part and the training part separately, "
+    "by numpy.random.default_rng([seed, block_index]).permutation"
+)
+
+
+def hook_array_path(hook: str, array: str) -> str:
+    """Path of a per-hook array, e.g. `hooks/blocks.7.hook_resid_post/gradients`."""
+    return f"hooks/{hook}/{array}"
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    """One hook point stored in the store: its width and whether gradients are kept."""
+
+    d: int
+    gradients: bool = True
+
+
+@dataclass(frozen=True)
+class Block:
+    """A write-and-commit unit: rows [start, stop) of the store."""
+
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def n_rows(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Row geometry of a store.
+
+    `capacity_rows` is None when the writer does not know the final size in advance (arrays then
+    grow block by block). Held-out rows are the first `holdout_rows` rows of the store, so the
+    split is fixed before the end of the data is known.
+    """
+
+    rows_per_chunk: int = 8192
+    chunks_per_block: int = 16
+    holdout_rows: int = 0
+    capacity_rows: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rows_per_chunk <= 0 or self.chunks_per_block <= 0:
+            raise ValueError("rows_per_chunk and chunks_per_block must be positive")
+        if self.holdout_rows < 0:
+            raise ValueError("holdout_rows must be >= 0")
+        if self.capacity_rows is not None and self.capacity_rows < self.holdout_rows:
+            raise ValueError("capacity_rows must be at least holdout_rows")
+
+    @property
+    def rows_per_block(self) -> int:
+        return self.rows_per_chunk * self.chunks_per_block
+
+    def block(self, index: int) -> Block:
+        """The rows of block `index`, clipped to the capacity when it is known."""
+        start = index * self.rows_per_block
+        stop = start + self.rows_per_block
+        if self.capacity_rows is not None:
+            stop = min(stop, self.capacity_rows)
+        return Block(index, start, stop)
+
+    @property
+    def n_blocks(self) -> int | None:
+        if self.capacity_rows is None:
+            return None
+        return -(-self.capacity_rows // self.rows_per_block)
+
+    def row_permutation(self, block: Block) -> np.ndarray:
+        """Stored row i of `block` holds stream row `block.start + permutation[i]`."""
+        rng = np.random.default_rng([self.seed, block.index])
+        split = min(max(self.holdout_rows - block.start, 0), block.n_rows)
+        holdout_part = rng.permutation(split)
+        train_part = split + rng.permutation(block.n_rows - split)
+        return np.concatenate([holdout_part, train_part])
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {
+            "rows_per_chunk": self.rows_per_chunk,
+            "rows_per_block": self.rows_per_block,
+            "holdout_rows": self.holdout_rows,
+            "capacity_rows": self.capacity_rows,
+            "seed": self.seed,
+            "row_shuffle": ROW_SHUFFLE_RULE,
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> StoreLayout:
+        return cls(
+            rows_per_chunk=attrs["rows_per_chunk"],
+            chunks_per_block=attrs["rows_per_block"] // attrs["rows_per_chunk"],
+            holdout_rows=attrs["holdout_rows"],
+            capacity_rows=attrs["capacity_rows"],
+            seed=attrs["seed"],
+        )
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Everything that fixes a store's content: layout, hooks, storage dtype and producer identity.
+
+    `identity` holds the producer's settings that determine the rows (model, dataset, context
+    size, ...): resuming a store with a different identity is refused. `provenance` is descriptive
+    only (command line, times, versions) and may differ between runs that resume one store.
+    """
+
+    layout: StoreLayout
+    hooks: dict[str, HookSpec]
+    activation_dtype: str = "float16"
+    identity: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.activation_dtype not in ACTIVATION_DTYPES:
+            raise ValueError(f"activation_dtype must be one of {ACTIVATION_DTYPES}")
+        if not self.hooks:
+            raise ValueError("a store needs at least one hook")
+
+    @property
+    def gradient_encoding(self) -> str:
+        """float32 stores keep float32 gradients; the others keep float16 scaled per row."""
+        return "float32" if self.activation_dtype == "float32" else "scaled-float16"
+
+    def fixed_attrs(self) -> dict[str, Any]:
+        """The attributes that must match for a writer to resume this store."""
+        return {
+            "layout": self.layout.to_attrs(),
+            "activation_dtype": self.activation_dtype,
+            "hooks": {name: dataclasses.asdict(h) for name, h in self.hooks.items()},
+            "identity": self.identity,
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> StoreSpec:
+        return cls(
+            layout=StoreLayout.from_attrs(attrs["layout"]),
+            hooks={name: HookSpec(**h) for name, h in attrs["hooks"].items()},
+            activation_dtype=attrs["activation_dtype"],
+            identity=attrs.get("identity", {}),
+            provenance=attrs.get("provenance", {}),
+        )
+
+
+def differences(stored: Any, wanted: Any, prefix: str = "") -> list[str]:
+    """Human-readable list of the settings where two (nested) attribute dicts differ."""
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        out: list[str] = []
+        for key in sorted(set(stored) | set(wanted), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            out += differences(stored.get(key), wanted.get(key), name)
+        return out
+    if _normalise(stored) == _normalise(wanted):
+        return []
+    return [f"{prefix or 'value'} (store: {stored!r}, now: {wanted!r})"]
+
+
+def _normalise(value: Any) -> Any:
+    """JSON round trips turn tuples into lists; compare them as equal."""
+    if isinstance(value, tuple | list):
+        return [_normalise(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class ArrayPlan:
+    """How one array of the store is laid out: the shape of a row, dtype, fill and attributes."""
+
+    row_shape: tuple[int, ...]
+    dtype: str
+    fill: float | int
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def array_plan(spec: StoreSpec) -> dict[str, ArrayPlan]:
+    """Every array a store with this spec holds, by path."""
+    plan = {name: ArrayPlan((), dtype, fill) for name, (dtype, fill) in ROW_COLUMNS.items()}
+    bf16 = spec.activation_dtype == "bfloat16"
+    scaled = spec.gradient_encoding == "scaled-float16"
+    for hook, hook_spec in spec.hooks.items():
+        plan[hook_array_path(hook, ACTIVATIONS)] = ArrayPlan(
+            (hook_spec.d,),
+            ACTIVATION_STORAGE_DTYPES[spec.activation_dtype],
+            BFLOAT16_NAN_BITS if bf16 else float("nan"),
+            {"logical_dtype": spec.activation_dtype},
+        )
+        if not hook_spec.gradients:
+            continue
+        plan[hook_array_path(hook, GRADIENTS)] = ArrayPlan(
+            (hook_spec.d,),
+            "float16" if scaled else "float32",
+            float("nan"),
+            {
+                "encoding": spec.gradient_encoding,
+                "decode": "gradients / gradient_scale[:, None]" if scaled else "gradients",
+            },
+        )
+        if scaled:
+            plan[hook_array_path(hook, GRADIENT_SCALE)] = ArrayPlan(
+                (), "float32", float("nan"), {"meaning": "power of two the row was multiplied by"}
+            )
+    return plan
+
+
+def check_format(attrs: dict | None, location: str | Path) -> dict:
+    """Return the attributes if they describe a store this saekit can read, else raise."""
+    if attrs is None or attrs.get("format") != FORMAT_NAME:
+        raise SaekitError(
+            f"{location} is not a saekit activation store (no '{FORMAT_NAME}' format "
+            "attribute); check the path"
+        )
+    version = attrs.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise SaekitError(
+            f"{location} uses store format version {version}, newer than the {FORMAT_VERSION} "
+            "this saekit reads; upgrade saekit"
+        )
+    return attrs

@@ -1,0 +1,84 @@
+"""Full integrity check of a store's committed rows: every chunk's checksum and its values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+from zarr.core.sync import sync
+
+from saekit.cache_format import schema
+from saekit.cache_format.reader import ActivationStore
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad chunk: which array, which chunk, which rows, and what is wrong."""
+
+    array: str
+    chunk: int
+    start: int
+    stop: int
+    message: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.array} chunk {self.chunk} (rows {self.start}-{self.stop - 1}): {self.message}"
+        )
+
+
+def _value_problem(path: str, values: np.ndarray) -> str | None:
+    """What is impossible about a committed chunk's values, or None. Fill values mean unwritten."""
+    name = path.rsplit("/", 1)[-1]
+    if name in (schema.TOKENS, schema.SEQUENCE, schema.POSITION):
+        return "negative values (unwritten rows?)" if (values < 0).any() else None
+    if name == schema.LOSS:  # NaN is legitimate: the last position predicts nothing
+        return "infinite loss values" if np.isinf(values).any() else None
+    if values.dtype == np.uint16:  # bfloat16 bits: NaN when the exponent is all ones
+        return "NaN values (unwritten rows?)" if ((values & 0x7F80) == 0x7F80).any() else None
+    if not np.isfinite(values).all():
+        return "NaN or Inf values (unwritten rows?)"
+    if name == schema.GRADIENT_SCALE and (values <= 0).any():
+        return "non-positive gradient scales"
+    return None
+
+
+def _chunk_exists(array: zarr.Array, index: int) -> bool:
+    key = array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))
+    return sync(array.store_path.store.exists(f"{array.path}/{key}"))
+
+
+def chunks_to_check(store: ActivationStore) -> Iterator[tuple[str, int, int, int]]:
+    """(array path, chunk index, first row, end row) of every chunk holding committed rows."""
+    chunk = store.spec.layout.rows_per_chunk
+    for path in store.array_paths:
+        for index, start in enumerate(range(0, store.n_rows_committed, chunk)):
+            yield path, index, start, min(start + chunk, store.n_rows_committed)
+
+
+def verify_store(
+    store: ActivationStore,
+    on_chunk: Callable[[], None] = lambda: None,
+    threads: int = 4,
+) -> list[Problem]:
+    """Read every committed chunk of every array; return the problems found (empty when sound)."""
+
+    def check(job: tuple[str, int, int, int]) -> Problem | None:
+        path, index, start, stop = job
+        array = store.array(path)
+        try:
+            if _chunk_exists(array, index):
+                message = _value_problem(path, array[start:stop])
+            else:
+                message = "chunk is missing"
+        except Exception as error:  # a checksum mismatch or an undecodable chunk
+            text = str(error)
+            message = "checksum mismatch (corrupt data)" if "checksum" in text else text
+        on_chunk()
+        return Problem(path, index, start, stop, message) if message else None
+
+    with ThreadPoolExecutor(threads) as pool:
+        return [p for p in pool.map(check, chunks_to_check(store)) if p is not None]

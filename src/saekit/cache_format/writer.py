@@ -1,0 +1,294 @@
+"""Create or resume a store and append blocks of rows to it, crash-safely, on a background thread.
+
+Commit protocol: a block's rows are written to every array (whole chunks), then the root attribute
+`n_rows_committed` is advanced in one atomic metadata write. A process killed at any moment leaves
+rows [0, n_rows_committed) intact; the rows after it are rewritten on resume. One writer at a time
+holds the store's lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import Crc32cCodec
+
+from saekit import __version__
+from saekit.cache_format import encoding, schema
+from saekit.cache_format.location import is_local, local_path, zarr_store
+from saekit.cache_format.locking import LOCK_NAME, writer_lock
+from saekit.cache_format.schema import Block, StoreSpec
+from saekit.errors import SaekitError
+
+ArrayLike = np.ndarray | torch.Tensor
+EncodedBlock = dict[str, np.ndarray]
+
+
+@dataclass
+class RowBlock:
+    """The rows of one block in stream order, before encoding. Tensors may live on any device."""
+
+    tokens: ArrayLike
+    sequence: ArrayLike
+    position: ArrayLike
+    loss: ArrayLike
+    activations: dict[str, torch.Tensor]
+    gradients: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.tokens)
+
+
+def encode_block(rows: RowBlock, spec: StoreSpec) -> EncodedBlock:
+    """Encode rows into the storage dtypes, keyed by array path."""
+    columns = {
+        schema.TOKENS: rows.tokens,
+        schema.SEQUENCE: rows.sequence,
+        schema.POSITION: rows.position,
+        schema.LOSS: rows.loss,
+    }
+    encoded: EncodedBlock = {
+        name: np.asarray(torch.as_tensor(value).cpu(), dtype=schema.ROW_COLUMNS[name][0])
+        for name, value in columns.items()
+    }
+    if set(rows.activations) != set(spec.hooks):
+        raise ValueError(
+            f"rows have hooks {sorted(rows.activations)}, store has {sorted(spec.hooks)}"
+        )
+    for hook, hook_spec in spec.hooks.items():
+        x_RD = torch.as_tensor(rows.activations[hook])
+        if x_RD.shape != (rows.n_rows, hook_spec.d):
+            raise ValueError(f"activations of {hook} have shape {tuple(x_RD.shape)}")
+        encoded[schema.hook_array_path(hook, schema.ACTIVATIONS)] = encoding.encode_activations(
+            x_RD, spec.activation_dtype
+        )
+        if hook_spec.gradients != (hook in rows.gradients):
+            raise ValueError(f"gradients of {hook} must be given iff the store keeps them")
+        if hook_spec.gradients:
+            values, scale = encoding.encode_gradients(
+                torch.as_tensor(rows.gradients[hook]), spec.gradient_encoding
+            )
+            encoded[schema.hook_array_path(hook, schema.GRADIENTS)] = values
+            if scale is not None:
+                encoded[schema.hook_array_path(hook, schema.GRADIENT_SCALE)] = scale
+    return encoded
+
+
+def read_root_attrs(path: Path) -> dict | None:
+    """The root attributes of a local zarr group, or None when `path` holds no zarr group."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return meta.get("attributes", {}) if isinstance(meta, dict) else None
+
+
+def _validate_target(path: Path, spec: StoreSpec) -> dict | None:
+    """Refuse, without touching anything, a target that is not (or not this) store."""
+    if path.exists() and not path.is_dir():
+        raise SaekitError(f"{path} is a file, not a store directory; choose another output path")
+    leftovers = {LOCK_NAME}
+    if not path.exists() or all(p.name in leftovers for p in path.iterdir()):
+        return None
+    attrs = schema.check_format(read_root_attrs(path), path)
+    stored = {key: attrs.get(key) for key in spec.fixed_attrs()}
+    diffs = schema.differences(stored, spec.fixed_attrs())
+    if diffs:
+        raise SaekitError(
+            f"store {path} was made with other settings: {'; '.join(diffs)}; "
+            "re-run with the original settings or choose a new output path"
+        )
+    return attrs
+
+
+def _create_arrays(group: zarr.Group, spec: StoreSpec) -> None:
+    rows = spec.layout.capacity_rows or 0
+    chunk = spec.layout.rows_per_chunk
+    for path, plan in schema.array_plan(spec).items():
+        group.create_array(
+            path,
+            shape=(rows, *plan.row_shape),
+            chunks=(chunk, *plan.row_shape),
+            dtype=plan.dtype,
+            fill_value=plan.fill,
+            compressors=[Crc32cCodec()],
+            dimension_names=["row", "feature"][: 1 + len(plan.row_shape)],
+            attributes=plan.attrs,
+            config={"write_empty_chunks": True},
+            overwrite=True,
+        )
+
+
+class StoreWriter:
+    """Appends blocks to a store in order; encoding and writing happen on a background thread.
+
+    Use `StoreWriter.open(...)` as a context manager: it creates the store or resumes it (the
+    settings must match), holds the writer lock, and on exit waits until every submitted block is
+    committed.
+    """
+
+    def __init__(self, group: zarr.Group, spec: StoreSpec, queue_blocks: int) -> None:
+        self.spec = spec
+        self._group = group
+        self._arrays = {path: group[path] for path in schema.array_plan(spec)}
+        self._committed = int(group.attrs["n_rows_committed"])
+        self._complete = bool(group.attrs.get("complete", False))
+        self._next_index = self._committed // spec.layout.rows_per_block
+        self._ended = self._complete or self._committed % spec.layout.rows_per_block != 0
+        self._io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="saekit-write")
+        self._queue: queue.Queue[tuple[Block, RowBlock | EncodedBlock] | None] = queue.Queue(
+            maxsize=queue_blocks
+        )
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="saekit-writer", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(
+        cls, location: str | Path, spec: StoreSpec, *, queue_blocks: int = 2
+    ) -> Iterator[StoreWriter]:
+        """Create `location` or resume the store there, and yield a writer for it."""
+        if not is_local(location):
+            raise SaekitError(
+                f"cannot write to {location}: saekit writes stores on a local path; "
+                "copy the finished store to object storage to share it"
+            )
+        path = local_path(location)
+        _validate_target(path, spec)
+        with writer_lock(path):
+            attrs = _validate_target(path, spec)  # again, now that no one else can write
+            group = cls._create_or_resume(path, spec, attrs)
+            writer = cls(group, spec, queue_blocks)
+            try:
+                yield writer
+            finally:
+                writer.close()
+
+    @staticmethod
+    def _create_or_resume(path: Path, spec: StoreSpec, attrs: dict | None) -> zarr.Group:
+        store = zarr_store(path, read_only=False)
+        if attrs is None:
+            group = zarr.create_group(
+                store,
+                zarr_format=3,
+                attributes={
+                    "format": schema.FORMAT_NAME,
+                    "format_version": schema.FORMAT_VERSION,
+                    "saekit_version": __version__,
+                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                    **spec.fixed_attrs(),
+                    "provenance": spec.provenance,
+                    "n_rows_committed": 0,
+                    "complete": False,
+                    "initialized": False,
+                },
+            )
+        else:
+            group = zarr.open_group(store, mode="r+", zarr_format=3)
+            for stray in path.rglob("*.partial"):  # temp files of writes cut short by a kill
+                stray.unlink()
+        if not group.attrs.get("initialized"):
+            _create_arrays(group, spec)
+            group.attrs.update({"initialized": True})
+        return group
+
+    @property
+    def n_rows_committed(self) -> int:
+        """Rows [0, n_rows_committed) are complete on disk (not counting queued blocks)."""
+        return self._committed
+
+    @property
+    def complete(self) -> bool:
+        return self._complete
+
+    def pending_blocks(self) -> Iterator[Block]:
+        """The blocks still to write, in order (endless when the capacity is unknown)."""
+        if self._ended:
+            return
+        index = self._next_index
+        n_blocks = self.spec.layout.n_blocks
+        while n_blocks is None or index < n_blocks:
+            yield self.spec.layout.block(index)
+            index += 1
+
+    def write(self, block: Block, rows: RowBlock | EncodedBlock) -> None:
+        """Queue a block's rows (stream order). A block shorter than `block` ends the store."""
+        self._raise_if_failed()
+        if self._ended:
+            raise ValueError("the store has ended; no more blocks can be written")
+        if block.index != self._next_index:
+            raise ValueError(
+                f"block {block.index} written out of order (expected {self._next_index})"
+            )
+        n_rows = rows.n_rows if isinstance(rows, RowBlock) else len(rows[schema.TOKENS])
+        if not 0 < n_rows <= block.n_rows:
+            raise ValueError(f"block {block.index} takes 1..{block.n_rows} rows, got {n_rows}")
+        self._next_index += 1
+        self._ended = n_rows < block.n_rows
+        self._queue.put((Block(block.index, block.start, block.start + n_rows), rows))
+
+    def finish(self) -> None:
+        """Commit everything queued, mark the store complete and trim arrays to the rows written."""
+        self.flush()
+        if self._complete:
+            return
+        n_rows = self._committed
+        for array in self._arrays.values():
+            if array.shape[0] != n_rows:
+                array.resize((n_rows, *array.shape[1:]))
+        self._group.attrs.update({"complete": True})
+        self._complete = self._ended = True
+
+    def flush(self) -> None:
+        """Block until every queued block is committed."""
+        self._queue.join()
+        self._raise_if_failed()
+
+    def close(self) -> None:
+        """Commit what is queued, then stop the background thread."""
+        self._queue.put(None)
+        self._thread.join()
+        self._io_pool.shutdown()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                if self._error is None:
+                    self._commit(*item)
+            except BaseException as error:  # re-raised in the producer's thread
+                self._error = error
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def _commit(self, block: Block, rows: RowBlock | EncodedBlock) -> None:
+        encoded = encode_block(rows, self.spec) if isinstance(rows, RowBlock) else rows
+        order = self.spec.layout.row_permutation(block)
+        for array in self._arrays.values():
+            if array.shape[0] < block.stop:  # unknown capacity: grow block by block
+                array.resize((block.stop, *array.shape[1:]))
+
+        def store(path: str) -> None:
+            self._arrays[path][block.start : block.stop] = encoded[path][order]
+
+        list(self._io_pool.map(store, self._arrays))
+        self._group.attrs.update({"n_rows_committed": block.stop})
+        self._committed = block.stop

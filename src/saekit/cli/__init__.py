@@ -1,0 +1,46 @@
+"""The `sae` command line: parse, validate, call the library, print.
+
+Every command lives in its own module; this one assembles them and turns errors into one line on
+stderr with the documented exit code (0 success, 1 integrity failure, 2 bad input).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from saekit.cli import demo, evaluate, harvest, store, train
+from saekit.errors import SaekitError
+
+app = typer.Typer(
+    name="sae",
+    help="Harvest LM activations and loss gradients, train sparse autoencoders, evaluate them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+for module in (harvest, train, evaluate, store, demo):
+    module.register(app)
+
+
+def _fail(message: str, exit_code: int) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(exit_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point of `sae`."""
+    try:
+        code = app(args=argv, prog_name="sae", standalone_mode=False)
+    except SaekitError as error:
+        _fail(str(error), error.exit_code)
+    except typer.TyperException as error:  # usage errors found by the parser
+        message = error.format_message()
+        if message:
+            command = getattr(getattr(error, "ctx", None), "command_path", "sae")
+            _fail(f"{message} (see '{command} --help')", 2)
+        code = error.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted", 130)
+    sys.exit(code or 0)

@@ -1,0 +1,63 @@
+"""Pieces shared by the CLI commands."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from saekit.errors import SaekitError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def progress_bar(*extra_columns) -> Progress:
+    """A rich progress bar on stderr: description, bar, count, extra columns, elapsed and ETA."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *extra_columns,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
+
+
+def parse_storage_options(text: str | None) -> dict[str, Any] | None:
+    """--storage-options takes a JSON object passed to fsspec (e.g. endpoint, credentials)."""
+    if not text:
+        return None
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError:
+        raise SaekitError(
+            "--storage-options must be a JSON object, e.g. '{\"anon\": true}'"
+        ) from None
+    if not isinstance(options, dict):
+        raise SaekitError("--storage-options must be a JSON object, e.g. '{\"anon\": true}'")
+    return options
+
+
+StoreArgument = Annotated[str, typer.Argument(help="Store path or fsspec URL.")]
+StorageOptions = Annotated[
+    str | None,
+    typer.Option(help="JSON object of fsspec options for remote stores, e.g. an endpoint."),
+]
+
+
+def not_implemented(command: str, issue: str) -> None:
+    """Placeholder body of a command that a later issue fills in."""
+    raise SaekitError(f"'sae {command}' is not implemented yet ({issue})")

@@ -1,0 +1,42 @@
+"""Shared fixtures: small synthetic stores and a way to run the CLI in-process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from saekit.cli import main
+from saekit.synthetic import synthetic_spec, write_synthetic_store
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `sae ARGS...` in this process; return its exit code and output."""
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def small_store(tmp_path):
+    """A complete synthetic store: 4096 rows (512 held out), d=64, chunks of 256, blocks of 1024."""
+    path = tmp_path / "small.zarr"
+    write_synthetic_store(path, synthetic_spec(4096, holdout_rows=512))
+    return path
