@@ -40,3 +40,27 @@ def small_store(tmp_path):
     path = tmp_path / "small.zarr"
     write_synthetic_store(path, synthetic_spec(4096, holdout_rows=512))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """A tiny GPT-2 (2 layers, d=64, context 128) and its BPE tokenizer, saved like any HF model."""
+    from saekit.demo import build_tiny_lm, generate_documents
+
+    path = tmp_path_factory.mktemp("tiny_lm") / "model"
+    return build_tiny_lm(path, generate_documents(300, seed=1), vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A .txt corpus of 200 generated documents separated by blank lines (~25k tokens)."""
+    from saekit.demo import write_corpus
+
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "docs.txt", 200, seed=2)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """Tests never reach the network: Hugging Face libraries fail fast instead of retrying."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

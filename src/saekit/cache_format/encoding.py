@@ -29,8 +29,11 @@ def _check_finite(x_RD: torch.Tensor, what: str) -> None:
         )
 
 
-def encode_activations(x_RD: torch.Tensor, logical_dtype: str) -> np.ndarray:
-    """Activations of any float dtype and device -> numpy array in the storage dtype."""
+def encode_activations(x_RD: torch.Tensor, logical_dtype: str) -> torch.Tensor:
+    """Activations of any float dtype -> the storage dtype, on the same device.
+
+    bfloat16 comes back as int16 holding the bfloat16 bits (`as_numpy` makes them uint16).
+    """
     _check_finite(x_RD, "activations")
     if logical_dtype == "float16" and float(x_RD.abs().max()) > FLOAT16_MAX:
         raise SaekitError(
@@ -38,10 +41,7 @@ def encode_activations(x_RD: torch.Tensor, logical_dtype: str) -> np.ndarray:
             "--dtype bfloat16 or --dtype float32"
         )
     converted = x_RD.detach().to(_TORCH_DTYPES[logical_dtype])
-    if logical_dtype == "bfloat16":
-        converted = converted.view(torch.int16)
-    array = converted.cpu().numpy()
-    return array.view(np.uint16) if logical_dtype == "bfloat16" else array
+    return converted.view(torch.int16) if logical_dtype == "bfloat16" else converted
 
 
 def decode_activations(raw_RD: torch.Tensor, logical_dtype: str) -> torch.Tensor:
@@ -58,18 +58,23 @@ def as_torch(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
-def encode_gradients(g_RD: torch.Tensor, encoding: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Gradients -> (stored values, per-row scale or None for float32 storage)."""
+def as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """The inverse of `as_torch`: a CPU numpy array, int16 (bfloat16 bits) viewed as uint16."""
+    array = tensor.detach().cpu().numpy()
+    return array.view(np.uint16) if array.dtype == np.int16 else array
+
+
+def encode_gradients(g_RD: torch.Tensor, encoding: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients -> (stored values, per-row scale or None for float32), on the same device."""
     _check_finite(g_RD, "gradients")
     g_RD = g_RD.detach().float()
     if encoding == "float32":
-        return g_RD.cpu().numpy(), None
+        return g_RD, None
     amax_R = g_RD.abs().amax(dim=-1)
     _, exponent_R = torch.frexp(amax_R)  # amax = mantissa * 2**exponent, mantissa in [0.5, 1)
     shift_R = torch.where(amax_R > 0, _SCALED_EXPONENT + 1 - exponent_R, 0).clamp(-126, 126)
     scale_R = torch.ldexp(torch.ones_like(amax_R), shift_R)
-    values_RD = (g_RD * scale_R[:, None]).to(torch.float16)
-    return values_RD.cpu().numpy(), scale_R.cpu().numpy()
+    return (g_RD * scale_R[:, None]).to(torch.float16), scale_R
 
 
 def decode_gradients(values_RD: torch.Tensor, scale_R: torch.Tensor | None) -> torch.Tensor:

@@ -50,16 +50,16 @@ class RowBlock:
         return len(self.tokens)
 
 
-def encode_block(rows: RowBlock, spec: StoreSpec) -> EncodedBlock:
-    """Encode rows into the storage dtypes, keyed by array path."""
+def encode_rows(rows: RowBlock, spec: StoreSpec) -> dict[str, torch.Tensor]:
+    """Encode rows into the storage dtypes, keyed by array path, on the rows' device."""
     columns = {
         schema.TOKENS: rows.tokens,
         schema.SEQUENCE: rows.sequence,
         schema.POSITION: rows.position,
         schema.LOSS: rows.loss,
     }
-    encoded: EncodedBlock = {
-        name: np.asarray(torch.as_tensor(value).cpu(), dtype=schema.ROW_COLUMNS[name][0])
+    encoded = {
+        name: torch.as_tensor(value).to(getattr(torch, schema.ROW_COLUMNS[name][0]))
         for name, value in columns.items()
     }
     if set(rows.activations) != set(spec.hooks):
@@ -85,6 +85,11 @@ def encode_block(rows: RowBlock, spec: StoreSpec) -> EncodedBlock:
     return encoded
 
 
+def encode_block(rows: RowBlock, spec: StoreSpec) -> EncodedBlock:
+    """Encode rows into the storage dtypes as CPU numpy arrays, keyed by array path."""
+    return {path: encoding.as_numpy(t) for path, t in encode_rows(rows, spec).items()}
+
+
 def read_root_attrs(path: Path) -> dict | None:
     """The root attributes of a local zarr group, or None when `path` holds no zarr group."""
     try:
@@ -94,14 +99,29 @@ def read_root_attrs(path: Path) -> dict | None:
     return meta.get("attributes", {}) if isinstance(meta, dict) else None
 
 
-def _validate_target(path: Path, spec: StoreSpec) -> dict | None:
-    """Refuse, without touching anything, a target that is not (or not this) store."""
+def check_target(location: str | Path) -> dict | None:
+    """Refuse, touching nothing, an output that is not a local path, a file, or a foreign directory.
+
+    Returns the root attributes of the saekit store already there, or None for a new store.
+    """
+    if not is_local(location):
+        raise SaekitError(
+            f"cannot write to {location}: saekit writes stores on a local path; "
+            "copy the finished store to object storage to share it"
+        )
+    path = local_path(location)
     if path.exists() and not path.is_dir():
         raise SaekitError(f"{path} is a file, not a store directory; choose another output path")
-    leftovers = {LOCK_NAME}
-    if not path.exists() or all(p.name in leftovers for p in path.iterdir()):
+    if not path.exists() or all(p.name == LOCK_NAME for p in path.iterdir()):
         return None
-    attrs = schema.check_format(read_root_attrs(path), path)
+    return schema.check_format(read_root_attrs(path), path)
+
+
+def check_resumable(path: str | Path, spec: StoreSpec) -> dict | None:
+    """Refuse, touching nothing, a target that is not this store; return its attributes."""
+    attrs = check_target(path)
+    if attrs is None:
+        return None
     stored = {key: attrs.get(key) for key in spec.fixed_attrs()}
     diffs = schema.differences(stored, spec.fixed_attrs())
     if diffs:
@@ -160,15 +180,11 @@ class StoreWriter:
         cls, location: str | Path, spec: StoreSpec, *, queue_blocks: int = 2
     ) -> Iterator[StoreWriter]:
         """Create `location` or resume the store there, and yield a writer for it."""
-        if not is_local(location):
-            raise SaekitError(
-                f"cannot write to {location}: saekit writes stores on a local path; "
-                "copy the finished store to object storage to share it"
-            )
+        check_target(location)
         path = local_path(location)
-        _validate_target(path, spec)
+        check_resumable(path, spec)
         with writer_lock(path):
-            attrs = _validate_target(path, spec)  # again, now that no one else can write
+            attrs = check_resumable(path, spec)  # again, now that no one else can write
             group = cls._create_or_resume(path, spec, attrs)
             writer = cls(group, spec, queue_blocks)
             try:

@@ -11,6 +11,7 @@ import sys
 import typer
 
 from saekit.cli import demo, evaluate, harvest, store, train
+from saekit.cli.common import set_invocation
 from saekit.errors import SaekitError
 
 app = typer.Typer(
@@ -31,6 +32,8 @@ def _fail(message: str, exit_code: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point of `sae`."""
+    argv = sys.argv[1:] if argv is None else argv
+    set_invocation(argv)
     try:
         code = app(args=argv, prog_name="sae", standalone_mode=False)
     except SaekitError as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Annotated, Any
 
 import typer
@@ -20,6 +21,17 @@ from saekit.errors import SaekitError
 
 console = Console()
 err_console = Console(stderr=True)
+_invocation: list[str] = []
+
+
+def set_invocation(argv: list[str]) -> None:
+    """Remember the arguments `sae` was called with (for provenance records)."""
+    _invocation[:] = argv
+
+
+def invocation() -> str:
+    """The command line of this run, e.g. `sae harvest --model gpt2 ...`."""
+    return shlex.join(["sae", *_invocation])
 
 
 def progress_bar(*extra_columns) -> Progress:

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from saekit.cache_format import ActivationStore, ShuffledLoader
-from saekit.cache_format.summary import describe
-from saekit.cache_format.verify import verify_store
-from saekit.cli.common import console
+from saekit.cli.common import console, progress_bar
+from saekit.cli.harvest import HarvestBar, TokensPerSecond
 from saekit.cli.store import print_summary
-from saekit.errors import IntegrityError
-from saekit.synthetic import synthetic_spec, write_synthetic_store
 
 DEFAULT_OUT = Path("demo-output")
 
@@ -24,22 +19,26 @@ def register(app: typer.Typer) -> None:
     def demo(
         out: Annotated[Path, typer.Option(help="Directory for the demo's files.")] = DEFAULT_OUT,
     ) -> None:
-        """Run the offline demo: write a store, describe it, verify it and stream it."""
-        store_path = out / "synthetic.zarr"
-        console.rule("1. write a synthetic store (GPT-2-like activations and gradients)")
-        write_synthetic_store(store_path, synthetic_spec(65536, holdout_rows=4096))
-        store = ActivationStore.open(store_path)
+        """Run the offline demo: build a tiny GPT-2, harvest it, check the store."""
+        from saekit.cache_format import ActivationStore
+        from saekit.cache_format.summary import describe
+        from saekit.cache_format.verify import verify_store
+        from saekit.demo.pipeline import DemoPaths, harvest_config, prepare_model_and_corpus
+        from saekit.errors import IntegrityError
+        from saekit.harvest import plan_harvest, run_harvest
+
+        paths = DemoPaths(out)
+        console.rule("1. a generated corpus and a tiny GPT-2 trained on it (offline)")
+        with console.status("building"):
+            prepare_model_and_corpus(paths)
+        console.print(f"model: {paths.model}   corpus: {paths.corpus}")
+        console.rule("2. harvest activations and loss gradients")
+        with progress_bar(TokensPerSecond()) as bar:
+            run_harvest(plan_harvest(harvest_config(paths)), HarvestBar(bar))
+        store = ActivationStore.open(paths.store)
         print_summary(describe(store))
-        console.rule("2. verify every chunk")
         problems = verify_store(store)
         if problems:
-            raise IntegrityError(f"demo store failed verification: {problems[0]}")
-        console.print("ok: every checksum and value is sound")
-        console.rule("3. stream one shuffled epoch of activations and gradients")
-        loader = ShuffledLoader(store, fields=("activations", "gradients"), batch_size=1024)
-        started, rows = time.perf_counter(), 0
-        for batch in loader:
-            rows += len(batch["activations"])
-        seconds = time.perf_counter() - started
-        console.print(f"{rows:,} training rows in {seconds:.2f} s ({rows / seconds:,.0f} rows/s)")
+            raise IntegrityError(f"the demo store failed verification: {problems[0]}")
+        console.print("verified: every checksum and value is sound")
         console.print(f"demo finished; files are in {out}")

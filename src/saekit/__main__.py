@@ -1,0 +1,5 @@
+"""`python -m saekit ...` is `sae ...`."""
+
+from saekit.cli import main
+
+main()
