@@ -32,7 +32,7 @@ def committed(path) -> int:
 def test_cli_harvest_writes_a_verifiable_store(run_cli, tiny_lm, corpus, tmp_path):
     result = run_cli(*harvest_args(tiny_lm, corpus, tmp_path / "s.zarr"))
     assert result.exit_code == 0, result.stderr
-    assert "store complete: 6,000 tokens" in result.stdout
+    assert "harvest complete: 6,000 tokens" in result.stdout
     store = ActivationStore.open(tmp_path / "s.zarr")
     assert store.complete
     assert store.hooks == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]

@@ -4,7 +4,7 @@ import pytest
 
 from helpers import assert_same_store, snapshot
 from saekit.cache_format import ActivationStore, StoreWriter
-from saekit.cache_format.locking import LOCK_NAME
+from saekit.cache_format.locking import LOCK_DIR
 from saekit.errors import SaekitError
 from saekit.synthetic import synthetic_rows, synthetic_spec, write_synthetic_store
 
@@ -66,8 +66,8 @@ def test_a_complete_store_is_left_alone(small_store):
     before = snapshot(small_store)
     write_synthetic_store(small_store, synthetic_spec(4096, holdout_rows=512))
     after = snapshot(small_store)
-    assert {k: v for k, v in after.items() if k != LOCK_NAME} == {
-        k: v for k, v in before.items() if k != LOCK_NAME
+    assert {k: v for k, v in after.items() if not k.startswith(LOCK_DIR)} == {
+        k: v for k, v in before.items() if not k.startswith(LOCK_DIR)
     }
 
 

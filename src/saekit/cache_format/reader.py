@@ -14,6 +14,7 @@ from zarr.core.buffer.cpu import NDBuffer
 
 from saekit.cache_format import encoding, schema
 from saekit.cache_format.location import zarr_store
+from saekit.cache_format.progress import committed_ranges
 from saekit.cache_format.schema import StoreSpec
 from saekit.errors import SaekitError
 
@@ -31,7 +32,9 @@ class ActivationStore:
         self.location = str(location)
         self.attrs = attrs
         self.spec = StoreSpec.from_attrs(attrs)
-        self.n_rows_committed = int(attrs["n_rows_committed"])
+        self.committed = committed_ranges(attrs, group.store, self.spec)
+        self.n_rows_committed = sum(stop - start for start, stop in self.committed)
+        end = self.committed[-1][1] if self.committed else 0
         self._arrays: dict[str, zarr.Array] = {}
         for path in schema.array_plan(self.spec):
             try:
@@ -41,10 +44,10 @@ class ActivationStore:
                     f"store {location} has no array '{path}'; the store is damaged, "
                     "harvest it again"
                 ) from None
-            if array.shape[0] < self.n_rows_committed:
+            if array.shape[0] < end:
                 raise SaekitError(
-                    f"array '{path}' of {location} holds {array.shape[0]} rows but "
-                    f"{self.n_rows_committed} are committed; the store is damaged"
+                    f"array '{path}' of {location} holds {array.shape[0]} rows but rows up to "
+                    f"{end} are committed; the store is damaged"
                 )
             self._arrays[path] = array
 
@@ -103,11 +106,10 @@ class ActivationStore:
 
     def ranges(self, split: Split) -> list[tuple[int, int]]:
         """Committed row ranges of a split; held-out rows are the first `holdout_rows` rows."""
-        n = self.n_rows_committed
-        holdout = min(self.spec.layout.holdout_rows, n)
-        spans = {"all": (0, n), "holdout": (0, holdout), "train": (holdout, n)}
-        start, stop = spans[split]
-        return [(start, stop)] if stop > start else []
+        holdout = self.spec.layout.holdout_rows
+        low, high = {"all": (0, None), "holdout": (0, holdout), "train": (holdout, None)}[split]
+        clipped = [(max(a, low), b if high is None else min(b, high)) for a, b in self.committed]
+        return [(a, b) for a, b in clipped if b > a]
 
     def n_rows(self, split: Split) -> int:
         return sum(stop - start for start, stop in self.ranges(split))
@@ -147,7 +149,7 @@ class ActivationStore:
         With `out`, stored values are read straight into those arrays (one per raw name, of the
         rows' shape and storage dtype) instead of new ones; the `row` field is always new.
         """
-        if not 0 <= start <= stop <= self.n_rows_committed:
+        if stop > start and not any(a <= start and stop <= b for a, b in self.committed):
             raise ValueError(f"rows [{start}, {stop}) are not committed")
         result: dict[str, np.ndarray] = {}
         if ROW_INDEX in fields:

@@ -80,7 +80,9 @@ class StoreLayout:
 
     `capacity_rows` is None when the writer does not know the final size in advance (arrays then
     grow block by block). Held-out rows are the first `holdout_rows` rows of the store, so the
-    split is fixed before the end of the data is known.
+    split is fixed before the end of the data is known. A store written by `shards` independent
+    writers splits its blocks into that many contiguous ranges, one per writer (this needs a
+    known capacity).
     """
 
     rows_per_chunk: int = 8192
@@ -88,6 +90,7 @@ class StoreLayout:
     holdout_rows: int = 0
     capacity_rows: int | None = None
     seed: int = 0
+    shards: int = 1
 
     def __post_init__(self) -> None:
         if self.rows_per_chunk <= 0 or self.chunks_per_block <= 0:
@@ -96,6 +99,8 @@ class StoreLayout:
             raise ValueError("holdout_rows must be >= 0")
         if self.capacity_rows is not None and self.capacity_rows < self.holdout_rows:
             raise ValueError("capacity_rows must be at least holdout_rows")
+        if self.shards < 1 or (self.shards > 1 and self.capacity_rows is None):
+            raise ValueError("a sharded store needs shards >= 1 and a known capacity")
 
     @property
     def rows_per_block(self) -> int:
@@ -115,6 +120,24 @@ class StoreLayout:
             return None
         return -(-self.capacity_rows // self.rows_per_block)
 
+    def shard_blocks(self, shard: int) -> range:
+        """Indices of the blocks written by `shard` (endless for a store of unknown size)."""
+        if not 0 <= shard < self.shards:
+            raise ValueError(f"shard {shard} is not in 0..{self.shards - 1}")
+        if self.n_blocks is None:
+            return range(0, 1 << 62)
+        return range(
+            shard * self.n_blocks // self.shards, (shard + 1) * self.n_blocks // self.shards
+        )
+
+    def shard_rows(self, shard: int) -> tuple[int, int]:
+        """Rows [start, stop) of `shard`, in a store of known capacity."""
+        if self.capacity_rows is None:
+            raise ValueError("only a store of known capacity has fixed shard rows")
+        blocks = self.shard_blocks(shard)
+        first, end = blocks.start * self.rows_per_block, blocks.stop * self.rows_per_block
+        return min(first, self.capacity_rows), min(end, self.capacity_rows)
+
     def row_permutation(self, block: Block) -> np.ndarray:
         """Stored row i of `block` holds stream row `block.start + permutation[i]`."""
         rng = np.random.default_rng([self.seed, block.index])
@@ -131,6 +154,7 @@ class StoreLayout:
             "capacity_rows": self.capacity_rows,
             "seed": self.seed,
             "row_shuffle": ROW_SHUFFLE_RULE,
+            "shards": self.shards,
         }
 
     @classmethod
@@ -141,6 +165,7 @@ class StoreLayout:
             holdout_rows=attrs["holdout_rows"],
             capacity_rows=attrs["capacity_rows"],
             seed=attrs["seed"],
+            shards=attrs.get("shards", 1),
         )
 
 

@@ -55,8 +55,9 @@ def chunks_to_check(store: ActivationStore) -> Iterator[tuple[str, int, int, int
     """(array path, chunk index, first row, end row) of every chunk holding committed rows."""
     chunk = store.spec.layout.rows_per_chunk
     for path in store.array_paths:
-        for index, start in enumerate(range(0, store.n_rows_committed, chunk)):
-            yield path, index, start, min(start + chunk, store.n_rows_committed)
+        for first, end in store.committed:
+            for index in range(first // chunk, -(-end // chunk)):
+                yield path, index, max(index * chunk, first), min((index + 1) * chunk, end)
 
 
 def verify_store(

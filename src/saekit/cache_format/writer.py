@@ -9,7 +9,6 @@ holds the store's lock.
 from __future__ import annotations
 
 import contextlib
-import json
 import queue
 import threading
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,10 +25,11 @@ from zarr.codecs import Crc32cCodec
 
 from saekit import __version__
 from saekit.cache_format import encoding, schema
-from saekit.cache_format.location import is_local, local_path, zarr_store
-from saekit.cache_format.locking import LOCK_NAME, writer_lock
+from saekit.cache_format.locking import new_owner
+from saekit.cache_format.progress import ShardProgress, committed_ranges
 from saekit.cache_format.schema import Block, StoreSpec
-from saekit.errors import SaekitError
+from saekit.cache_format.target import StoreTarget
+from saekit.errors import IntegrityError, SaekitError
 
 ArrayLike = np.ndarray | torch.Tensor
 EncodedBlock = dict[str, np.ndarray]
@@ -90,43 +91,31 @@ def encode_block(rows: RowBlock, spec: StoreSpec) -> EncodedBlock:
     return {path: encoding.as_numpy(t) for path, t in encode_rows(rows, spec).items()}
 
 
-def read_root_attrs(path: Path) -> dict | None:
-    """The root attributes of a local zarr group, or None when `path` holds no zarr group."""
-    try:
-        meta = json.loads((path / "zarr.json").read_text())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return meta.get("attributes", {}) if isinstance(meta, dict) else None
+def check_target(
+    location: str | Path, storage_options: dict[str, Any] | None = None
+) -> dict | None:
+    """Refuse, touching nothing, an output that is a file or a foreign directory; return the
+    attributes of the saekit store already there, or None for a new store."""
+    return StoreTarget(location, storage_options).existing_attrs()
 
 
-def check_target(location: str | Path) -> dict | None:
-    """Refuse, touching nothing, an output that is not a local path, a file, or a foreign directory.
-
-    Returns the root attributes of the saekit store already there, or None for a new store.
-    """
-    if not is_local(location):
-        raise SaekitError(
-            f"cannot write to {location}: saekit writes stores on a local path; "
-            "copy the finished store to object storage to share it"
-        )
-    path = local_path(location)
-    if path.exists() and not path.is_dir():
-        raise SaekitError(f"{path} is a file, not a store directory; choose another output path")
-    if not path.exists() or all(p.name == LOCK_NAME for p in path.iterdir()):
-        return None
-    return schema.check_format(read_root_attrs(path), path)
-
-
-def check_resumable(path: str | Path, spec: StoreSpec) -> dict | None:
+def check_resumable(
+    location: str | Path | StoreTarget,
+    spec: StoreSpec,
+    storage_options: dict[str, Any] | None = None,
+) -> dict | None:
     """Refuse, touching nothing, a target that is not this store; return its attributes."""
-    attrs = check_target(path)
+    target = (
+        location if isinstance(location, StoreTarget) else StoreTarget(location, storage_options)
+    )
+    attrs = target.existing_attrs()
     if attrs is None:
         return None
     stored = {key: attrs.get(key) for key in spec.fixed_attrs()}
     diffs = schema.differences(stored, spec.fixed_attrs())
     if diffs:
         raise SaekitError(
-            f"store {path} was made with other settings: {'; '.join(diffs)}; "
+            f"store {target.location} was made with other settings: {'; '.join(diffs)}; "
             "re-run with the original settings or choose a new output path"
         )
     return attrs
@@ -150,21 +139,60 @@ def _create_arrays(group: zarr.Group, spec: StoreSpec) -> None:
         )
 
 
+def _create_or_open(target: StoreTarget, spec: StoreSpec, attrs: dict | None) -> zarr.Group:
+    store = target.zarr_store()
+    if attrs is None:
+        group = zarr.create_group(
+            store,
+            zarr_format=3,
+            attributes={
+                "format": schema.FORMAT_NAME,
+                "format_version": schema.FORMAT_VERSION,
+                "saekit_version": __version__,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                **spec.fixed_attrs(),
+                "provenance": spec.provenance,
+                "n_rows_committed": 0,
+                "complete": False,
+                "initialized": False,
+            },
+        )
+    else:
+        group = zarr.open_group(store, mode="r+", zarr_format=3)
+    if not group.attrs.get("initialized"):
+        _create_arrays(group, spec)
+        group.attrs.update({"initialized": True})
+    return group
+
+
 class StoreWriter:
-    """Appends blocks to a store in order; encoding and writing happen on a background thread.
+    """Appends blocks to a store (or to one shard of it) in order, on a background thread.
 
     Use `StoreWriter.open(...)` as a context manager: it creates the store or resumes it (the
-    settings must match), holds the writer lock, and on exit waits until every submitted block is
-    committed.
+    settings must match), holds the shard's lock, and on exit waits until every submitted block
+    is committed. Encoding (when given `RowBlock`s) and writing happen on the writer's thread.
     """
 
-    def __init__(self, group: zarr.Group, spec: StoreSpec, queue_blocks: int) -> None:
+    def __init__(
+        self,
+        target: StoreTarget,
+        group: zarr.Group,
+        spec: StoreSpec,
+        shard: int,
+        owner: str,
+        queue_blocks: int,
+    ) -> None:
         self.spec = spec
-        self._group = group
+        self._target, self._group, self._owner = target, group, owner
         self._arrays = {path: group[path] for path in schema.array_plan(spec)}
-        self._committed = int(group.attrs["n_rows_committed"])
-        self._complete = bool(group.attrs.get("complete", False))
-        self._next_index = self._committed // spec.layout.rows_per_block
+        self._progress = ShardProgress(group, spec, shard)
+        self._committed, self._complete = self._progress.load()
+        blocks = spec.layout.shard_blocks(shard)
+        self.shard_rows: tuple[int, int | None] = (
+            spec.layout.shard_rows(shard) if spec.layout.capacity_rows is not None else (0, None)
+        )
+        self._next_index = max(blocks.start, self._committed // spec.layout.rows_per_block)
+        self._end_index = blocks.stop
         self._ended = self._complete or self._committed % spec.layout.rows_per_block != 0
         self._io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="saekit-write")
         self._queue: queue.Queue[tuple[Block, RowBlock | EncodedBlock] | None] = queue.Queue(
@@ -177,52 +205,37 @@ class StoreWriter:
     @classmethod
     @contextlib.contextmanager
     def open(
-        cls, location: str | Path, spec: StoreSpec, *, queue_blocks: int = 2
+        cls,
+        location: str | Path,
+        spec: StoreSpec,
+        *,
+        shard: int = 0,
+        storage_options: dict[str, Any] | None = None,
+        owner: str | None = None,
+        queue_blocks: int = 2,
     ) -> Iterator[StoreWriter]:
-        """Create `location` or resume the store there, and yield a writer for it."""
-        check_target(location)
-        path = local_path(location)
-        check_resumable(path, spec)
-        with writer_lock(path):
-            attrs = check_resumable(path, spec)  # again, now that no one else can write
-            group = cls._create_or_resume(path, spec, attrs)
-            writer = cls(group, spec, queue_blocks)
+        """Create `location` or resume the store there, and yield a writer for one shard of it.
+
+        `owner` identifies a run: shard tasks of one run share it, so a retried task may take
+        over the lease its failed attempt left on object storage.
+        """
+        target = StoreTarget(location, storage_options)
+        check_resumable(target, spec)  # refuse early, before any lock is taken
+        owner = owner or new_owner()
+        with target.lock("create", owner):
+            group = _create_or_open(target, spec, check_resumable(target, spec))
+        with target.lock(f"shard-{shard:05d}", owner):
+            if spec.layout.shards == 1:
+                target.remove_partial_writes()
+            writer = cls(target, group, spec, shard, owner, queue_blocks)
             try:
                 yield writer
             finally:
                 writer.close()
 
-    @staticmethod
-    def _create_or_resume(path: Path, spec: StoreSpec, attrs: dict | None) -> zarr.Group:
-        store = zarr_store(path, read_only=False)
-        if attrs is None:
-            group = zarr.create_group(
-                store,
-                zarr_format=3,
-                attributes={
-                    "format": schema.FORMAT_NAME,
-                    "format_version": schema.FORMAT_VERSION,
-                    "saekit_version": __version__,
-                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                    **spec.fixed_attrs(),
-                    "provenance": spec.provenance,
-                    "n_rows_committed": 0,
-                    "complete": False,
-                    "initialized": False,
-                },
-            )
-        else:
-            group = zarr.open_group(store, mode="r+", zarr_format=3)
-            for stray in path.rglob("*.partial"):  # temp files of writes cut short by a kill
-                stray.unlink()
-        if not group.attrs.get("initialized"):
-            _create_arrays(group, spec)
-            group.attrs.update({"initialized": True})
-        return group
-
     @property
     def n_rows_committed(self) -> int:
-        """Rows [0, n_rows_committed) are complete on disk (not counting queued blocks)."""
+        """The shard's rows before this row index are complete (queued blocks not counted)."""
         return self._committed
 
     @property
@@ -230,20 +243,17 @@ class StoreWriter:
         return self._complete
 
     def pending_blocks(self) -> Iterator[Block]:
-        """The blocks still to write, in order (endless when the capacity is unknown)."""
+        """The shard's blocks still to write, in order (endless when the capacity is unknown)."""
         if self._ended:
             return
-        index = self._next_index
-        n_blocks = self.spec.layout.n_blocks
-        while n_blocks is None or index < n_blocks:
+        for index in range(self._next_index, self._end_index):
             yield self.spec.layout.block(index)
-            index += 1
 
     def write(self, block: Block, rows: RowBlock | EncodedBlock) -> None:
-        """Queue a block's rows (stream order). A block shorter than `block` ends the store."""
+        """Queue a block's rows (stream order). A block shorter than `block` ends the shard."""
         self._raise_if_failed()
         if self._ended:
-            raise ValueError("the store has ended; no more blocks can be written")
+            raise ValueError("the shard has ended; no more blocks can be written")
         if block.index != self._next_index:
             raise ValueError(
                 f"block {block.index} written out of order (expected {self._next_index})"
@@ -252,20 +262,19 @@ class StoreWriter:
         if not 0 < n_rows <= block.n_rows:
             raise ValueError(f"block {block.index} takes 1..{block.n_rows} rows, got {n_rows}")
         self._next_index += 1
-        self._ended = n_rows < block.n_rows
+        self._ended = n_rows < block.n_rows or self._next_index == self._end_index
         self._queue.put((Block(block.index, block.start, block.start + n_rows), rows))
 
     def finish(self) -> None:
-        """Commit everything queued, mark the store complete and trim arrays to the rows written."""
+        """Commit everything queued and mark the shard complete. When every shard is complete,
+        the store is finished: arrays trimmed to the rows written, `complete` set."""
         self.flush()
         if self._complete:
             return
-        n_rows = self._committed
-        for array in self._arrays.values():
-            if array.shape[0] != n_rows:
-                array.resize((n_rows, *array.shape[1:]))
-        self._group.attrs.update({"complete": True})
+        if self._progress.sharded:
+            self._progress.save(self._committed, complete=True)
         self._complete = self._ended = True
+        finish_store(self._target, self._group, self.spec, self._owner)
 
     def flush(self) -> None:
         """Block until every queued block is committed."""
@@ -306,5 +315,27 @@ class StoreWriter:
             self._arrays[path][block.start : block.stop] = encoded[path][order]
 
         list(self._io_pool.map(store, self._arrays))
-        self._group.attrs.update({"n_rows_committed": block.stop})
+        self._progress.save(block.stop)
         self._committed = block.stop
+
+
+def finish_store(target: StoreTarget, group: zarr.Group, spec: StoreSpec, owner: str) -> bool:
+    """Finish the store if every shard is complete: trim arrays, set `complete`. Idempotent."""
+    with target.lock("create", owner):
+        if group.attrs.get("complete"):
+            return True
+        shards = range(spec.layout.shards)
+        if len(shards) > 1 and not all(ShardProgress(group, spec, s).load()[1] for s in shards):
+            return False
+        rows = committed_ranges(dict(group.attrs), group.store, spec)
+        n_rows = rows[-1][1] if rows else 0
+        if rows and rows != [(0, n_rows)]:
+            raise IntegrityError(f"store {target.location} has gaps between shards: {rows}")
+        for path in schema.array_plan(spec):
+            array = group[path]
+            if array.shape[0] != n_rows:
+                array.resize((n_rows, *array.shape[1:]))
+        if spec.layout.shards > 1:
+            target.remove_partial_writes()
+        group.attrs.update({"n_rows_committed": n_rows, "complete": True})
+        return True

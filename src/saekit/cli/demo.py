@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from saekit.cli.common import console, progress_bar
-from saekit.cli.harvest import HarvestBar, TokensPerSecond
+from saekit.cli.common import console
+from saekit.cli.harvest import HarvestBar
 from saekit.cli.store import print_summary
 
 DEFAULT_OUT = Path("demo-output")
@@ -33,8 +33,8 @@ def register(app: typer.Typer) -> None:
             prepare_model_and_corpus(paths)
         console.print(f"model: {paths.model}   corpus: {paths.corpus}")
         console.rule("2. harvest activations and loss gradients")
-        with progress_bar(TokensPerSecond()) as bar:
-            run_harvest(plan_harvest(harvest_config(paths)), HarvestBar(bar))
+        with HarvestBar() as bar:
+            run_harvest(plan_harvest(harvest_config(paths)), bar)
         store = ActivationStore.open(paths.store)
         print_summary(describe(store))
         problems = verify_store(store)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 import typer
 from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
-from saekit.cli.common import console, err_console, invocation, progress_bar
+from saekit.cli.common import (
+    StorageOptions,
+    console,
+    err_console,
+    invocation,
+    parse_storage_options,
+    progress_bar,
+)
 
 
 class TokensPerSecond(ProgressColumn):
@@ -20,17 +28,32 @@ class TokensPerSecond(ProgressColumn):
 
 
 class HarvestBar:
-    """Adapts a rich progress bar to the harvest's progress protocol."""
+    """A rich progress bar for the harvest, shown from the moment rows start to flow (so that an
+    error found while opening the store is printed alone)."""
 
-    def __init__(self, bar) -> None:
-        self.bar = bar
+    def __init__(self) -> None:
+        self.bar = progress_bar(TokensPerSecond())
         self.task = None
 
     def start(self, total_rows: int | None, done_rows: int) -> None:
+        self.bar.start()
         self.task = self.bar.add_task("harvesting tokens", total=total_rows, completed=done_rows)
 
     def advance(self, rows: int) -> None:
         self.bar.advance(self.task, rows)
+
+    def show_committed(self, total_rows: int | None, rows: int) -> None:
+        """For sharded runs: the rows committed so far, polled from the store."""
+        if self.task is None:
+            self.start(total_rows, rows)
+        self.bar.update(self.task, completed=rows)
+
+    def __enter__(self) -> HarvestBar:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.task is not None:
+            self.bar.stop()
 
 
 def register(app: typer.Typer) -> None:
@@ -97,14 +120,41 @@ def register(app: typer.Typer) -> None:
         chunks_per_block: Annotated[
             int, typer.Option(help="Chunks per committed block (advanced).")
         ] = 16,
+        shards: Annotated[
+            int,
+            typer.Option(
+                help="Split the store into N shards harvested independently (needs --tokens); "
+                "with --cluster they run as dask tasks, else one after another."
+            ),
+        ] = 1,
+        shard: Annotated[
+            str | None,
+            typer.Option(help="Harvest only shard I of N (e.g. 3/8), for Slurm arrays and such."),
+        ] = None,
+        cluster: Annotated[
+            str | None,
+            typer.Option(
+                help="dask.distributed scheduler address, or local[:W] to start a LocalCluster "
+                "of W workers (default: one per GPU, else 2)."
+            ),
+        ] = None,
+        storage_options: StorageOptions = None,
     ) -> None:
         """Run a causal LM over text; store activations, loss gradients, token ids and loss."""
         from saekit.cache_format.schema import ACTIVATION_DTYPES
         from saekit.errors import SaekitError
         from saekit.harvest import HarvestConfig, plan_harvest, run_harvest
+        from saekit.harvest.distributed import harvest_shards, parse_shard
 
         if dtype not in ACTIVATION_DTYPES:
             raise SaekitError(f"--dtype must be one of {', '.join(ACTIVATION_DTYPES)}, not {dtype}")
+        if shard is not None and (shards != 1 or cluster):
+            raise SaekitError(
+                "--shard I/N harvests one shard here; do not combine it with --shards or --cluster"
+            )
+        if cluster and shards == 1:
+            raise SaekitError("--cluster runs the shards of a sharded harvest; add --shards N")
+        shard_index, shard_count = parse_shard(shard) if shard else (0, shards)
         config = HarvestConfig(
             model=model,
             dataset=dataset,
@@ -123,13 +173,33 @@ def register(app: typer.Typer) -> None:
             autocast_bf16=autocast_bf16,
             rows_per_chunk=rows_per_chunk,
             chunks_per_block=chunks_per_block,
+            shards=shard_count,
+            shard=shard_index,
+            storage_options=parse_storage_options(storage_options),
             provenance={"command": invocation()},
         )
         with err_console.status("loading the model and checking inputs"):
-            plan = plan_harvest(config)
+            plan = plan_harvest(
+                config if not cluster else dataclasses.replace(config, device="cpu")
+            )
         widths = ", ".join(f"{h} (d={s.d})" for h, s in plan.spec.hooks.items())
-        console.print(f"harvesting {widths} from {config.model} on {plan.model.device} into {out}")
-        with progress_bar(TokensPerSecond()) as bar:
-            result = run_harvest(plan, HarvestBar(bar))
-        note = " (the dataset ran out first)" if result.dataset_exhausted and tokens else ""
-        console.print(f"store complete: {result.rows:,} tokens in {out}{note}")
+        where = f"cluster {cluster}" if cluster else str(plan.model.device)
+        part = f"shard {shard_index} of {shard_count}" if shard else f"{shard_count} shard(s)"
+        console.print(f"harvesting {widths} from {model} on {where} into {out} ({part})")
+        with HarvestBar() as bar:
+            if shard is None and shards > 1:
+                capacity = plan.spec.layout.capacity_rows
+                results = harvest_shards(
+                    plan if not cluster else dataclasses.replace(plan, config=config),
+                    cluster,
+                    on_rows=lambda rows: bar.show_committed(capacity, rows),
+                )
+            else:
+                results = [run_harvest(plan, bar)]
+        rows = sum(r.rows for r in results)
+        note = (
+            " (the dataset ran out first)"
+            if any(r.dataset_exhausted for r in results) and tokens
+            else ""
+        )
+        console.print(f"harvest complete: {rows:,} tokens written to {out}{note}")

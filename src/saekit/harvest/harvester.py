@@ -56,6 +56,10 @@ class HarvestConfig:
     autocast_bf16: bool = False
     rows_per_chunk: int = 8192
     chunks_per_block: int = 16
+    shards: int = 1  # the store is written by this many independent shard writers
+    shard: int = 0  # the shard this harvest writes
+    storage_options: dict[str, Any] | None = None  # fsspec options for a remote --out
+    owner: str | None = None  # run id shared by the shard tasks of one distributed harvest
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,6 +102,13 @@ def _check_numbers(config: HarvestConfig) -> None:
         raise SaekitError("--batch-size must be positive")
     if config.holdout_tokens is not None and config.holdout_tokens < 0:
         raise SaekitError("--holdout-tokens must be >= 0")
+    if config.shards < 1 or not 0 <= config.shard < config.shards:
+        raise SaekitError(
+            f"shard {config.shard} of {config.shards} does not exist; shards are "
+            "numbered 0..N-1 (e.g. --shard 0/4)"
+        )
+    if config.shards > 1 and config.tokens is None:
+        raise SaekitError("a sharded harvest needs --tokens, to split the rows between shards")
 
 
 def _row_counts(config: HarvestConfig) -> tuple[int | None, int]:
@@ -135,7 +146,7 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
     """Validate every input (cheapest checks first) before anything is written."""
     _check_numbers(config)
     capacity, holdout = _row_counts(config)
-    check_target(config.out)
+    check_target(config.out, config.storage_options)
     device = resolve_device(config.device)
     source = resolve_source(config.dataset, config.split, config.text_column)
     model = load_model(config.model, device)
@@ -175,14 +186,19 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
     }
     spec = StoreSpec(
         layout=StoreLayout(
-            config.rows_per_chunk, config.chunks_per_block, holdout, capacity, config.seed
+            config.rows_per_chunk,
+            config.chunks_per_block,
+            holdout,
+            capacity,
+            config.seed,
+            config.shards,
         ),
         hooks={h: HookSpec(d=widths[h], gradients=config.gradients) for h in hooks},
         activation_dtype=config.dtype,
         identity=identity,
         provenance=provenance,
     )
-    check_resumable(config.out, spec)
+    check_resumable(config.out, spec, config.storage_options)
     return HarvestPlan(config, model, source, packing, spec)
 
 
@@ -285,9 +301,18 @@ def run_harvest(plan: HarvestPlan, progress: Progress | None = None) -> HarvestR
     """Harvest into the plan's store, resuming after its committed rows."""
     bridge, device = plan.model.bridge, plan.model.device
     t, batch_size = plan.context_size, plan.config.batch_size
-    with StoreWriter.open(plan.config.out, plan.spec) as writer:
+    config = plan.config
+    with StoreWriter.open(
+        config.out,
+        plan.spec,
+        shard=config.shard,
+        storage_options=config.storage_options,
+        owner=config.owner,
+    ) as writer:
+        first_row, last_row = writer.shard_rows
         if progress:
-            progress.start(plan.spec.layout.capacity_rows, writer.n_rows_committed)
+            total = None if last_row is None else last_row - first_row
+            progress.start(total, writer.n_rows_committed - first_row)
         filler = _BlockFiller(writer, device)
         if not filler.done:
             first_context = filler.block.start // t // batch_size * batch_size
@@ -308,15 +333,15 @@ def run_harvest(plan: HarvestPlan, progress: Progress | None = None) -> HarvestR
                     break
             filler.close()
         writer.flush()
-        n_rows = writer.n_rows_committed
-        if n_rows <= plan.spec.layout.holdout_rows:
+        end = writer.n_rows_committed
+        if not filler.done and end <= plan.spec.layout.holdout_rows:
             raise SaekitError(
-                f"dataset {plan.config.dataset} ran out after {n_rows} tokens, before any "
-                f"training tokens ({plan.spec.layout.holdout_rows} are held out); use more "
-                "text or lower --holdout-tokens, and write a new store"
+                f"dataset {config.dataset} ran out after {end} tokens, before any training "
+                f"tokens ({plan.spec.layout.holdout_rows} are held out); use more text or lower "
+                "--holdout-tokens, and write a new store"
             )
         writer.finish()
-        return HarvestResult(n_rows, complete=True, dataset_exhausted=not filler.done)
+        return HarvestResult(end - first_row, complete=True, dataset_exhausted=not filler.done)
 
 
 def _rows_of(first_context: int, tokens_BT: torch.Tensor, out: Any) -> RowBlock:

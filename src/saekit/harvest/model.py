@@ -20,9 +20,9 @@ def resolve_device(device: str) -> torch.device:
     """`auto` picks CUDA when present; asking for CUDA where there is none is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise SaekitError(f"--device must be auto, cpu or cuda, not {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise SaekitError(
             "--device cuda was asked for but this machine has no CUDA GPU; use --device cpu or auto"
         )

@@ -1,0 +1,93 @@
+"""Where a writer writes: a local directory or an fsspec URL (s3://, gs://, memory://, ...)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from zarr.abc.store import Store
+
+from saekit.cache_format import schema
+from saekit.cache_format.location import is_local, local_path, remote_error, zarr_store
+from saekit.cache_format.locking import LOCK_DIR, local_lock, object_lock
+from saekit.errors import SaekitError
+
+
+class StoreTarget:
+    """A store location opened for writing: checks, locks and the zarr store object."""
+
+    def __init__(self, location: str | Path, storage_options: dict[str, Any] | None = None):
+        self.location = str(location)
+        self.storage_options = storage_options
+        self.local = is_local(location)
+        if self.local:
+            self.path = local_path(location)
+        else:
+            try:
+                self.fs, self.root = fsspec.core.url_to_fs(self.location, **(storage_options or {}))
+            except (ImportError, ValueError) as error:
+                raise SaekitError(f"cannot write to {location}: {error}") from None
+
+    def zarr_store(self) -> Store:
+        return zarr_store(self.location, read_only=False, storage_options=self.storage_options)
+
+    def _root_attrs(self) -> dict | None:
+        try:
+            text = (
+                (self.path / "zarr.json").read_text()
+                if self.local
+                else self.fs.cat_file(f"{self.root}/zarr.json")
+            )
+            meta = json.loads(text)
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        return meta.get("attributes", {}) if isinstance(meta, dict) else None
+
+    def _is_empty(self) -> bool:
+        """No data yet (lock files of a writer killed while creating the store do not count)."""
+        if self.local:
+            if not self.path.exists():
+                return True
+            if not self.path.is_dir():
+                raise SaekitError(
+                    f"{self.path} is a file, not a store directory; choose another output path"
+                )
+            return all(p.name == LOCK_DIR for p in self.path.iterdir())
+        try:
+            if not self.fs.exists(self.root):
+                return True
+            if self.fs.isfile(self.root):
+                raise SaekitError(f"{self.location} is an object, not a store prefix")
+            names = {Path(p).name for p in self.fs.ls(self.root, detail=False)}
+        except SaekitError:
+            raise
+        except Exception as error:  # network, credentials, missing bucket: one line, no trace
+            raise remote_error(self.location, error) from None
+        return names <= {LOCK_DIR}
+
+    def existing_attrs(self) -> dict | None:
+        """Refuse, touching nothing, a file or a foreign directory; return a store's attributes."""
+        if self._is_empty():
+            return None
+        return schema.check_format(self._root_attrs(), self.location)
+
+    @contextlib.contextmanager
+    def lock(self, name: str, owner: str) -> Iterator[None]:
+        """Exclusive rights to `name` (a shard, or the store's creation and finishing)."""
+        if self.local:
+            with local_lock(self.path, name):
+                yield
+        else:
+            with object_lock(self.fs, self.root, name, owner):
+                yield
+
+    def remove_partial_writes(self) -> None:
+        """Delete temporary files of local chunk writes cut short by a kill (never needed on
+        object storage, where a PUT is all or nothing)."""
+        if self.local:
+            for stray in self.path.rglob("*.partial"):
+                stray.unlink()

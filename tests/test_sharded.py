@@ -1,0 +1,167 @@
+"""Sharded harvests: shards in any order, on any workers, give the single-process store."""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from helpers import snapshot
+from saekit.cache_format import ActivationStore
+from saekit.cache_format.locking import local_lock
+
+distributed = pytest.importorskip("distributed")
+
+
+def args(tiny_lm, corpus, out, *extra):
+    return [
+        "harvest", "--model", str(tiny_lm), "--dataset", str(corpus), "--out", str(out),
+        "--hook", "blocks.1.hook_resid_post", "--tokens", "4800", "--holdout-tokens", "480",
+        "--context-size", "24", "--batch-size", "4", "--rows-per-chunk", "96",
+        "--chunks-per-block", "2", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_lm, corpus, tmp_path_factory):
+    """The same harvest done by one process, unsharded."""
+    from saekit.cli import main
+
+    out = tmp_path_factory.mktemp("ref") / "single.zarr"
+    with pytest.raises(SystemExit) as done:
+        main(args(tiny_lm, corpus, out))
+    assert done.value.code in (0, None)
+    return ActivationStore.open(out)
+
+
+def assert_same_rows(store, reference):
+    """Every (sequence, position) once, with the same token, loss, activation and gradient."""
+    assert store.complete and store.n_rows_committed == reference.n_rows_committed == 4800
+    fields = ["sequence", "position", "tokens", "loss", "activations", "gradients"]
+    got = store.read(fields, 0, store.n_rows_committed)
+    want = reference.read(fields, 0, reference.n_rows_committed)
+    keys = got["sequence"] * 24 + got["position"]
+    assert len(np.unique(keys)) == len(keys), "no duplicated rows"
+    for name in fields:
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_shards_one_after_another(run_cli, tiny_lm, corpus, tmp_path, reference):
+    result = run_cli(*args(tiny_lm, corpus, tmp_path / "s.zarr", "--shards", "3"))
+    assert result.exit_code == 0, result.stderr
+    store = ActivationStore.open(tmp_path / "s.zarr")
+    assert store.spec.layout.shards == 3
+    assert_same_rows(store, reference)
+
+
+def test_shards_by_hand_in_any_order(run_cli, tiny_lm, corpus, tmp_path, reference):
+    out = tmp_path / "s.zarr"
+    assert run_cli(*args(tiny_lm, corpus, out, "--shard", "2/3")).exit_code == 0
+    partial = ActivationStore.open(out)
+    first, last = partial.spec.layout.shard_rows(2)
+    assert not partial.complete and partial.committed == [(first, last)]
+    assert run_cli("verify", out).exit_code == 0, "a partly harvested store verifies"
+    info = run_cli("info", out)
+    assert f"{last - first:,} committed" in info.stdout
+    for shard in ("0/3", "1/3"):
+        assert run_cli(*args(tiny_lm, corpus, out, "--shard", shard)).exit_code == 0
+    assert_same_rows(ActivationStore.open(out), reference)
+
+
+def test_a_different_shard_count_is_refused(run_cli, tiny_lm, corpus, tmp_path):
+    out = tmp_path / "s.zarr"
+    assert run_cli(*args(tiny_lm, corpus, out, "--shard", "0/3")).exit_code == 0
+    before = snapshot(out)
+    result = run_cli(*args(tiny_lm, corpus, out, "--shard", "0/2"))
+    assert result.exit_code == 2 and "layout.shards (store: 3, now: 2)" in result.stderr
+    assert snapshot(out) == before
+
+
+def test_two_writers_on_one_shard(run_cli, tiny_lm, corpus, tmp_path):
+    out = tmp_path / "s.zarr"
+    assert run_cli(*args(tiny_lm, corpus, out, "--shard", "0/3")).exit_code == 0
+    committed = ActivationStore.open(out).committed
+    with local_lock(out, "shard-00001"):  # another cluster is writing shard 1
+        result = run_cli(*args(tiny_lm, corpus, out, "--shard", "1/3"))
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "shard-00001 of store" in result.stderr and "another process" in result.stderr
+    assert ActivationStore.open(out).committed == committed, "nothing committed was lost"
+
+
+@pytest.mark.parametrize("bad", [["--shard", "3/3"], ["--shard", "x"], ["--cluster", "local"]])
+def test_bad_shard_options(run_cli, tiny_lm, corpus, tmp_path, bad):
+    result = run_cli(*args(tiny_lm, corpus, tmp_path / "s.zarr", *bad))
+    assert result.exit_code == 2 and result.stderr.startswith("error: ")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_sharding_needs_a_token_count(run_cli, tiny_lm, corpus, tmp_path):
+    command = args(tiny_lm, corpus, tmp_path / "s.zarr", "--shards", "2")
+    index = command.index("--tokens")
+    del command[index : index + 2]
+    result = run_cli(*command)
+    assert result.exit_code == 2 and "needs --tokens" in result.stderr
+
+
+def test_unreachable_scheduler(run_cli, tiny_lm, corpus, tmp_path):
+    command = args(
+        tiny_lm, corpus, tmp_path / "s.zarr", "--shards", "2", "--cluster", "tcp://127.0.0.1:9"
+    )
+    result = run_cli(*command)
+    assert result.exit_code == 2 and "cannot reach the dask scheduler" in result.stderr
+
+
+def test_local_cluster_of_two_workers(run_cli, tiny_lm, corpus, tmp_path, reference):
+    out = tmp_path / "s.zarr"
+    result = run_cli(*args(tiny_lm, corpus, out, "--shards", "4", "--cluster", "local:2"))
+    assert result.exit_code == 0, result.stderr
+    assert_same_rows(ActivationStore.open(out), reference)
+
+
+def test_killed_worker_is_resumed_without_duplicates(tiny_lm, corpus, tmp_path, reference):
+    """A worker killed mid-shard: dask retries the task elsewhere; the shard resumes."""
+    from distributed import Client, LocalCluster
+
+    from saekit.cli import main
+
+    out = tmp_path / "s.zarr"
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        pids = list(client.run(os.getpid).values())
+        outcome = {}
+
+        def run() -> None:
+            try:
+                main(
+                    args(
+                        tiny_lm,
+                        corpus,
+                        out,
+                        "--shards",
+                        "2",
+                        "--cluster",
+                        cluster.scheduler_address,
+                    )
+                )
+            except SystemExit as exit_:
+                outcome["code"] = exit_.code
+
+        harvest = threading.Thread(target=run)
+        harvest.start()
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if ActivationStore.open(out).n_rows_committed > 0:
+                    break
+            except Exception:
+                pass
+            time.sleep(0.05)
+        assert harvest.is_alive(), "the worker is killed while the harvest runs"
+        os.kill(pids[0], signal.SIGKILL)
+        harvest.join(timeout=300)
+    assert outcome.get("code") in (0, None)
+    assert_same_rows(ActivationStore.open(out), reference)
