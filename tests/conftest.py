@@ -1,7 +1,11 @@
-"""Shared fixtures: small synthetic stores and a way to run the CLI in-process."""
+"""Shared fixtures: the CLI in-process, synthetic stores, a tiny LM and corpus, a local S3."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -64,3 +68,40 @@ def _offline(monkeypatch):
     """Tests never reach the network: Hugging Face libraries fail fast instead of retrying."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """An S3-compatible server (moto) on 127.0.0.1, for the whole test session."""
+    pytest.importorskip("moto")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.kill()
+    server.wait()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch):
+    """A fresh bucket on the local S3 server: (bucket name, fsspec storage options)."""
+    s3fs = pytest.importorskip("s3fs")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    options = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
+    bucket = f"team-{time.time_ns()}"
+    s3fs.S3FileSystem(**options).mkdir(bucket)
+    return bucket, options

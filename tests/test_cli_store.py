@@ -20,7 +20,14 @@ def test_info_human_and_json(run_cli, small_store):
     assert "synthetic.hook_resid: d=64" in human.stdout
     result = run_cli("info", small_store, "--json")
     info = json.loads(result.stdout)
-    assert info["rows"] == {"committed": 4096, "capacity": 4096, "holdout": 512, "train": 3584}
+    assert info["rows"] == {
+        "committed": 4096,
+        "capacity": 4096,
+        "holdout": 512,
+        "train": 3584,
+        "committed_ranges": [[0, 4096]],
+    }
+    assert info["shards"] == {"count": 1, "rows": [[0, 4096]]}
     assert info["hooks"] == {"synthetic.hook_resid": {"d": 64, "gradients": True}}
     assert info["complete"] is True
     assert info["bytes_per_row"] > 64 * 2 * 2  # activations and gradients, two bytes each

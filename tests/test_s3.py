@@ -1,10 +1,6 @@
 """Reading a store from an S3-compatible server (moto, on 127.0.0.1) through s3:// URLs."""
 
 import json
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,42 +10,10 @@ from saekit.cache_format import ActivationStore
 s3fs = pytest.importorskip("s3fs")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield endpoint
-    server.kill()
-    server.wait()
-
-
 @pytest.fixture
-def s3_store(s3_endpoint, small_store, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    options = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
-    fs = s3fs.S3FileSystem(**options)
-    bucket = f"team-{time.time_ns()}"
-    fs.mkdir(bucket)
-    fs.put(str(small_store), f"{bucket}/small.zarr", recursive=True)
+def s3_store(s3_bucket, small_store):
+    bucket, options = s3_bucket
+    s3fs.S3FileSystem(**options).put(str(small_store), f"{bucket}/small.zarr", recursive=True)
     return f"s3://{bucket}/small.zarr", options
 
 

@@ -38,6 +38,13 @@ def describe(store: ActivationStore, storage_options: dict[str, Any] | None = No
             "capacity": layout.capacity_rows,
             "holdout": store.n_rows("holdout"),
             "train": store.n_rows("train"),
+            "committed_ranges": [list(r) for r in store.committed],
+        },
+        "shards": {
+            "count": layout.shards,
+            "rows": [list(layout.shard_rows(i)) for i in range(layout.shards)]
+            if layout.capacity_rows is not None
+            else None,
         },
         "layout": layout.to_attrs(),
         "activation_dtype": store.spec.activation_dtype,

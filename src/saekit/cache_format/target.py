@@ -59,6 +59,7 @@ class StoreTarget:
             return all(p.name == LOCK_DIR for p in self.path.iterdir())
         try:
             if not self.fs.exists(self.root):
+                self._check_bucket()
                 return True
             if self.fs.isfile(self.root):
                 raise SaekitError(f"{self.location} is an object, not a store prefix")
@@ -68,6 +69,17 @@ class StoreTarget:
         except Exception as error:  # network, credentials, missing bucket: one line, no trace
             raise remote_error(self.location, error) from None
         return names <= {LOCK_DIR}
+
+    def _check_bucket(self) -> None:
+        """Object stores: the bucket of a new store must exist (saekit does not create buckets)."""
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        if protocol in ("s3", "s3a", "gs", "gcs", "az", "abfs"):
+            bucket = self.root.split("/", 1)[0]
+            if not self.fs.exists(bucket):
+                raise SaekitError(
+                    f"bucket {bucket} of {self.location} does not exist; create it "
+                    "first or check the name"
+                )
 
     def existing_attrs(self) -> dict | None:
         """Refuse, touching nothing, a file or a foreign directory; return a store's attributes."""

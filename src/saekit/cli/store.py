@@ -44,6 +44,9 @@ def print_summary(info: dict) -> None:
     state = "complete" if info["complete"] else "in progress or interrupted"
     capacity = rows["capacity"] if rows["capacity"] is not None else "open-ended"
     table.add_row("rows", f"{rows['committed']:,} committed of {capacity} ({state})")
+    if info["shards"]["count"] > 1:
+        ranges = ", ".join(f"{a:,}-{b:,}" for a, b in rows["committed_ranges"]) or "none"
+        table.add_row("shards", f"{info['shards']['count']} shards; committed rows {ranges}")
     table.add_row(
         "split",
         f"{rows['holdout']:,} held-out rows (the first ones), {rows['train']:,} training rows",

@@ -1,0 +1,35 @@
+"""Readers never modify a store: every read-only command on a store whose files are read-only."""
+
+import stat
+
+import pytest
+import torch
+
+from helpers import snapshot
+from saekit.cache_format import ActivationStore, ShuffledLoader
+
+
+@pytest.fixture
+def read_only_store(small_store):
+    """The store with every write permission removed (a root user could still write, so the
+    test also compares every file's bytes and modification time before and after)."""
+    for path in [small_store, *small_store.rglob("*")]:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    yield small_store
+    for path in [small_store, *small_store.rglob("*")]:
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def test_read_only_commands_leave_the_store_untouched(run_cli, read_only_store):
+    before = snapshot(read_only_store)
+    times = {p: p.stat().st_mtime_ns for p in read_only_store.rglob("*")}
+    assert run_cli("info", read_only_store).exit_code == 0
+    assert run_cli("info", read_only_store, "--json").exit_code == 0
+    assert run_cli("verify", read_only_store).exit_code == 0
+    store = ActivationStore.open(read_only_store)
+    batches = list(ShuffledLoader(store, fields=("activations", "gradients"), batch_size=256))
+    assert batches and all(torch.isfinite(b["gradients"]).all() for b in batches)
+    assert store.read_tensors(["activations"], 0, 512)["activations"].shape == (512, 64)
+    assert snapshot(read_only_store) == before, "no file added, removed or changed"
+    assert {p: p.stat().st_mtime_ns for p in read_only_store.rglob("*")} == times
