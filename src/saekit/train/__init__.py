@@ -1,0 +1,1 @@
+"""`sae train`: SAE variants trained on rows streamed from an activation store."""
