@@ -79,15 +79,19 @@ class SquaredError(LossTerm):
 
 
 @dataclass
-class DecoderWeightedL1(LossTerm):
-    """Σ_i a_i ‖d_i‖ of non-negative activations `a`: the codes, or `extras[source]`."""
+class L1Penalty(LossTerm):
+    """Σ_i a_i ‖d_i‖ (or Σ_i a_i without `decoder_weighted`) of non-negative activations `a`:
+    the codes, or `extras[source]`; averaged over the batch."""
 
     source: str | None = None
+    decoder_weighted: bool = True
     name: ClassVar[str] = "l1"
 
     def __call__(self, sae: SAE, fwd: Forward, ctx: StepContext) -> Tensor:
         a_BF = fwd.code.to_dense() if self.source is None else fwd.extras[self.source]
-        return (a_BF * sae.decoder_norms()).sum(dim=1).mean()
+        if self.decoder_weighted:
+            a_BF = a_BF * sae.decoder_norms()
+        return a_BF.sum(dim=1).mean()
 
 
 @dataclass

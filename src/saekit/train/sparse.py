@@ -22,10 +22,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# torch flags its CSR support as beta; the operations used here are covered by the tests.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
-
 
 @dataclass(frozen=True)
 class SparsePattern:
@@ -68,9 +64,12 @@ class SparsePattern:
         return len(self.latent_N)
 
     def csr(self, values_N: Tensor) -> Tensor:
-        return torch.sparse_csr_tensor(
-            self.crow_R1, self.latent_N, values_N, (self.n_rows, self.n_latents)
-        )
+        shape = (self.n_rows, self.n_latents)
+        with warnings.catch_warnings():  # torch calls CSR "beta"; what is used here is tested
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(
+                self.crow_R1, self.latent_N, values_N, shape, check_invariants=False
+            )
 
     def take(self, dense_BF: Tensor) -> Tensor:
         """The pattern's entries of a dense matrix, in pattern order."""

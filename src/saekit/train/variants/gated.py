@@ -6,7 +6,7 @@
     L = ‖x − x̂‖² + λ‖ReLU(π_gate)‖₁ + ‖x − (sg(W_dec) ReLU(π_gate) + sg(b_dec))‖²
 
 The Heaviside gate passes no gradient: b_gate learns through the last two terms only, W_gate
-also through π_mag (the tying). Unit-norm decoder (so the L1 weight ‖d_i‖ is 1), Adam(0, 0.999).
+also through π_mag (the tying). Unit-norm decoder, plain L1 on the gate, Adam(0, 0.999).
 """
 
 from __future__ import annotations
@@ -73,7 +73,9 @@ class Gated(Activation):
     def loss_terms(self) -> list[losses.LossTerm]:
         return [
             losses.SquaredError(),
-            losses.DecoderWeightedL1(self.options.l1, self.options.penalty_warmup, "gate_BF"),
+            losses.L1Penalty(
+                self.options.l1, self.options.penalty_warmup, "gate_BF", decoder_weighted=False
+            ),
             losses.FrozenDecoderReconstruction(),
         ]
 

@@ -71,6 +71,16 @@ class _Step(torch.autograd.Function):
         return torch.zeros_like(z), grad_theta.sum_to_size(theta.shape), None
 
 
+def jump_relu(z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+    """z · H(z − θ) with straight-through gradients (see the module docstring)."""
+    return _JumpReLU.apply(z, theta, bandwidth)
+
+
+def step(z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+    """H(z − θ) with straight-through gradients for θ only."""
+    return _Step.apply(z, theta, bandwidth)
+
+
 @register
 class JumpReLU(Activation):
     """f = z·H(z − θ) with a learnt θ per latent; ‖x − x̂‖² + λ·L0."""
@@ -91,8 +101,8 @@ class JumpReLU(Activation):
     ) -> tuple[Code, Tensor, dict[str, Tensor]]:
         z_BF = sae.pre_activations_centred(x_cent_BD)
         theta_F, bandwidth = self.log_threshold.exp(), self.options.bandwidth
-        f_BF = _JumpReLU.apply(z_BF, theta_F, bandwidth)
-        l0_B = _Step.apply(z_BF, theta_F, bandwidth).sum(dim=1)
+        f_BF = jump_relu(z_BF, theta_F, bandwidth)
+        l0_B = step(z_BF, theta_F, bandwidth).sum(dim=1)
         return DenseCode(f_BF), z_BF, {"l0_B": l0_B}
 
     def encode(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:

@@ -53,5 +53,5 @@ class ReLU(Activation):
         return DenseCode(sae.pre_activations(x_BD).relu())
 
     def loss_terms(self) -> list[losses.LossTerm]:
-        penalty = losses.DecoderWeightedL1(self.options.l1, self.options.penalty_warmup)
+        penalty = losses.L1Penalty(self.options.l1, self.options.penalty_warmup)
         return [losses.SquaredError(), penalty]
