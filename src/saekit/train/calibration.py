@@ -8,12 +8,14 @@ import math
 import torch
 from torch import Tensor
 
+from saekit.errors import SaekitError
+
 
 def input_scale(x_BD: Tensor) -> float:
     """c with E‖c·x‖ = √d over the sample."""
     mean_norm = float(x_BD.double().norm(dim=1).mean())
     if not mean_norm > 0:
-        raise ValueError("the calibration sample has zero mean norm")
+        raise SaekitError("the store's activations are all zero; they cannot train an SAE")
     return math.sqrt(x_BD.shape[1]) / mean_norm
 
 

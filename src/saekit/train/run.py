@@ -260,9 +260,12 @@ def calibrate(
         drop_last=False,
     )
     sample = next(iter(loader))
-    scale = input_scale(sample["activations"])
-    x_BD = (sample["activations"] * scale).to(device)
-    g_BD = (sample["gradients"] / scale).to(device) if needs_gradients else None
+    finite_B = torch.stack([torch.isfinite(v).all(dim=1) for v in sample.values()]).all(dim=0)
+    if not finite_B.any():  # non-finite rows are left out here; training stops on them
+        raise SaekitError(f"store {store.location} has no finite rows to calibrate on")
+    scale = input_scale(sample["activations"][finite_B])
+    x_BD = (sample["activations"][finite_B] * scale).to(device)
+    g_BD = (sample["gradients"][finite_B] / scale).to(device) if needs_gradients else None
     median_D = None
     calibration = {}
     for member in members:
