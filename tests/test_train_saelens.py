@@ -53,11 +53,8 @@ def test_every_export_loads_in_saelens_and_reconstructs_the_same(tmp_path):
     x = torch.randn(64, 64, generator=torch.Generator().manual_seed(0)) * 10
     save_file({"x": x}, tmp_path / "x.safetensors")
     exports = [str(d / "saelens") for d in directories]
-    subprocess.run(
-        [SAELENS_PYTHON, "-c", SCRIPT, tmp_path / "x.safetensors", tmp_path / "out.safetensors"]
-        + exports,
-        check=True,
-    )
+    files = [tmp_path / "x.safetensors", tmp_path / "out.safetensors"]
+    subprocess.run([SAELENS_PYTHON, "-c", SCRIPT, *files, *exports], check=True)
     outputs = load_file(tmp_path / "out.safetensors")
     for i, directory in enumerate(directories):
         expected = load_sae(directory)(x).detach()

@@ -1,8 +1,12 @@
 """Sparse gather and sparse decode: same values and gradients as the dense computation."""
 
+import pytest
 import torch
 
+import saekit.train.sparse as sparse_module
+import saekit.train.variants.base as base_module
 from saekit.train.sparse import DenseCode, SparseCode, SparsePattern, gather_pre_activations
+from train_helpers import build
 
 
 def random_problem(seed=0, B=6, F=10, D=5, k=3):
@@ -65,3 +69,18 @@ def test_code_summaries_count_only_positive_values():
     assert code.fire_counts_F().tolist() == [1, 1, 1, 0]
     assert DenseCode(dense).l0_B().tolist() == [1, 2]
     assert DenseCode(dense).fire_counts_F().tolist() == [1, 1, 1, 0]
+
+
+@pytest.mark.parametrize("text", ["topk:k=3,latents=12", "batchtopk:k=3,latents=12"])
+def test_sparse_and_dense_training_paths_give_the_same_gradients(monkeypatch, text):
+    x = torch.randn(16, 5, generator=torch.Generator().manual_seed(1))
+    gradients = []
+    for density in (1.0, 0.0):  # everything sparse, then everything dense
+        monkeypatch.setattr(sparse_module, "SPARSE_MAX_DENSITY", density)
+        monkeypatch.setattr(base_module, "SPARSE_MAX_DENSITY", density)
+        sae = build(text, 5, seed=2)
+        fwd = sae.training_forward(x)
+        ((fwd.x_hat_BD - x).pow(2).sum() + fwd.code.values_N.sum()).backward()
+        gradients.append({n: p.grad for n, p in sae.named_parameters()})
+    for name, grad in gradients[0].items():
+        torch.testing.assert_close(grad, gradients[1][name], msg=name)

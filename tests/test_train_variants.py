@@ -249,7 +249,7 @@ def test_auxk_reconstructs_the_detached_residual_normalised():
     fwd = sae.training_forward(x)
     # TopK keeps latent 0: residual e = x with column 0 zeroed; dead = {1, 2}, k_aux = 1:
     # ê keeps the largest dead pre-activation of each row (1.0 of latent 1, 0.5 of latent 2)
-    value = loss_term(sae, "auxk")(sae, fwd, context(sae, [1, 2]))
+    value = loss_term(sae, "auxk")(sae, fwd, context(sae, [1, 2])).detach()
     e = torch.tensor([[0.0, 1.0, 0.3], [0.0, 0.2, 0.5]])
     e_hat = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.5]])
     expected = (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum()

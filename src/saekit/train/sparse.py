@@ -10,8 +10,11 @@ only the pattern, forwards and backwards:
 - `SparseCode.decode`: `x̂ = S W_decᵀ (+ b_dec)` as a sparse-dense product, whose backward is a
   sampled dense-dense product (one dot product per selected entry) and a sparse-dense product.
 
-At d = 768, F = 16384, k = 32, B = 4096 this is ~50x cheaper than the dense products on a CPU
-(see docs/benchmarks.md); the dense encoder forward that the selection needs remains.
+At d = 768, F = 16384, k = 32, B = 4096 the decoder's products are ~50x cheaper than dense
+ones on a CPU; the dense encoder forward that the selection needs remains. Sparse products pay
+per kept entry, dense ones per matrix entry: measured on a CPU, a TopK step is faster sparse up to
+about k/F = 1/16 (d = 768, B = 1024: 110 vs 440 ms at k/F = 1/64, 1040 vs 190 ms at 1/8), so
+patterns denser than `SPARSE_MAX_DENSITY` use dense products.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+SPARSE_MAX_DENSITY = 1 / 16  # kept entries / all entries above which dense products are faster
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,10 @@ class SparsePattern:
     @property
     def nnz(self) -> int:
         return len(self.latent_N)
+
+    @property
+    def sparse_is_faster(self) -> bool:
+        return self.nnz <= SPARSE_MAX_DENSITY * self.n_rows * self.n_latents
 
     def csr(self, values_N: Tensor) -> Tensor:
         shape = (self.n_rows, self.n_latents)
@@ -139,6 +148,8 @@ class SparseCode:
 
     def decode(self, W_dec_DF: Tensor, b_dec_D: Tensor | None) -> Tensor:
         """`f W_decᵀ (+ b_dec)`; W_dec's columns must be contiguous (see `SAE`)."""
+        if not self.pattern.sparse_is_faster:
+            return DenseCode(self.to_dense()).decode(W_dec_DF, b_dec_D)
         out_BD = _SparseDecode.apply(self.values_N, W_dec_DF.t(), self.pattern)
         return out_BD if b_dec_D is None else out_BD + b_dec_D
 

@@ -17,7 +17,13 @@ import torch
 from torch import Tensor, nn
 
 from saekit.train import losses
-from saekit.train.sparse import Code, SparseCode, SparsePattern, gather_pre_activations
+from saekit.train.sparse import (
+    SPARSE_MAX_DENSITY,
+    Code,
+    SparseCode,
+    SparsePattern,
+    gather_pre_activations,
+)
 from saekit.train.thresholds import ThresholdEMA
 from saekit.train.variants.options import SAEOptions
 
@@ -87,8 +93,9 @@ class Activation(nn.Module):
 class Selection(Activation):
     """Variants that keep selected entries of z and zero the rest (TopK, BatchTopK, FC, g-SAE).
 
-    Training reads z for the selection without autograd, then differentiates through the kept
-    entries only (`gather_pre_activations`) and decodes sparsely.
+    Training selects on z read without autograd, then differentiates through the kept entries
+    only (`gather_pre_activations`) and decodes sparsely, unless k/F is above
+    `SPARSE_MAX_DENSITY`, where the dense products are faster.
     """
 
     options: Any
@@ -102,10 +109,14 @@ class Selection(Activation):
     def train_code(
         self, sae: SAE, x_cent_BD: Tensor, gradients_BD: Tensor | None
     ) -> tuple[Code, Tensor, dict[str, Tensor]]:
-        with torch.no_grad():
+        sparse = self.options.k <= SPARSE_MAX_DENSITY * sae.d_sae
+        with torch.set_grad_enabled(not sparse and torch.is_grad_enabled()):
             z_BF = sae.pre_activations_centred(x_cent_BD)
-        pattern, factor_N = self.select(sae, z_BF, gradients_BD, "train")
-        values_N = gather_pre_activations(x_cent_BD, sae.W_enc, sae.b_enc, z_BF, pattern)
+        pattern, factor_N = self.select(sae, z_BF.detach(), gradients_BD, "train")
+        if sparse:
+            values_N = gather_pre_activations(x_cent_BD, sae.W_enc, sae.b_enc, z_BF, pattern)
+        else:
+            values_N = pattern.take(z_BF)
         if factor_N is not None:
             values_N = values_N * factor_N
         return SparseCode(pattern, values_N.relu()), z_BF, {}
