@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import saekit.train.sparse as sparse_module
-import saekit.train.variants.base as base_module
 from saekit.train.sparse import DenseCode, SparseCode, SparsePattern, gather_pre_activations
 from train_helpers import build
 
@@ -77,7 +76,6 @@ def test_sparse_and_dense_training_paths_give_the_same_gradients(monkeypatch, te
     gradients = []
     for density in (1.0, 0.0):  # everything sparse, then everything dense
         monkeypatch.setattr(sparse_module, "SPARSE_MAX_DENSITY", density)
-        monkeypatch.setattr(base_module, "SPARSE_MAX_DENSITY", density)
         sae = build(text, 5, seed=2)
         fwd = sae.training_forward(x)
         ((fwd.x_hat_BD - x).pow(2).sum() + fwd.code.values_N.sum()).backward()

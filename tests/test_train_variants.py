@@ -13,6 +13,7 @@ from saekit.train.spec import parse_spec
 from saekit.train.thresholds import ThresholdEMA
 from saekit.train.usage import LatentUsage
 from saekit.train.variants import VARIANTS
+from saekit.train.variants.batchtopk import top_of_batch
 from saekit.train.variants.jumprelu import jump_relu, step
 from saekit.train.zipf import capacities, zipf_expectation, zipf_weights
 from train_helpers import build, context, identity_sae, loss_term
@@ -274,8 +275,8 @@ def test_aux_zipf_equals_auxk_when_the_underused_set_is_the_dead_set():
     x = torch.randn(16, 4, generator=torch.Generator().manual_seed(7))
     ctx = context(sae, [1, 4])  # densities all 0: nothing is under-used beyond the dead
     fwd = sae.training_forward(x)
-    zipf = ResidualAux(k_aux=3, underused=True)(sae, fwd, ctx)
-    auxk = ResidualAux(k_aux=3)(sae, fwd, ctx)
+    zipf = ResidualAux(k_aux=3, underused=True)(sae, fwd, ctx).detach()
+    auxk = ResidualAux(k_aux=3)(sae, fwd, ctx).detach()
     assert float(zipf) == pytest.approx(float(auxk)) and float(auxk) > 0
 
 
@@ -333,3 +334,15 @@ def test_folded_sae_on_raw_inputs_equals_the_trained_sae_on_scaled_inputs(text):
     if needs_g:  # the g-SAE key: |W_dec_rawᵀ g_raw| equals the training-space |W_decᵀ g / c|
         a_raw = (g_raw @ folded.W_dec).abs()
         torch.testing.assert_close(a_raw, (g_scaled @ trained.W_dec).abs())
+
+
+@pytest.mark.parametrize("skewed", [False, True])
+def test_batch_top_values_match_a_search_of_the_whole_matrix(skewed):
+    z = torch.randn(64, 200, generator=torch.Generator().manual_seed(14))
+    if skewed:  # one token holds most of the batch's largest values: the shortcut cannot hold
+        z[7] += 10
+    values, flat = top_of_batch(z, 64 * 3)
+    expected = z.flatten().topk(64 * 3)
+    assert sorted(flat.tolist()) == sorted(expected.indices.tolist())
+    assert torch.equal(values.sort().values, expected.values.sort().values)
+    assert torch.equal(z.flatten()[flat], values)

@@ -28,6 +28,11 @@ from torch import Tensor
 SPARSE_MAX_DENSITY = 1 / 16  # kept entries / all entries above which dense products are faster
 
 
+def sparse_is_faster(kept: int, entries: int) -> bool:
+    """Whether products over `kept` of `entries` matrix entries are faster sparse than dense."""
+    return kept <= SPARSE_MAX_DENSITY * entries
+
+
 @dataclass(frozen=True)
 class SparsePattern:
     """Which entries of a [n_rows, n_latents] matrix are kept: CSR, columns sorted in each row."""
@@ -70,7 +75,7 @@ class SparsePattern:
 
     @property
     def sparse_is_faster(self) -> bool:
-        return self.nnz <= SPARSE_MAX_DENSITY * self.n_rows * self.n_latents
+        return sparse_is_faster(self.nnz, self.n_rows * self.n_latents)
 
     def csr(self, values_N: Tensor) -> Tensor:
         shape = (self.n_rows, self.n_latents)

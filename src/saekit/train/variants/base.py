@@ -18,11 +18,11 @@ from torch import Tensor, nn
 
 from saekit.train import losses
 from saekit.train.sparse import (
-    SPARSE_MAX_DENSITY,
     Code,
     SparseCode,
     SparsePattern,
     gather_pre_activations,
+    sparse_is_faster,
 )
 from saekit.train.thresholds import ThresholdEMA
 from saekit.train.variants.options import SAEOptions
@@ -94,8 +94,8 @@ class Selection(Activation):
     """Variants that keep selected entries of z and zero the rest (TopK, BatchTopK, FC, g-SAE).
 
     Training selects on z read without autograd, then differentiates through the kept entries
-    only (`gather_pre_activations`) and decodes sparsely, unless k/F is above
-    `SPARSE_MAX_DENSITY`, where the dense products are faster.
+    only (`gather_pre_activations`) and decodes sparsely, unless k/F is so large that dense
+    products are faster (`sparse_is_faster`).
     """
 
     options: Any
@@ -109,7 +109,7 @@ class Selection(Activation):
     def train_code(
         self, sae: SAE, x_cent_BD: Tensor, gradients_BD: Tensor | None
     ) -> tuple[Code, Tensor, dict[str, Tensor]]:
-        sparse = self.options.k <= SPARSE_MAX_DENSITY * sae.d_sae
+        sparse = sparse_is_faster(self.options.k, sae.d_sae)
         with torch.set_grad_enabled(not sparse and torch.is_grad_enabled()):
             z_BF = sae.pre_activations_centred(x_cent_BD)
         pattern, factor_N = self.select(sae, z_BF.detach(), gradients_BD, "train")
