@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from saekit.train.losses import L1Penalty, ResidualAux
+from saekit.train.losses import AuxK, AuxZipf, L1Penalty
 from saekit.train.member import Member
 from saekit.train.schedule import Plan
 from saekit.train.spec import parse_spec
@@ -275,8 +275,8 @@ def test_aux_zipf_equals_auxk_when_the_underused_set_is_the_dead_set():
     x = torch.randn(16, 4, generator=torch.Generator().manual_seed(7))
     ctx = context(sae, [1, 4])  # densities all 0: nothing is under-used beyond the dead
     fwd = sae.training_forward(x)
-    zipf = ResidualAux(k_aux=3, underused=True)(sae, fwd, ctx).detach()
-    auxk = ResidualAux(k_aux=3)(sae, fwd, ctx).detach()
+    zipf = AuxZipf(k_aux=3)(sae, fwd, ctx).detach()
+    auxk = AuxK(k_aux=3)(sae, fwd, ctx).detach()
     assert float(zipf) == pytest.approx(float(auxk)) and float(auxk) > 0
 
 

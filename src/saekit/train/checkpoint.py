@@ -46,6 +46,9 @@ class Checkpoints:
         members: dict[str, dict[str, Any]],
         complete: bool = False,
     ) -> None:
+        latest = self.latest()
+        if latest is not None and (latest["step"], latest["complete"]) == (step, complete):
+            return  # the state at a step is deterministic: this one is saved already
         directory = self.root / f"step-{step:09d}"
         shutil.rmtree(directory, ignore_errors=True)  # a partial one from a killed run
         directory.mkdir(parents=True)

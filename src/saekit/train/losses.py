@@ -96,20 +96,17 @@ class L1Penalty(LossTerm):
 
 @dataclass
 class ResidualAux(LossTerm):
-    """AuxK, or aux_zipf with `underused`: reconstruct the detached residual e = x − x̂ from the
-    top-`k_aux` pre-activations among the candidate latents (dead, or under-used ∪ dead):
-    ê = W_dec ReLU(TopK(z restricted to candidates)), loss NMSE(e, ê); zero with no candidate.
-    """
+    """Reconstruct the detached residual e = x − x̂ from the top-`k_aux` pre-activations among
+    candidate latents: ê = W_dec ReLU(TopK(z restricted to the candidates)) (no bias), loss
+    NMSE(e, ê); zero when there is no candidate. Subclasses choose the candidates."""
 
     k_aux: int = 512
-    underused: bool = False
 
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return "aux_zipf" if self.underused else "auxk"
+    def candidates(self, usage: LatentUsage) -> Tensor:
+        raise NotImplementedError
 
     def __call__(self, sae: SAE, fwd: Forward, ctx: StepContext) -> Tensor:
-        candidates_F = ctx.usage.underused_F() if self.underused else ctx.usage.dead_F()
+        candidates_F = self.candidates(ctx.usage)
         n_candidates = int(candidates_F.sum())
         if n_candidates == 0:
             return fwd.x_BD.new_zeros(())
@@ -119,6 +116,28 @@ class ResidualAux(LossTerm):
         values_N = gather_pre_activations(fwd.x_cent_BD, sae.W_enc, sae.b_enc, fwd.z_BF, pattern)
         e_hat_BD = SparseCode(pattern, values_N.relu()).decode(sae.W_dec, None)
         return normalised_mse((fwd.x_BD - fwd.x_hat_BD).detach(), e_hat_BD)
+
+
+@dataclass
+class AuxK(ResidualAux):
+    """AuxK (Gao et al.): the candidates are the dead latents."""
+
+    name: ClassVar[str] = "auxk"
+
+    def candidates(self, usage: LatentUsage) -> Tensor:
+        return usage.dead_F()
+
+
+@dataclass
+class AuxZipf(ResidualAux):
+    """aux_zipf, our reconstruction of Ayonrinde's loss: the candidates are the dead latents and
+    those firing below half their expectation under a Zipf law fitted to the densities. With no
+    under-used latent beyond the dead ones it is exactly AuxK."""
+
+    name: ClassVar[str] = "aux_zipf"
+
+    def candidates(self, usage: LatentUsage) -> Tensor:
+        return usage.underused_F()
 
 
 @dataclass

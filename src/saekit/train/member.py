@@ -24,7 +24,7 @@ class Member:
         self.sae = sae
         self.plan = plan
         self.grad_clip = grad_clip
-        self.base_lr = float(spec.options.lr)  # type: ignore[arg-type]
+        self.base_lr = spec.lr
         self.activation = sae.activation
         self.optimizer = torch.optim.Adam(
             sae.parameters(), lr=self.base_lr, betas=self.activation.adam_betas
@@ -51,9 +51,9 @@ class Member:
         fwd = self.sae.training_forward(x_BD, gradients_BD if self.needs_gradients else None)
         context = StepContext(self.usage, progress)
         values = {term.name: term(self.sae, fwd, context) for term in self.terms}
-        loss = sum(term.weight(progress) * values[term.name] for term in self.terms)
+        loss = torch.stack([term.weight(progress) * values[term.name] for term in self.terms]).sum()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[union-attr]
+        loss.backward()
         if self.activation.unit_norm_decoder:
             self.sae.remove_parallel_decoder_grad_()
         torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.grad_clip)

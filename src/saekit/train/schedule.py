@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 
@@ -48,7 +47,3 @@ class Plan:
     def progress(self, step: int) -> float:
         """Fraction of the steps done before `step`."""
         return step / self.steps
-
-    def epoch_count(self) -> int:
-        """Epochs started, counting a partial last one."""
-        return math.ceil(self.epochs)

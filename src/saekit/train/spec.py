@@ -54,8 +54,13 @@ class ResolvedSpec:
 
     @property
     def latents(self) -> int:
-        assert self.options.latents is not None
+        assert self.options.latents is not None, "resolved options set latents"
         return self.options.latents
+
+    @property
+    def lr(self) -> float:
+        assert self.options.lr is not None, "resolved options set lr"
+        return self.options.lr
 
     @property
     def needs_gradients(self) -> bool:

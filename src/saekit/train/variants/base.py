@@ -43,7 +43,6 @@ class Activation(nn.Module):
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
     options_type: ClassVar[type[SAEOptions]]
-    summary: ClassVar[str]  # one line for docs and --help
     needs_gradients: ClassVar[bool] = False  # reads ∂loss/∂x during training
     unit_norm_decoder: ClassVar[bool] = True  # project gradients, renormalise after each step
     decoder_init_norm: ClassVar[float] = 1.0

@@ -29,7 +29,6 @@ class BatchTopK(BatchSelection):
     name = "batchtopk"
     aliases = ("mutual-choice",)
     options_type = BatchTopKOptions
-    summary = "BatchTopK / Mutual Choice: the k·B largest activations of the batch; NMSE + AuxK"
     per_latent_threshold = False
     options: BatchTopKOptions
 

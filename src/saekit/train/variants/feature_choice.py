@@ -48,7 +48,6 @@ class FeatureChoice(BatchSelection):
 
     name = "feature-choice"
     options_type = FeatureChoiceOptions
-    summary = "Feature Choice: latent j takes its m_j best tokens of the batch, Σ m_j = k·B; NMSE"
     per_latent_threshold = True
     options: FeatureChoiceOptions
 

@@ -42,7 +42,6 @@ class Gated(Activation):
 
     name = "gated"
     options_type = GatedOptions
-    summary = "Gated SAE (weight-tied), L1 on the gate + frozen-decoder auxiliary loss"
     b_dec_from_data = False
     adam_betas = (0.0, 0.999)
     saelens_architecture = "gated"

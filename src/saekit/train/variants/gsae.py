@@ -22,7 +22,7 @@ from torch import Tensor
 from saekit.train.sae import SAE
 from saekit.train.sparse import SparsePattern
 from saekit.train.variants.base import Mode
-from saekit.train.variants.options import check
+from saekit.train.variants.options import SAEOptions, check
 from saekit.train.variants.registry import register
 from saekit.train.variants.topk import TopK, TopKOptions, top_k_per_row
 
@@ -43,11 +43,11 @@ class GSAEOptions(TopKOptions):
         check(self.beta_eff is None or self.beta_eff >= 0, "beta_eff must be >= 0")
         super().__post_init__()
 
-    def resolve(self, d_in: int, default_lr: float | None) -> GSAEOptions:
+    def resolve(self, d_in: int, default_lr: float | None) -> SAEOptions:
         resolved = super().resolve(d_in, default_lr)
         if self.beta is None and self.beta_eff is None:
             resolved = dataclasses.replace(resolved, beta_eff=DEFAULT_BETA_EFF)
-        return resolved  # type: ignore[return-value]
+        return resolved
 
 
 @register
@@ -56,7 +56,6 @@ class GradientTopK(TopK):
 
     name = "gsae"
     options_type = GSAEOptions
-    summary = "g-SAE: TopK ranked by z(1 + β|W_decᵀ g|), gradients from the store; NMSE + AuxK"
     needs_gradients = True
     options: GSAEOptions
 

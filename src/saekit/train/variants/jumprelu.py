@@ -87,7 +87,6 @@ class JumpReLU(Activation):
 
     name = "jumprelu"
     options_type = JumpReLUOptions
-    summary = "JumpReLU: learnt per-latent thresholds (straight-through); ‖x − x̂‖² + λ·L0"
     adam_betas = (0.0, 0.999)
     saelens_architecture = "jumprelu"
     options: JumpReLUOptions

@@ -15,6 +15,7 @@ from saekit.train import losses
 
 DEFAULT_EXPANSION = 16  # latents = 16 · d unless given
 LR_REFERENCE = 2e-4  # lr = 2e-4 · sqrt(16384 / latents) unless given
+AUX_TERMS: dict[str, type[losses.ResidualAux]] = {"auxk": losses.AuxK, "zipf": losses.AuxZipf}
 
 
 def check(condition: bool, message: str) -> None:
@@ -81,9 +82,8 @@ class AuxOptions(OptionGroup):
         super().__post_init__()
 
     def aux_terms(self) -> list[losses.LossTerm]:
-        if self.aux == "none":
-            return []
-        return [losses.ResidualAux(self.aux_coef, k_aux=self.k_aux, underused=self.aux == "zipf")]
+        term = AUX_TERMS.get(self.aux)
+        return [] if term is None else [term(self.aux_coef, k_aux=self.k_aux)]
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,6 @@ class ReLU(Activation):
 
     name = "relu"
     options_type = ReLUOptions
-    summary = "ReLU + decoder-norm-weighted L1 (April 2024), unconstrained decoder"
     unit_norm_decoder = False
     decoder_init_norm = 0.1
     b_dec_from_data = False

@@ -25,7 +25,6 @@ class TopK(Selection):
 
     name = "topk"
     options_type = TopKOptions
-    summary = "keep the k largest pre-activations per token; NMSE + AuxK"
     saelens_architecture = "topk"
 
     def select(
