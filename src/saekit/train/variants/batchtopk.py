@@ -18,7 +18,7 @@ CANDIDATES_PER_K = 4  # candidates per row, in multiples of the mean budget per 
 
 
 @dataclass(frozen=True)
-class BatchTopKOptions(TopKOptions, ThresholdOptions):
+class BatchTopKOptions(ThresholdOptions, TopKOptions):
     pass
 
 

@@ -28,7 +28,7 @@ from saekit.train.zipf import capacities, zipf_weights
 
 
 @dataclass(frozen=True)
-class FeatureChoiceOptions(SAEOptions, KOptions, AuxOptions, ThresholdOptions):
+class FeatureChoiceOptions(ThresholdOptions, AuxOptions, KOptions, SAEOptions):
     aux: Literal["auxk", "zipf", "none"] = "none"  # no dead latents by construction
     capacities: Literal["uniform", "zipf"] = "uniform"
     zipf_a: float = 1.0  # Zipf capacities m_j ∝ (j + zipf_b)^-zipf_a

@@ -26,7 +26,7 @@ from saekit.train.variants.registry import register
 
 
 @dataclass(frozen=True)
-class GatedOptions(SAEOptions, PenaltyOptions):
+class GatedOptions(PenaltyOptions, SAEOptions):
     l1: float = 5.0  # λ on ‖ReLU(π_gate)‖₁
 
     HEADLINE: ClassVar[tuple[str, ...]] = ("l1",)

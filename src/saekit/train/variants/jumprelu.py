@@ -8,6 +8,7 @@ bandwidth ε give θ one:  ∂f/∂θ = −(θ/ε) K((z − θ)/ε),  ∂H/∂θ
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -22,20 +23,32 @@ from saekit.train.variants.base import Activation
 from saekit.train.variants.options import PenaltyOptions, SAEOptions, check
 from saekit.train.variants.registry import register
 
+# θ₀ and ε are 0.001 for inputs with E‖x‖² = 1 (dictionary_learning, Gemma Scope); saekit's
+# inputs have E‖x‖ = √d, so pre-activations are √d times larger and so are the defaults.
+REFERENCE_SCALE = 0.001
+
 
 @dataclass(frozen=True)
-class JumpReLUOptions(SAEOptions, PenaltyOptions):
+class JumpReLUOptions(PenaltyOptions, SAEOptions):
     l0: float = 1.0  # λ on the L0
-    threshold: float = 0.001  # initial θ
-    bandwidth: float = 0.001  # ε of the rectangle kernel
+    threshold: float | None = None  # initial θ; default 0.001 · √d
+    bandwidth: float | None = None  # ε of the rectangle kernel; default 0.001 · √d
 
     HEADLINE: ClassVar[tuple[str, ...]] = ("l0",)
 
     def __post_init__(self) -> None:
         check(self.l0 >= 0, "l0 must be >= 0")
-        check(self.threshold > 0, "threshold must be positive")
-        check(self.bandwidth > 0, "bandwidth must be positive")
+        check(self.threshold is None or self.threshold > 0, "threshold must be positive")
+        check(self.bandwidth is None or self.bandwidth > 0, "bandwidth must be positive")
         super().__post_init__()
+
+    def resolve(self, d_in: int, default_lr: float | None) -> SAEOptions:
+        default = REFERENCE_SCALE * math.sqrt(d_in)
+        return dataclasses.replace(
+            super().resolve(d_in, default_lr),
+            threshold=self.threshold or default,
+            bandwidth=self.bandwidth or default,
+        )
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -93,6 +106,7 @@ class JumpReLU(Activation):
 
     def __init__(self, options: JumpReLUOptions, d_in: int, d_sae: int) -> None:
         super().__init__(options, d_in, d_sae)
+        assert options.threshold is not None, "resolved options set threshold"
         self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(options.threshold)))
 
     def train_code(

@@ -20,7 +20,7 @@ from saekit.train.variants.registry import register
 
 
 @dataclass(frozen=True)
-class ReLUOptions(SAEOptions, PenaltyOptions):
+class ReLUOptions(PenaltyOptions, SAEOptions):
     l1: float = 5.0  # λ
 
     HEADLINE: ClassVar[tuple[str, ...]] = ("l1",)

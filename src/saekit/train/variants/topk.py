@@ -15,7 +15,7 @@ from saekit.train.variants.registry import register
 
 
 @dataclass(frozen=True)
-class TopKOptions(SAEOptions, KOptions, AuxOptions):
+class TopKOptions(AuxOptions, KOptions, SAEOptions):
     HEADLINE: ClassVar[tuple[str, ...]] = ("k",)
 
 
