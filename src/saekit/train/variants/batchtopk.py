@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from saekit.train.sparse import SparsePattern
@@ -44,16 +43,14 @@ class BatchTopK(BatchSelection):
 def top_of_batch(z_BF: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """The n largest entries of z_BF: values and flat indices (row * F + latent).
 
-    Shortcut: the n largest among each row's top CANDIDATES_PER_K·k candidates. That is exact
-    unless some row has all its candidates among them (a kept entry outside the candidates would
-    be smaller than every candidate of its row); then the whole matrix is searched.
+    Exact, without sorting the whole matrix: the n-th largest of each row's top
+    CANDIDATES_PER_K·k entries is a lower bound τ on the n-th largest overall (a subset's n-th
+    largest is no larger), so the answer is the top n of the few entries ≥ τ.
     """
     n_rows, n_latents = z_BF.shape
     per_row = min(n_latents, CANDIDATES_PER_K * -(-n // n_rows))
-    candidates = z_BF.topk(per_row, dim=1, sorted=False)
-    top = candidates.values.flatten().topk(n, sorted=False)
-    rows_N = torch.div(top.indices, per_row, rounding_mode="floor")
-    if per_row == n_latents or torch.bincount(rows_N, minlength=n_rows).max() < per_row:
-        return top.values, rows_N * n_latents + candidates.indices.flatten()[top.indices]
-    top = z_BF.flatten().topk(n, sorted=False)
-    return top.values, top.indices
+    candidates_BC = z_BF.topk(per_row, dim=1, sorted=False).values.flatten()
+    bound = candidates_BC.kthvalue(len(candidates_BC) - n + 1).values
+    flat_N = (z_BF.flatten() >= bound).nonzero().squeeze(1)
+    top = z_BF.flatten()[flat_N].topk(n, sorted=False)
+    return top.values, flat_N[top.indices]
