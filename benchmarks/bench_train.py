@@ -36,6 +36,7 @@ from saekit.cache_format import ActivationStore, Batch, HookSpec, ShuffledLoader
 from saekit.synthetic import synthetic_spec, write_synthetic_store
 from saekit.train.calibration import input_scale
 from saekit.train.member import Member
+from saekit.train.run import read_threads
 from saekit.train.schedule import Plan
 from saekit.train.spec import parse_spec
 
@@ -152,6 +153,7 @@ class Bench:
             batch_size=self.args.batch_size,
             epochs=epochs,
             device=self.device,
+            read_threads=read_threads(),  # as `sae train` does
         )
 
     def specs(self, *variants: str) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,6 +110,7 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
             seed=settings.seed,
             epochs=None,
             device=device,
+            read_threads=read_threads(),
         )
         trainer.run(iter(loader), start)
     sae_dirs = {}
@@ -118,6 +120,12 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
         save_sae(member.sae, sae_dirs[member.name], cfg)
     final = {record["sae"]: record for record in read_metrics(request.out / METRICS_FILE)}
     return RunResult(request.out, sae_dirs, plan, final, already_complete)
+
+
+def read_threads() -> int:
+    """Loader read threads: a quarter of the CPUs, 1 to 4. On a 2-core machine 4 readers
+    preempt the training threads (measured: store/RAM 0.92 with 4, 1.0 with 1 at d = 768)."""
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 def resolve_specs(specs: list[SAESpec], d_in: int, default_lr: float | None) -> list[ResolvedSpec]:
