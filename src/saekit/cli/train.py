@@ -1,14 +1,148 @@
 """`sae train`: fit SAE variants on rows streamed from a store."""
 
-import typer
+from __future__ import annotations
 
-from saekit.cli.common import not_implemented
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import Progress, TextColumn
+from rich.table import Table
+
+from saekit.cli.common import StorageOptions, console, parse_storage_options, progress_bar
+from saekit.train import (
+    Observer,
+    RunResult,
+    TrainRequest,
+    TrainSettings,
+    load_config,
+    parse_spec,
+    train,
+)
+from saekit.train.schedule import Plan
+from saekit.train.variants import VARIANTS
+
+SPEC_HELP = (
+    "An SAE to train, as variant[:key=value,...]; repeat for several SAEs trained on the same "
+    f"batches. Variants: {', '.join(sorted(VARIANTS))} (alias mutual-choice). Keys include "
+    "latents, k, lr, aux, l1, beta, beta_eff, name; see docs/variants.md."
+)
+
+
+class ProgressReporter(Observer):
+    """Draws the run's progress bar, from the first step on (errors before it print alone)."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.task: Any = None
+
+    def started(self, plan: Plan, start_step: int) -> None:
+        self.bar.start()
+        self.bar.console.print(
+            f"{plan.tokens:,} tokens in {plan.steps:,} steps of {plan.batch_size:,}: "
+            f"{plan.epochs:.2f} epochs of {plan.train_rows:,} training rows"
+            + (f"; resuming at step {start_step:,}" if start_step else "")
+        )
+        self.task = self.bar.add_task("training", total=plan.steps, completed=start_step, rate="")
+
+    def stepped(self, step: int, epoch: int) -> None:
+        self.bar.update(self.task, completed=step)
+
+    def epoch_started(self, epoch: int, plan: Plan) -> None:
+        self.bar.console.print(f"epoch {epoch + 1} of {math.ceil(plan.epochs)}")
+
+    def logged(self, step: int, records: list[dict[str, Any]]) -> None:
+        self.bar.update(self.task, rate=f"{records[0]['tokens_per_s']:,.0f} tok/s")
+
+
+def print_result(result: RunResult) -> None:
+    if result.already_complete:
+        console.print(f"run {result.run_dir} was already complete; SAEs re-exported")
+    table = Table(title=f"SAEs of {result.run_dir}", title_justify="left")
+    for column in ("sae", "NMSE", "L0", "dead", "saved to"):
+        table.add_column(column)
+    for name, directory in result.sae_dirs.items():
+        record = result.final_metrics.get(name, {})
+        table.add_row(
+            name,
+            f"{record['nmse']:.4f}" if record else "",
+            f"{record['l0']:.1f}" if record else "",
+            f"{record['dead_fraction']:.1%}" if record else "",
+            str(directory),
+        )
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-        help="Train SAEs on shuffled rows streamed from a store. (Not implemented yet.)",
-    )
-    def train() -> None:
-        not_implemented("train", "the train issue")
+    @app.command(name="train")
+    def train_command(
+        store: Annotated[str, typer.Option(help="Store path or fsspec URL.", show_default=False)],
+        out: Annotated[
+            Path, typer.Option(help="Run directory for config, metrics, checkpoints and SAEs.")
+        ],
+        sae: Annotated[list[str] | None, typer.Option("--sae", help=SPEC_HELP)] = None,
+        hook: Annotated[
+            str | None, typer.Option(help="Hook to train on (default: the store's only hook).")
+        ] = None,
+        tokens: Annotated[
+            int | None,
+            typer.Option(
+                help="Training tokens (default: one epoch); more than the store's "
+                "training rows means several epochs."
+            ),
+        ] = None,
+        batch_size: Annotated[
+            int | None, typer.Option(help="Tokens per step (default 4096).")
+        ] = None,
+        lr: Annotated[
+            float | None,
+            typer.Option(
+                help="Learning rate of SAEs without an lr key (default 2e-4·sqrt(16384/F))."
+            ),
+        ] = None,
+        device: Annotated[
+            str | None, typer.Option(help="auto, cpu or cuda (default auto).")
+        ] = None,
+        seed: Annotated[int | None, typer.Option(help="Shuffle and init seed (default 0).")] = None,
+        config: Annotated[
+            Path | None, typer.Option(help="TOML file of settings and SAE tables (docs/cli.md).")
+        ] = None,
+        resume: Annotated[
+            bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")
+        ] = False,
+        checkpoint_every: Annotated[
+            int | None,
+            typer.Option(help="Tokens between checkpoints; 0: only at the end (default 5e6)."),
+        ] = None,
+        storage_options: StorageOptions = None,
+    ) -> None:
+        """Train SAEs on shuffled rows streamed from a store (several SAEs per pass)."""
+        file_settings, specs = load_config(config) if config else ({}, [])
+        given = {
+            "tokens": tokens,
+            "batch_size": batch_size,
+            "lr": lr,
+            "device": device,
+            "seed": seed,
+            "checkpoint_every": checkpoint_every,
+        }
+        settings = TrainSettings(
+            **{**file_settings, **{k: v for k, v in given.items() if v is not None}}
+        )
+        specs += [parse_spec(text) for text in sae or []]
+        request = TrainRequest(
+            store=store,
+            hook=hook,
+            out=out,
+            specs=specs,
+            settings=settings,
+            resume=resume,
+            storage_options=parse_storage_options(storage_options),
+        )
+        bar = progress_bar(TextColumn("{task.fields[rate]}"))
+        try:
+            result = train(request, ProgressReporter(bar))
+        finally:
+            bar.stop()
+        print_result(result)

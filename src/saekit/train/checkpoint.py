@@ -1,0 +1,93 @@
+"""Resumable checkpoints of a run: every SAE's state plus the trainer's position.
+
+Layout: `RUN/checkpoints/step-<N>/{trainer.pt, <sae name>.pt}` and `RUN/checkpoints/latest.json`
+naming the newest complete one. A checkpoint directory is written in full first, then
+`latest.json` is replaced atomically, then older directories are removed: a kill at any moment
+leaves `latest.json` pointing at a complete checkpoint (or absent: nothing to resume).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saekit.errors import SaekitError
+from saekit.train.atomic import write_json, write_torch
+
+LATEST = "latest.json"
+TRAINER_STATE = "trainer.pt"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the trainer's state and each SAE's state by name."""
+
+    step: int
+    complete: bool
+    trainer: dict[str, Any]
+    members: dict[str, dict[str, Any]]
+
+
+class Checkpoints:
+    """The checkpoints directory of one run."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.root = run_dir / "checkpoints"
+
+    def save(
+        self,
+        step: int,
+        trainer: dict[str, Any],
+        members: dict[str, dict[str, Any]],
+        complete: bool = False,
+    ) -> None:
+        latest = self.latest()
+        if latest is not None and (latest["step"], latest["complete"]) == (step, complete):
+            return  # the state at a step is deterministic: this one is saved already
+        directory = self.root / f"step-{step:09d}"
+        shutil.rmtree(directory, ignore_errors=True)  # a partial one from a killed run
+        directory.mkdir(parents=True)
+        write_torch(directory / TRAINER_STATE, trainer)
+        for name, state in members.items():
+            write_torch(directory / f"{name}.pt", state)
+        write_json(
+            self.root / LATEST, {"step": step, "directory": directory.name, "complete": complete}
+        )
+        for other in self.root.glob("step-*"):
+            if other != directory:
+                shutil.rmtree(other, ignore_errors=True)
+
+    def latest(self) -> dict[str, Any] | None:
+        """What `latest.json` says, or None when no checkpoint was completed."""
+        try:
+            return json.loads((self.root / LATEST).read_text())
+        except FileNotFoundError:
+            return None
+
+    def load(self, names: list[str], device: torch.device) -> Checkpoint | None:
+        """The latest checkpoint, with tensors on `device`; None when there is none."""
+        latest = self.latest()
+        if latest is None:
+            return None
+        directory = self.root / latest["directory"]
+
+        def load(path: Path) -> dict[str, Any]:
+            try:
+                return torch.load(path, map_location=device, weights_only=True)
+            except FileNotFoundError:
+                raise SaekitError(
+                    f"checkpoint {directory} lacks {path.name}; the run directory is damaged, "
+                    "start a new run in another --out"
+                ) from None
+
+        return Checkpoint(
+            step=latest["step"],
+            complete=latest["complete"],
+            trainer=load(directory / TRAINER_STATE),
+            members={name: load(directory / f"{name}.pt") for name in names},
+        )

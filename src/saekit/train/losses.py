@@ -1,0 +1,165 @@
+"""Loss terms. A variant's loss is the weighted sum of the terms its strategy lists.
+
+Each term reads what it needs from the training forward pass (`Forward`) and the step's context
+(latent usage, training progress) and returns a scalar. Its weight is `coefficient`, ramped
+linearly from 0 over the first `warmup` fraction of training when `warmup > 0`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import Tensor
+
+from saekit.train.sparse import SparseCode, SparsePattern, gather_pre_activations
+
+if TYPE_CHECKING:
+    from saekit.train.sae import SAE, Forward
+    from saekit.train.usage import LatentUsage
+
+
+@dataclass
+class StepContext:
+    """What a loss term may need besides the forward pass."""
+
+    usage: LatentUsage
+    progress: float  # fraction of the training steps already done, in [0, 1]
+
+
+def normalised_mse(target_BD: Tensor, estimate_BD: Tensor) -> Tensor:
+    """Σ‖target − estimate‖² / Σ‖target − mean(target)‖² over the batch (FVU)."""
+    error = (target_BD - estimate_BD).pow(2).sum()
+    variance = (target_BD - target_BD.mean(dim=0)).pow(2).sum()
+    return error / variance.clamp_min(torch.finfo(variance.dtype).tiny)
+
+
+def squared_error(target_BD: Tensor, estimate_BD: Tensor) -> Tensor:
+    """‖target − estimate‖², summed over features, averaged over the batch."""
+    return (target_BD - estimate_BD).pow(2).sum(dim=1).mean()
+
+
+@dataclass
+class LossTerm:
+    """One weighted term of a loss."""
+
+    coefficient: float = 1.0
+    warmup: float = 0.0
+
+    name: ClassVar[str]
+
+    def weight(self, progress: float) -> float:
+        if self.warmup > 0 and progress < self.warmup:
+            return self.coefficient * progress / self.warmup
+        return self.coefficient
+
+    def __call__(self, sae: SAE, fwd: Forward, ctx: StepContext) -> Tensor:
+        raise NotImplementedError
+
+
+@dataclass
+class NormalisedMSE(LossTerm):
+    """NMSE(x, x̂): the TopK family's reconstruction loss."""
+
+    name: ClassVar[str] = "nmse"
+
+    def __call__(self, sae: SAE, fwd: Forward, ctx: StepContext) -> Tensor:
+        return normalised_mse(fwd.x_BD, fwd.x_hat_BD)
+
+
+@dataclass
+class SquaredError(LossTerm):
+    """‖x − x̂‖²: the reconstruction loss of ReLU, Gated and JumpReLU."""
+
+    name: ClassVar[str] = "mse"
+
+    def __call__(self, sae: SAE, fwd: Forward, ctx: StepContext) -> Tensor:
+        return squared_error(fwd.x_BD, fwd.x_hat_BD)
+
+
+@dataclass
+class L1Penalty(LossTerm):
+    """Σ_i a_i ‖d_i‖ (or Σ_i a_i without `decoder_weighted`) of non-negative activations `a`:
+    the codes, or `extras[source]`; averaged over the batch."""
+
+    source: str | None = None
+    decoder_weighted: bool = True
+    name: ClassVar[str] = "l1"
+
+    def __call__(self, sae: SAE, fwd: Forward, ctx: StepContext) -> Tensor:
+        a_BF = fwd.code.to_dense() if self.source is None else fwd.extras[self.source]
+        if self.decoder_weighted:
+            a_BF = a_BF * sae.decoder_norms()
+        return a_BF.sum(dim=1).mean()
+
+
+@dataclass
+class ResidualAux(LossTerm):
+    """Reconstruct the detached residual e = x − x̂ from the top-`k_aux` pre-activations among
+    candidate latents: ê = W_dec ReLU(TopK(z restricted to the candidates)) (no bias), loss
+    NMSE(e, ê); zero when there is no candidate. Subclasses choose the candidates."""
+
+    k_aux: int = 512
+
+    def candidates(self, usage: LatentUsage) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, sae: SAE, fwd: Forward, ctx: StepContext) -> Tensor:
+        candidates_F = self.candidates(ctx.usage)
+        n_candidates = int(candidates_F.sum())
+        if n_candidates == 0:
+            return fwd.x_BD.new_zeros(())
+        masked_BF = fwd.z_BF.masked_fill(~candidates_F, float("-inf"))
+        indices_BK = masked_BF.topk(min(self.k_aux, n_candidates), dim=1).indices
+        pattern = SparsePattern.from_row_indices(indices_BK, sae.d_sae)
+        values_N = gather_pre_activations(fwd.x_cent_BD, sae.W_enc, sae.b_enc, fwd.z_BF, pattern)
+        e_hat_BD = SparseCode(pattern, values_N.relu()).decode(sae.W_dec, None)
+        return normalised_mse((fwd.x_BD - fwd.x_hat_BD).detach(), e_hat_BD)
+
+
+@dataclass
+class AuxK(ResidualAux):
+    """AuxK (Gao et al.): the candidates are the dead latents."""
+
+    name: ClassVar[str] = "auxk"
+
+    def candidates(self, usage: LatentUsage) -> Tensor:
+        return usage.dead_F()
+
+
+@dataclass
+class AuxZipf(ResidualAux):
+    """aux_zipf, our reconstruction of Ayonrinde's loss: the candidates are the dead latents and
+    those firing below half their expectation under a Zipf law fitted to the densities. With no
+    under-used latent beyond the dead ones it is exactly AuxK."""
+
+    name: ClassVar[str] = "aux_zipf"
+
+    def candidates(self, usage: LatentUsage) -> Tensor:
+        return usage.underused_F()
+
+
+@dataclass
+class FrozenDecoderReconstruction(LossTerm):
+    """Gated's auxiliary loss ‖x − (sg(W_dec) ReLU(π_gate) + sg(b_dec))‖²: it trains the gate
+    path only (the decoder is a frozen copy)."""
+
+    source: str = "gate_BF"
+    name: ClassVar[str] = "gate_aux"
+
+    def __call__(self, sae: SAE, fwd: Forward, ctx: StepContext) -> Tensor:
+        gate_BF = fwd.extras[self.source]
+        x_hat_BD = torch.nn.functional.linear(gate_BF, sae.W_dec.detach(), sae.b_dec.detach())
+        return squared_error(fwd.x_BD, x_hat_BD)
+
+
+@dataclass
+class MeanL0(LossTerm):
+    """Mean of `extras[source]`, a per-token L0 carrying straight-through gradients (JumpReLU)."""
+
+    source: str = "l0_B"
+    name: ClassVar[str] = "l0"
+
+    def __call__(self, sae: SAE, fwd: Forward, ctx: StepContext) -> Tensor:
+        return fwd.extras[self.source].mean()

@@ -1,0 +1,37 @@
+"""`RUN/metrics.jsonl`: one JSON object per SAE per logged step, flushed line by line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    """Appends records; a resumed run first cuts the file back to its checkpoint's offset, so the
+    file ends up as an uninterrupted run would have written it."""
+
+    def __init__(self, path: Path, resume_offset: int = 0) -> None:
+        self.path = path
+        self._file = open(path, "ab")  # noqa: SIM115  (closed by close())
+        self._file.truncate(resume_offset)
+        self._file.seek(resume_offset)
+
+    @property
+    def offset(self) -> int:
+        """Bytes written so far (what a checkpoint records)."""
+        return self._file.tell()
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write((json.dumps(record) + "\n").encode())
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Every record of a metrics file."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line]

@@ -1,0 +1,178 @@
+"""The training loop: several SAEs trained on each batch of one stream of rows.
+
+Every batch is read once and handed to every SAE (activations scaled by c, gradients by 1/c,
+read only when some SAE needs them). Non-finite inputs stop the run with the offending store rows
+named; metrics go to `metrics.jsonl` every `log_every` steps; checkpoints are written every
+`checkpoint_every` tokens and at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saekit.cache_format import Batch
+from saekit.errors import SaekitError
+from saekit.train.checkpoint import Checkpoints
+from saekit.train.member import Member
+from saekit.train.metrics import METRICS_FILE, MetricsLog
+from saekit.train.schedule import Plan
+
+MAX_ROWS_NAMED = 10
+
+
+class Observer:
+    """Hooks for progress reporting (the CLI draws a progress bar); every method is optional."""
+
+    def started(self, plan: Plan, start_step: int) -> None: ...
+
+    def stepped(self, step: int, epoch: int) -> None: ...
+
+    def epoch_started(self, epoch: int, plan: Plan) -> None: ...
+
+    def logged(self, step: int, records: list[dict[str, Any]]) -> None: ...
+
+    def checkpointed(self, step: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Cadence:
+    log_every: int  # steps between metric lines
+    checkpoint_every: int  # tokens between checkpoints (0: only at the end)
+
+
+class Trainer:
+    """Runs the steps of a plan for a group of SAEs and keeps the run directory current."""
+
+    def __init__(
+        self,
+        members: list[Member],
+        plan: Plan,
+        cadence: Cadence,
+        input_scale: float,
+        run_dir: Path,
+        observer: Observer | None = None,
+    ) -> None:
+        self.members = members
+        self.plan = plan
+        self.cadence = cadence
+        self.input_scale = input_scale
+        self.run_dir = run_dir
+        self.observer = observer or Observer()
+        self.checkpoints = Checkpoints(run_dir)
+        self.needs_gradients = any(m.needs_gradients for m in members)
+        self.epoch = -1
+        self.metrics: MetricsLog | None = None
+        self._metrics_offset = 0
+
+    def restore(self, trainer_state: dict[str, Any], members: dict[str, dict[str, Any]]) -> int:
+        """Load a checkpoint's state; return the step to continue from."""
+        for member in self.members:
+            member.load_state_dict(members[member.name])
+        self.epoch = trainer_state["epoch"]
+        self._metrics_offset = trainer_state["metrics_offset"]
+        return trainer_state["step"]
+
+    def run(self, batches: Iterator[Batch], start_step: int = 0) -> None:
+        """Train from `start_step` to the end of the plan; `batches` starts at batch 0."""
+        self.metrics = MetricsLog(self.run_dir / METRICS_FILE, self._metrics_offset)
+        try:
+            self.observer.started(self.plan, start_step)
+            for _ in range(start_step):  # the loader is deterministic: skip what was trained
+                next(batches)
+            self._loop(batches, start_step)
+        finally:
+            self.metrics.close()
+
+    def _loop(self, batches: Iterator[Batch], start_step: int) -> None:
+        timer, timed_tokens = time.perf_counter(), 0
+        for step in range(start_step, self.plan.steps):
+            batch = next(batches)
+            x_BD, gradients_BD = self._inputs(batch, step)
+            for member in self.members:
+                member.step(x_BD, gradients_BD, step)
+            done = step + 1
+            timed_tokens += len(x_BD)
+            if batch.epoch != self.epoch:
+                self.epoch = batch.epoch
+                self.observer.epoch_started(self.epoch, self.plan)
+            self.observer.stepped(done, self.epoch)
+            if done % self.cadence.log_every == 0 or done == self.plan.steps:
+                rate = timed_tokens / (time.perf_counter() - timer)
+                self._log(done, rate)
+                timer, timed_tokens = time.perf_counter(), 0
+            if self._checkpoint_due(done) and done < self.plan.steps:
+                self.checkpoint(done)
+        self.checkpoint(self.plan.steps, complete=True)
+
+    def _checkpoint_due(self, done: int) -> bool:
+        """Whether the step that brought the run to `done` steps crossed a checkpoint mark."""
+        every, batch = self.cadence.checkpoint_every, self.plan.batch_size
+        return every > 0 and done * batch // every > (done - 1) * batch // every
+
+    def _inputs(self, batch: Batch, step: int) -> tuple[Tensor, Tensor | None]:
+        """The batch in training space (c·x, g/c), after checking every value is finite."""
+        x_BD = batch["activations"]
+        gradients_BD = batch["gradients"] if self.needs_gradients else None
+        bad_B = ~torch.isfinite(x_BD).all(dim=1)
+        if gradients_BD is not None:
+            bad_B |= ~torch.isfinite(gradients_BD).all(dim=1)
+        if bad_B.any():
+            self._stop_on_bad_rows(batch["row"][bad_B].tolist(), step)
+        scaled_g = None if gradients_BD is None else gradients_BD / self.input_scale
+        return x_BD * self.input_scale, scaled_g
+
+    def _stop_on_bad_rows(self, rows: list[int], step: int) -> None:
+        self.checkpoint(step)
+        shown = ", ".join(map(str, sorted(rows)[:MAX_ROWS_NAMED]))
+        more = f" and {len(rows) - MAX_ROWS_NAMED} more" if len(rows) > MAX_ROWS_NAMED else ""
+        raise SaekitError(
+            f"batch {step} holds NaN or Inf in store rows {shown}{more}; training stopped, "
+            f"the state before it is checkpointed in {self.checkpoints.root}; repair or "
+            "re-harvest the store, then resume with --resume"
+        )
+
+    def _log(self, step: int, tokens_per_s: float) -> None:
+        assert self.metrics is not None
+        records = []
+        for member in self.members:
+            metrics = member.take_metrics()
+            if not all(map(math.isfinite, metrics.values())):
+                raise SaekitError(
+                    f"SAE {member.name} diverged by step {step} (loss {metrics['loss']}); the "
+                    f"last checkpoint in {self.checkpoints.root} is kept; lower its lr "
+                    "(key lr=...) and start again"
+                )
+            records.append(
+                {
+                    "sae": member.name,
+                    "step": step,
+                    "tokens": step * self.plan.batch_size,
+                    "epoch": self.epoch,
+                    "lr": member.base_lr * self.plan.lr_factor(step - 1),
+                    **metrics,
+                    "tokens_per_s": tokens_per_s,
+                }
+            )
+        for record in records:
+            self.metrics.write(record)
+        self.observer.logged(step, records)
+
+    def checkpoint(self, step: int, complete: bool = False) -> None:
+        assert self.metrics is not None
+        trainer_state = {
+            "step": step,
+            "epoch": self.epoch,
+            "input_scale": self.input_scale,
+            "metrics_offset": self.metrics.offset,
+        }
+        members = {member.name: member.state_dict() for member in self.members}
+        self.checkpoints.save(step, trainer_state, members, complete)
+        self.observer.checkpointed(step)

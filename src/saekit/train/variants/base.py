@@ -1,0 +1,173 @@
+"""The activation strategy: what makes one variant differ from another.
+
+A variant is one small module that defines an options dataclass (`variants.options`) and an
+`Activation` subclass decorated with `@register`. The SAE core (`saekit.train.sae.SAE`) calls
+the strategy to turn pre-activations into codes, in three modes: training (batch selection,
+threshold EMAs), inference (one token at a time) and batch (the training-time selection,
+without updates).
+Selection-based variants (TopK family) subclass `Selection` and only say which entries to
+keep; batch-dependent ones subclass `BatchSelection`, which adds learnt inference thresholds.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from saekit.train import losses
+from saekit.train.sparse import (
+    Code,
+    SparseCode,
+    SparsePattern,
+    gather_pre_activations,
+    sparse_is_faster,
+)
+from saekit.train.thresholds import ThresholdEMA
+from saekit.train.variants.options import SAEOptions
+
+if TYPE_CHECKING:
+    from saekit.train.sae import SAE
+
+Mode = Literal["train", "batch", "infer"]
+
+
+class Activation(nn.Module):
+    """How a variant turns pre-activations into codes, and which loss terms train it.
+
+    Subclasses set the class attributes, implement `train_code` and `encode`, and may own
+    parameters and buffers (they are saved with the SAE).
+    """
+
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    options_type: ClassVar[type[SAEOptions]]
+    needs_gradients: ClassVar[bool] = False  # reads ∂loss/∂x during training
+    unit_norm_decoder: ClassVar[bool] = True  # project gradients, renormalise after each step
+    decoder_init_norm: ClassVar[float] = 1.0
+    b_dec_from_data: ClassVar[bool] = True  # init b_dec to the geometric median of the data
+    adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
+    saelens_architecture: ClassVar[str]
+
+    def __init__(self, options: Any, d_in: int, d_sae: int) -> None:
+        super().__init__()
+        self.options = options
+
+    def train_code(
+        self, sae: SAE, x_cent_BD: Tensor, gradients_BD: Tensor | None
+    ) -> tuple[Code, Tensor, dict[str, Tensor]]:
+        """Training-mode codes of `x_cent = x − b_dec`: (codes, pre-activations z, extras)."""
+        raise NotImplementedError
+
+    def encode(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
+        """Inference-mode codes of each token on its own."""
+        raise NotImplementedError
+
+    def encode_batch(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
+        """Codes with the training-time selection over this batch (no state updated)."""
+        return self.encode(sae, x_BD, gradients_BD)
+
+    def loss_terms(self) -> list[losses.LossTerm]:
+        raise NotImplementedError
+
+    def calibrate_(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> dict[str, float]:
+        """Set data-dependent settings on a sample after initialisation; return them."""
+        return {}
+
+    def saelens_tensors(self, sae: SAE) -> dict[str, Tensor]:
+        """Tensors of the SAELens export, keyed and shaped as SAELens' `saelens_architecture`."""
+        return {
+            "W_enc": sae.W_enc.T,
+            "b_enc": sae.b_enc,
+            "W_dec": sae.W_dec.T,
+            "b_dec": sae.b_dec,
+        }
+
+    def saelens_cfg(self) -> dict[str, Any]:
+        """Architecture-specific keys of the SAELens cfg.json."""
+        return {}
+
+
+class Selection(Activation):
+    """Variants that keep selected entries of z and zero the rest (TopK, BatchTopK, FC, g-SAE).
+
+    Training selects on z read without autograd, then differentiates through the kept entries
+    only (`gather_pre_activations`) and decodes sparsely, unless k/F is so large that dense
+    products are faster (`sparse_is_faster`).
+    """
+
+    options: Any
+
+    def select(
+        self, sae: SAE, z_BF: Tensor, gradients_BD: Tensor | None, mode: Mode
+    ) -> tuple[SparsePattern, Tensor | None]:
+        """The entries to keep, and an optional (detached) factor for their values."""
+        raise NotImplementedError
+
+    def train_code(
+        self, sae: SAE, x_cent_BD: Tensor, gradients_BD: Tensor | None
+    ) -> tuple[Code, Tensor, dict[str, Tensor]]:
+        sparse = sparse_is_faster(self.options.k, sae.d_sae)
+        with torch.set_grad_enabled(not sparse and torch.is_grad_enabled()):
+            z_BF = sae.pre_activations_centred(x_cent_BD)
+        pattern, factor_N = self.select(sae, z_BF.detach(), gradients_BD, "train")
+        if sparse:
+            values_N = gather_pre_activations(x_cent_BD, sae.W_enc, sae.b_enc, z_BF, pattern)
+        else:
+            values_N = pattern.take(z_BF)
+        if factor_N is not None:
+            values_N = values_N * factor_N
+        return SparseCode(pattern, values_N.relu()), z_BF, {}
+
+    def encode(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
+        return self._code(sae, x_BD, gradients_BD, "infer")
+
+    def encode_batch(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
+        return self._code(sae, x_BD, gradients_BD, "batch")
+
+    def _code(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None, mode: Mode) -> Code:
+        z_BF = sae.pre_activations(x_BD)
+        pattern, factor_N = self.select(sae, z_BF, gradients_BD, mode)
+        values_N = pattern.take(z_BF)
+        if factor_N is not None:
+            values_N = values_N * factor_N
+        return SparseCode(pattern, values_N.relu())
+
+    def loss_terms(self) -> list[losses.LossTerm]:
+        return [losses.NormalisedMSE(), *self.options.aux_terms()]
+
+
+class BatchSelection(Selection):
+    """Variants whose selection depends on the whole batch (BatchTopK, Feature Choice).
+
+    Training selects over the batch and updates thresholds θ (an EMA of the smallest selected
+    values, one global or one per latent); inference keeps each token's entries with z > θ
+    (a JumpReLU), so a saved SAE encodes one token at a time.
+    """
+
+    per_latent_threshold: ClassVar[bool]
+    saelens_architecture = "jumprelu"
+
+    def __init__(self, options: Any, d_in: int, d_sae: int) -> None:
+        super().__init__(options, d_in, d_sae)
+        shape = (d_sae,) if self.per_latent_threshold else ()
+        self.threshold = ThresholdEMA(shape, options.threshold_decay)
+
+    def select_batch(self, z_BF: Tensor) -> tuple[SparsePattern, Tensor, Tensor]:
+        """(kept entries, their smallest value per threshold, whether each threshold saw one)."""
+        raise NotImplementedError
+
+    def select(
+        self, sae: SAE, z_BF: Tensor, gradients_BD: Tensor | None, mode: Mode
+    ) -> tuple[SparsePattern, Tensor | None]:
+        if mode == "infer":
+            return SparsePattern.from_mask(z_BF > self.threshold.value), None
+        with torch.no_grad():
+            pattern, smallest, observed = self.select_batch(z_BF)
+            if mode == "train":
+                self.threshold.update(smallest, observed)
+        return pattern, None
+
+    def saelens_tensors(self, sae: SAE) -> dict[str, Tensor]:
+        return {**super().saelens_tensors(sae), "threshold": self.threshold.value.expand(sae.d_sae)}

@@ -1,0 +1,43 @@
+"""TopK (+ AuxK): keep the k largest pre-activations of each token (algorithms §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from saekit.train.sae import SAE
+from saekit.train.sparse import SparsePattern
+from saekit.train.variants.base import Mode, Selection
+from saekit.train.variants.options import AuxOptions, KOptions, SAEOptions
+from saekit.train.variants.registry import register
+
+
+@dataclass(frozen=True)
+class TopKOptions(AuxOptions, KOptions, SAEOptions):
+    HEADLINE: ClassVar[tuple[str, ...]] = ("k",)
+
+
+@register
+class TopK(Selection):
+    """f = ReLU(TopK_k(z)); loss NMSE + α·AuxK."""
+
+    name = "topk"
+    options_type = TopKOptions
+    saelens_architecture = "topk"
+
+    def select(
+        self, sae: SAE, z_BF: Tensor, gradients_BD: Tensor | None, mode: Mode
+    ) -> tuple[SparsePattern, Tensor | None]:
+        return top_k_per_row(z_BF, self.options.k), None
+
+    def saelens_cfg(self) -> dict[str, Any]:
+        return {"k": self.options.k, "rescale_acts_by_decoder_norm": False}
+
+
+def top_k_per_row(key_BF: Tensor, k: int) -> SparsePattern:
+    """The pattern of the k largest entries of each row of `key_BF`."""
+    return SparsePattern.from_row_indices(
+        key_BF.topk(k, dim=1, sorted=False).indices, key_BF.shape[1]
+    )

@@ -1,0 +1,87 @@
+"""kill -9 a training run after a checkpoint, resume it: the same SAEs and metrics as a run that
+was never interrupted."""
+
+import json
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saekit.synthetic import synthetic_spec, write_synthetic_store
+from saekit.train.checkpoint import Checkpoints
+from saekit.train.metrics import read_metrics
+
+SPECS = ["topk:k=8,latents=256", "gsae:k=8,latents=256,beta_eff=0.5"]
+SETTINGS = ["--tokens", 400 * 128, "--batch-size", 128, "--checkpoint-every", 20 * 128]
+
+
+def args(store, out):
+    specs = [arg for spec in SPECS for arg in ("--sae", spec)]
+    return ["train", "--store", store, "--out", out, *specs, *map(str, SETTINGS)]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("resume") / "store.zarr"
+    write_synthetic_store(path, synthetic_spec(8192, holdout_rows=1024))
+    return path
+
+
+def start(store, out, resume):
+    command = [sys.executable, "-c", "from saekit.cli import main; main()", *args(store, out)]
+    return subprocess.Popen(
+        command + (["--resume"] if resume else []),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def kill_after_a_checkpoint(process, out, rng) -> bool:
+    """Wait for a checkpoint newer than the one present, then SIGKILL at a random moment."""
+    first = (Checkpoints(out).latest() or {"step": 0})["step"]
+    while process.poll() is None:
+        latest = Checkpoints(out).latest()
+        if latest is not None and latest["step"] > first:
+            time.sleep(rng.uniform(0.0, 0.5))
+            break
+        time.sleep(0.01)
+    if process.poll() is not None:
+        return False
+    process.kill()
+    process.wait()
+    return True
+
+
+def outputs(out):
+    saes = {d.name: load_file(d / "sae.safetensors") for d in sorted((out / "saes").iterdir())}
+    metrics = [
+        {k: v for k, v in record.items() if k != "tokens_per_s"}
+        for record in read_metrics(out / "metrics.jsonl")
+    ]
+    config = json.loads((out / "config.json").read_text())
+    return saes, metrics, {k: config[k] for k in ("run", "plan", "calibration")}
+
+
+def test_resume_after_kill_gives_the_uninterrupted_result(store, tmp_path, run_cli):
+    reference = tmp_path / "reference"
+    assert run_cli(*args(store, reference)).exit_code == 0
+
+    out, rng, kills = tmp_path / "killed", random.Random(0), 0
+    for resume in (False, True):  # kill the first run, then the resumed one
+        kills += kill_after_a_checkpoint(start(store, out, resume), out, rng)
+    assert kills == 2, "both runs must be killed mid-way for the test to mean something"
+    assert not Checkpoints(out).latest()["complete"]
+    assert run_cli(*args(store, out), "--resume").exit_code == 0
+
+    saes, metrics, config = outputs(out)
+    expected_saes, expected_metrics, expected_config = outputs(reference)
+    assert config == expected_config
+    assert metrics == expected_metrics and len(metrics) == 2 * 40
+    assert saes.keys() == expected_saes.keys()
+    for name, tensors in saes.items():
+        for key, value in tensors.items():
+            assert torch.equal(value, expected_saes[name][key]), f"{name}.{key}"

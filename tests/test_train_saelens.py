@@ -1,0 +1,61 @@
+"""The SAELens export loads in SAELens itself and computes what saekit computes.
+
+SAELens is not a saekit dependency: this test runs only when SAEKIT_SAELENS_PYTHON names a
+Python that can `import sae_lens` (e.g. a separate virtualenv:
+`python -m venv /tmp/saelens-venv && /tmp/saelens-venv/bin/pip install torch==2.13.0 sae-lens`).
+"""
+
+import os
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from saekit.synthetic import synthetic_spec, write_synthetic_store
+from saekit.train import TrainRequest, TrainSettings, load_sae, parse_spec, train
+
+SAELENS_PYTHON = os.environ.get("SAEKIT_SAELENS_PYTHON")
+pytestmark = pytest.mark.skipif(not SAELENS_PYTHON, reason="SAEKIT_SAELENS_PYTHON is not set")
+
+SCRIPT = """
+import sys
+from safetensors.torch import load_file, save_file
+from sae_lens import SAE
+x = load_file(sys.argv[1])["x"]
+outputs = {}
+for directory in sys.argv[3:]:
+    sae = SAE.load_from_disk(directory)
+    outputs[directory] = sae.decode(sae.encode(x)).detach().contiguous()
+save_file({str(i): out for i, out in enumerate(outputs.values())}, sys.argv[2])
+"""
+
+
+def test_every_export_loads_in_saelens_and_reconstructs_the_same(tmp_path):
+    write_synthetic_store(tmp_path / "store.zarr", synthetic_spec(4096, holdout_rows=512))
+    specs = [
+        "relu:latents=96",
+        "topk:k=4,latents=96",
+        "batchtopk:k=4,latents=96",
+        "feature-choice:k=4,latents=96",
+        "gsae:k=4,latents=96",
+        "gated:latents=96",
+        "jumprelu:latents=96",
+    ]
+    request = TrainRequest(
+        store=str(tmp_path / "store.zarr"),
+        hook=None,
+        out=tmp_path / "run",
+        specs=[parse_spec(text) for text in specs],
+        settings=TrainSettings(tokens=4096, batch_size=256),
+    )
+    directories = list(train(request).sae_dirs.values())
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(0)) * 10
+    save_file({"x": x}, tmp_path / "x.safetensors")
+    exports = [str(d / "saelens") for d in directories]
+    files = [tmp_path / "x.safetensors", tmp_path / "out.safetensors"]
+    subprocess.run([SAELENS_PYTHON, "-c", SCRIPT, *files, *exports], check=True)
+    outputs = load_file(tmp_path / "out.safetensors")
+    for i, directory in enumerate(directories):
+        expected = load_sae(directory)(x).detach()
+        torch.testing.assert_close(outputs[str(i)], expected, rtol=1e-4, atol=1e-4)
