@@ -101,11 +101,6 @@ def test_usage_errors_are_one_line(run_cli):
     one_line_error(run_cli("info", "x", "--bogus"), "No such option")
 
 
-@pytest.mark.parametrize("command", ["eval"])
-def test_placeholders_say_so_and_exit_2(run_cli, command):
-    one_line_error(run_cli(command, "--anything"), "not implemented yet")
-
-
 @pytest.mark.parametrize("command", ["harvest", "train", "eval", "info", "verify", "demo"])
 def test_every_command_has_help(run_cli, command):
     result = run_cli(command, "--help")

@@ -47,26 +47,40 @@ def test_batchtopk_spends_exactly_k_times_b_across_the_batch():
 
 
 def test_batchtopk_inference_thresholds_each_token_alone_and_batch_mode_selects():
-    sae = identity_sae("batchtopk:k=1,latents=3,threshold_decay=0.5", 3)
+    sae = identity_sae("batchtopk:k=1,latents=3", 3)
     sae.training_forward(torch.tensor([[2.0, 1.0, 0.0], [4.0, 0.0, 0.0]]))  # smallest: 2
     sae.training_forward(torch.tensor([[0.0, 5.0, 3.0], [0.0, 0.0, 4.0]]))  # smallest: 4
-    theta = (0.5 * 0.5 * 2 + 0.5 * 4) / (1 - 0.25)  # bias-corrected EMA
+    theta = 4.0  # two batches seen: the window (a tenth of them) holds only the latest
     assert float(sae.activation.threshold.value) == pytest.approx(theta)
-    x = torch.tensor([[3.0, 3.5, 1.0], [2.0, 2.5, 5.0]])
-    assert torch.equal(sae.encode(x), torch.tensor([[0, 3.5, 0], [0, 0, 5.0]]))
+    x = torch.tensor([[3.0, 4.5, 1.0], [2.0, 2.5, 5.0]])
+    assert torch.equal(sae.encode(x), torch.tensor([[0, 4.5, 0], [0, 0, 5.0]]))
     assert torch.equal(sae.encode(x[1:]), torch.tensor([[0, 0, 5.0]])), "one token at a time"
     batch = sae.encode_batch(x)
-    assert torch.equal(batch, torch.tensor([[0, 3.5, 0], [0, 0, 5.0]]))
+    assert torch.equal(batch, torch.tensor([[0, 4.5, 0], [0, 0, 5.0]]))
     assert float(sae.activation.threshold.value) == pytest.approx(theta), (
         "no update outside training"
     )
 
 
-def test_threshold_ema_is_bias_corrected_and_infinite_until_observed():
-    ema = ThresholdEMA((2,), decay=0.9)
+def test_threshold_ema_window_grows_with_the_run_and_is_infinite_until_observed():
+    ema = ThresholdEMA((2,), decay=0.999)
     assert torch.isinf(ema.value).all()
     ema.update(torch.tensor([2.0, 7.0]), torch.tensor([True, False]))
     assert ema.value[0] == pytest.approx(2.0) and math.isinf(ema.value[1])
+    for value in [2.0] * 99 + [3.0] * 100:  # the codes' scale moves half-way through
+        ema.update(torch.tensor([value, 1.0]), torch.tensor([True, True]))
+    reference = 2.0
+    for n, value in enumerate([2.0] * 99 + [3.0] * 100, start=2):
+        decay = min(max(1 - 10 / n, 0.0), 0.999)
+        reference = decay * reference + (1 - decay) * value
+    assert float(ema.value[0]) == pytest.approx(reference, rel=1e-5)
+    assert float(ema.value[0]) > 2.99, "after 200 batches θ follows the last ~20, not all 200"
+    assert float(ema.value[1]) == pytest.approx(1.0), "latent 1: first seen at batch 2"
+    long_run = ThresholdEMA((), decay=0.999)
+    long_run.observations.fill_(20_000)
+    long_run.moment.fill_(1.0)
+    long_run.update(torch.tensor(2.0), torch.tensor(True))
+    assert float(long_run.value) == pytest.approx(1.001), "the decay is capped at 0.999"
 
 
 # -- Feature Choice -----------------------------------------------------------------------------

@@ -68,8 +68,3 @@ StorageOptions = Annotated[
     str | None,
     typer.Option(help="JSON object of fsspec options for remote stores, e.g. an endpoint."),
 ]
-
-
-def not_implemented(command: str, issue: str) -> None:
-    """Placeholder body of a command that a later issue fills in."""
-    raise SaekitError(f"'sae {command}' is not implemented yet ({issue})")

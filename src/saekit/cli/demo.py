@@ -1,4 +1,4 @@
-"""`sae demo`: the offline end-to-end job (it grows as harvest, train and eval land)."""
+"""`sae demo`: the offline end-to-end job: tiny GPT-2, harvest, train, eval."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import TextColumn
 
-from saekit.cli.common import console
+from saekit.cli.common import console, progress_bar
+from saekit.cli.evaluate import EvalBar, print_report_summary
 from saekit.cli.harvest import HarvestBar
-from saekit.cli.store import print_summary
+from saekit.cli.store import print_store_summary
+from saekit.cli.train import ProgressReporter, print_result
 
 DEFAULT_OUT = Path("demo-output")
 
@@ -19,13 +22,21 @@ def register(app: typer.Typer) -> None:
     def demo(
         out: Annotated[Path, typer.Option(help="Directory for the demo's files.")] = DEFAULT_OUT,
     ) -> None:
-        """Run the offline demo: build a tiny GPT-2, harvest it, check the store."""
+        """Run the whole pipeline offline: tiny GPT-2, harvest, train 7 SAE variants, eval."""
         from saekit.cache_format import ActivationStore
         from saekit.cache_format.summary import describe
         from saekit.cache_format.verify import verify_store
-        from saekit.demo.pipeline import DemoPaths, harvest_config, prepare_model_and_corpus
+        from saekit.demo.pipeline import (
+            DemoPaths,
+            eval_request,
+            harvest_config,
+            prepare_model_and_corpus,
+            train_request,
+        )
         from saekit.errors import IntegrityError
+        from saekit.evaluate import evaluate
         from saekit.harvest import plan_harvest, run_harvest
+        from saekit.train import train
 
         paths = DemoPaths(out)
         console.rule("1. a generated corpus and a tiny GPT-2 trained on it (offline)")
@@ -36,9 +47,19 @@ def register(app: typer.Typer) -> None:
         with HarvestBar() as bar:
             run_harvest(plan_harvest(harvest_config(paths)), bar)
         store = ActivationStore.open(paths.store)
-        print_summary(describe(store))
+        print_store_summary(describe(store))
         problems = verify_store(store)
         if problems:
             raise IntegrityError(f"the demo store failed verification: {problems[0]}")
         console.print("verified: every checksum and value is sound")
-        console.print(f"demo finished; files are in {out}")
+        console.rule("3. train 7 SAE variants on the same batches (the LM is not loaded)")
+        bar = progress_bar(TextColumn("{task.fields[rate]}"))
+        try:
+            print_result(train(train_request(paths), ProgressReporter(bar)))
+        finally:
+            bar.stop()
+        console.rule("4. evaluate: held-out rows, splicing into the LM, steering")
+        with EvalBar() as eval_bar:
+            files = evaluate(eval_request(paths), eval_bar)
+        console.rule("done")
+        print_report_summary(files)

@@ -1,16 +1,117 @@
-"""`sae eval`: offline and online evaluation of trained SAEs."""
+"""`sae eval`: offline metrics, online loss added, reports with plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
-from saekit.cli.common import not_implemented
+from saekit.cli.common import StorageOptions, console, parse_storage_options, progress_bar
+
+
+class EvalBar:
+    """A rich progress bar for the stages of an evaluation."""
+
+    def __init__(self) -> None:
+        self.bar = progress_bar()
+        self.task = None
+
+    def stage(self, description: str, total: int | None) -> None:
+        if self.task is None:
+            self.bar.start()
+        else:
+            self.bar.update(self.task, completed=self.bar.tasks[-1].total or 1)
+        self.task = self.bar.add_task(description, total=total)
+
+    def advance(self, n: int) -> None:
+        self.bar.advance(self.task, n)
+
+    def __enter__(self) -> EvalBar:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.task is not None:
+            self.bar.stop()
+
+
+def print_report_summary(files: dict[str, Path]) -> None:
+    """The main numbers of a report as a table, then where its files are."""
+    report = json.loads(files["json"].read_text())
+    table = Table(
+        title=f"{report['tokens']['offline']:,} held-out tokens offline, "
+        f"{report['tokens']['online']:,} online",
+        title_justify="left",
+    )
+    table.add_column("SAE [mode]", overflow="fold")
+    for column in ("L0", "NMSE", "dead", "loss added", "CE rec.", "KL"):
+        table.add_column(column, justify="right", no_wrap=True)
+
+    def number(value: float | None, form: str) -> str:
+        return "–" if value is None else format(value, form)
+
+    for row in report["rows"]:
+        online = row["online"] or {}
+        table.add_row(
+            escape(row["label"]),
+            number(row["offline"]["l0"], ".1f"),
+            number(row["offline"]["nmse"], ".4f"),
+            number(row["offline"]["dead_fraction"], ".0%"),
+            number(online.get("loss_added"), ".3f"),
+            number(online.get("ce_recovered_zero"), ".3f"),
+            number(online.get("kl"), ".3f"),
+        )
+    console.print(table)
+    console.print(f"report: {files['markdown']}")
+    for name in ("l0_vs_nmse", "l0_vs_loss_added", "dead_latents"):
+        console.print(f"plot:   {files[name]}")
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        name="eval",
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-        help="Evaluate trained SAEs on a store's held-out rows and spliced into the LM. "
-        "(Not implemented yet.)",
-    )
-    def evaluate() -> None:
-        not_implemented("eval", "the eval issue")
+    @app.command(name="eval")
+    def evaluate(
+        runs: Annotated[list[str], typer.Argument(help="Run directories written by sae train.")],
+        out: Annotated[str, typer.Option(help="Report directory (report.json, report.md, plots).")],
+        store: Annotated[
+            str | None,
+            typer.Option(help="Store path or URL (default: the store the SAEs were trained on)."),
+        ] = None,
+        online: Annotated[
+            bool,
+            typer.Option("--online/--no-online", help="Splice the SAEs into the LM (loss added)."),
+        ] = True,
+        tokens: Annotated[
+            int | None, typer.Option(help="Held-out tokens to evaluate on (default: all).")
+        ] = None,
+        model: Annotated[
+            str | None,
+            typer.Option(help="LM for online eval (default: the model named in the store)."),
+        ] = None,
+        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+        batch_size: Annotated[int, typer.Option(help="Contexts per LM forward pass.")] = 8,
+        steering: Annotated[
+            bool, typer.Option("--steering", help="Also measure logit steering (g-SAE paper).")
+        ] = False,
+        storage_options: StorageOptions = None,
+    ) -> None:
+        """Evaluate every SAE of the runs on the store's held-out tokens; write a report."""
+        from saekit.evaluate import EvalRequest, evaluate
+
+        request = EvalRequest(
+            runs=tuple(runs),
+            out=out,
+            store=store,
+            storage_options=parse_storage_options(storage_options),
+            online=online,
+            tokens=tokens,
+            model=model,
+            device=device,
+            batch_size=batch_size,
+            steering=steering,
+        )
+        with EvalBar() as bar:
+            files = evaluate(request, bar)
+        print_report_summary(files)

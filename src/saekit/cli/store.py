@@ -31,7 +31,7 @@ def _human_bytes(n: int | None) -> str:
     raise AssertionError("unreachable")
 
 
-def print_summary(info: dict) -> None:
+def print_store_summary(info: dict) -> None:
     rows = info["rows"]
     table = Table(title=f"saekit store {info['location']}", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(summary, indent=2))
         else:
-            print_summary(summary)
+            print_store_summary(summary)
 
     @app.command()
     def verify(

@@ -1,4 +1,4 @@
-"""The offline demo's steps: corpus and tiny LM, then harvest (train and eval follow)."""
+"""The offline demo's steps: corpus and tiny LM, harvest, train several SAE variants, evaluate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 
 from saekit.demo.corpus import generate_documents, write_corpus
 from saekit.demo.tiny_lm import build_tiny_lm
+from saekit.evaluate import EvalRequest
 from saekit.harvest import HarvestConfig
+from saekit.train import TrainRequest, TrainSettings, parse_spec
 
 DEMO_HOOK = "blocks.0.hook_resid_post"
 
@@ -27,6 +29,14 @@ class DemoPaths:
     @property
     def store(self) -> Path:
         return self.root / "store.zarr"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
 
 
 def prepare_model_and_corpus(paths: DemoPaths) -> None:
@@ -61,4 +71,42 @@ def harvest_config(paths: DemoPaths) -> HarvestConfig:
         rows_per_chunk=4096,
         chunks_per_block=4,
         provenance={"command": "sae demo"},
+    )
+
+
+# k = 8 for the TopK family; the penalties of relu, gated and jumprelu are set so that their L0
+# lands near 8 too on this data (jumprelu's θ starts at 1: a short run cannot move it far).
+DEMO_SAES = (
+    "topk:k=8,latents=256",
+    "gsae:k=8,latents=256,beta_eff=0.3",
+    "batchtopk:k=8,latents=256",
+    "feature-choice:k=8,latents=256",
+    "gated:latents=256",
+    "relu:latents=256,l1=12",
+    "jumprelu:latents=256,threshold=1.0",
+)
+
+
+def train_request(paths: DemoPaths) -> TrainRequest:
+    """Every variant on the same batches: ~3 epochs of the store's training rows."""
+    return TrainRequest(
+        store=str(paths.store),
+        hook=DEMO_HOOK,
+        out=paths.run,
+        specs=[parse_spec(text) for text in DEMO_SAES],
+        settings=TrainSettings(tokens=172_032, batch_size=1024, device="cpu", seed=0),
+        resume=paths.run.exists(),
+    )
+
+
+def eval_request(paths: DemoPaths) -> EvalRequest:
+    """Offline and online metrics on all 4096 held-out tokens, with steering."""
+    return EvalRequest(
+        runs=(str(paths.run),),
+        out=str(paths.report),
+        store=str(paths.store),
+        device="cpu",
+        batch_size=16,
+        steering=True,
+        steering_latents=32,
     )

@@ -28,6 +28,7 @@ class BatchOutput:
     activations: dict[str, torch.Tensor]
     gradients: dict[str, torch.Tensor]
     loss: torch.Tensor  # [B, T] float32, NaN at the last position
+    logits: torch.Tensor | None = None  # [B, T, V], kept on request
 
 
 def next_token_loss(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor) -> torch.Tensor:
@@ -44,6 +45,7 @@ def run_batch(
     *,
     gradients: bool = True,
     autocast_bf16: bool = False,
+    keep_logits: bool = False,
 ) -> BatchOutput:
     """Forward (and backward when `gradients`) of one batch, capturing the hooks."""
     captured: dict[str, torch.Tensor] = {}
@@ -72,4 +74,5 @@ def run_batch(
         activations={h: captured[h].detach().float() for h in hooks},
         gradients=grads,
         loss=loss_BT,
+        logits=logits_BTV.detach().float() if keep_logits else None,
     )

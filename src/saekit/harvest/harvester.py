@@ -28,7 +28,13 @@ from saekit.cache_format.writer import check_resumable, check_target, encode_row
 from saekit.errors import SaekitError
 from saekit.harvest.contexts import Packing, context_stream
 from saekit.harvest.forward import GRADIENT_CONVENTION, run_batch
-from saekit.harvest.model import LoadedModel, check_hooks, load_model, resolve_device
+from saekit.harvest.model import (
+    LoadedModel,
+    check_hooks,
+    hook_widths,
+    load_model,
+    resolve_device,
+)
 from saekit.harvest.sources import TextSource, resolve_source, shuffled
 
 DOCUMENT_SHUFFLE_BUFFER = 10_000
@@ -127,21 +133,6 @@ def _row_counts(config: HarvestConfig) -> tuple[int | None, int]:
     return capacity, holdout
 
 
-def _hook_widths(model: LoadedModel, hooks: list[str]) -> dict[str, int]:
-    """Run two tokens through the model; every hook must give [batch, position, d]."""
-    probe = torch.full((1, 2), model.tokenizer.eos_token_id or 0, device=model.device)
-    out = run_batch(model.bridge, probe, hooks, gradients=False)
-    widths = {}
-    for hook, x in out.activations.items():
-        if x.ndim != 3 or tuple(x.shape[:2]) != (1, 2):
-            raise SaekitError(
-                f"hook {hook} gives shape {list(x.shape)}, not [batch, position, d]; "
-                "choose a hook on the residual stream or another per-token vector"
-            )
-        widths[hook] = int(x.shape[-1])
-    return widths
-
-
 def plan_harvest(config: HarvestConfig) -> HarvestPlan:
     """Validate every input (cheapest checks first) before anything is written."""
     _check_numbers(config)
@@ -160,7 +151,7 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
     if next(iter(source.documents()), None) is None:
         raise SaekitError(f"dataset {config.dataset} holds no text")
     packing = Packing.for_tokenizer(model.tokenizer, config.context_size)
-    widths = _hook_widths(model, hooks)
+    widths = hook_widths(model, hooks)
     identity = {
         "producer": "saekit harvest",
         **model.identity,

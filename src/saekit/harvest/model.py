@@ -124,3 +124,20 @@ def check_hooks(model: LoadedModel, hooks: list[str]) -> None:
             close = difflib.get_close_matches(hook, valid, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise SaekitError(f"model {model.name} has no hook '{hook}'{hint}")
+
+
+def hook_widths(model: LoadedModel, hooks: list[str]) -> dict[str, int]:
+    """Run two tokens through the model; every hook must give [batch, position, d]."""
+    probe = torch.full((1, 2), model.tokenizer.eos_token_id or 0, device=model.device)
+    from saekit.harvest.forward import run_batch
+
+    out = run_batch(model.bridge, probe, hooks, gradients=False)
+    widths = {}
+    for hook, x in out.activations.items():
+        if x.ndim != 3 or tuple(x.shape[:2]) != (1, 2):
+            raise SaekitError(
+                f"hook {hook} gives shape {list(x.shape)}, not [batch, position, d]; "
+                "choose a hook on the residual stream or another per-token vector"
+            )
+        widths[hook] = int(x.shape[-1])
+    return widths

@@ -1,15 +1,20 @@
 """Inference thresholds learnt during training (BatchTopK: one global θ, Feature Choice: θ_j).
 
-θ is an exponential moving average of the smallest value selected per training batch, bias-
-corrected like Adam's moments: θ = m / (1 − decay^n) after n observations, so early batches are
-not over-weighted. A threshold with no observation is +inf (that latent never fires at inference,
-as it never fired in training).
+θ is an exponential moving average of the smallest value selected per training batch. Its decay
+grows with the number of observations n: `decay_n = min(decay, 1 − 10/n)`, so θ averages roughly
+the last tenth of the batches seen, and at most the last `1/(1 − decay)` (1000 for the default
+0.999). A fixed 0.999 would average the whole of a short run, early batches included, when the
+codes' scale was still moving; the growing window follows the SAE as it trains, and the first
+value is taken as is (no start-up bias to correct). A threshold with no observation is +inf (that
+latent never fires at inference, as it never fired in training).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+WINDOW_FRACTION = 10  # θ averages about the last 1/WINDOW_FRACTION of the batches seen
 
 
 class ThresholdEMA(nn.Module):
@@ -24,12 +29,13 @@ class ThresholdEMA(nn.Module):
     @torch.no_grad()
     def update(self, smallest: Tensor, observed: Tensor) -> None:
         """Fold in this batch's smallest selected values where `observed` is True."""
-        blended = self.decay * self.moment + (1 - self.decay) * smallest
+        n = (self.observations + 1).to(self.moment.dtype)
+        decay = (1 - WINDOW_FRACTION / n).clamp(0, self.decay)
+        blended = decay * self.moment + (1 - decay) * smallest
         self.moment.copy_(torch.where(observed, blended, self.moment))
         self.observations += observed.long()
 
     @property
     def value(self) -> Tensor:
-        correction = 1 - torch.pow(self.decay, self.observations.double())
-        theta = (self.moment.double() / correction).to(self.moment.dtype)
-        return torch.where(self.observations > 0, theta, torch.full_like(theta, float("inf")))
+        inf = torch.full_like(self.moment, float("inf"))
+        return torch.where(self.observations > 0, self.moment, inf)

@@ -1,0 +1,89 @@
+"""The store's held-out tokens, as rows (offline metrics) and as contexts (online metrics)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from saekit.cache_format import ActivationStore
+from saekit.cache_format.loader import chunk_units
+from saekit.errors import SaekitError
+
+MEAN_SAMPLE_ROWS = 1 << 18
+
+
+def check_holdout(store: ActivationStore) -> None:
+    if store.n_rows("holdout") == 0:
+        raise SaekitError(
+            f"store {store.location} has no held-out rows; harvest it with "
+            "--holdout-tokens above 0 to evaluate SAEs on it"
+        )
+
+
+def holdout_batches(
+    store: ActivationStore,
+    hook: str,
+    fields: tuple[str, ...],
+    max_rows: int | None,
+    batch_rows: int,
+) -> Iterator[dict[str, Tensor]]:
+    """Held-out rows (position 0 excluded) in store order, in batches of `batch_rows` (the last
+    may be shorter), `max_rows` at most. Rows of a block are stored shuffled, so consecutive
+    rows mix many contexts."""
+    budget = max_rows if max_rows is not None else store.n_rows("holdout")
+    pending: dict[str, Tensor] | None = None
+    for start, stop in chunk_units(store.ranges("holdout"), store.spec.layout.rows_per_chunk):
+        rows = store.read_tensors([*fields, "position"], start, stop, hook)
+        keep = rows.pop("position") != 0
+        rows = {name: values[keep] for name, values in rows.items()}
+        pending = rows if pending is None else {k: torch.cat([pending[k], rows[k]]) for k in rows}
+        while len(next(iter(pending.values()))) >= min(batch_rows, budget) > 0:
+            take = min(batch_rows, budget)
+            yield {name: values[:take] for name, values in pending.items()}
+            pending = {name: values[take:] for name, values in pending.items()}
+            budget -= take
+        if budget == 0:
+            return
+    if pending is not None and budget > 0 and len(next(iter(pending.values()))):
+        yield {name: values[:budget] for name, values in pending.items()}
+
+
+def training_mean(store: ActivationStore, hook: str, max_rows: int = MEAN_SAMPLE_ROWS) -> Tensor:
+    """Mean activation over a sample of training rows (chunks spread over the split), pos. 0 out."""
+    units = chunk_units(store.ranges("train"), store.spec.layout.rows_per_chunk)
+    if not units:
+        raise SaekitError(f"store {store.location} has no training rows to take a mean from")
+    rows_per_unit = max(1, store.spec.layout.rows_per_chunk)
+    picks = np.unique(np.linspace(0, len(units) - 1, max(1, max_rows // rows_per_unit)).astype(int))
+    total, count = None, 0
+    for index in picks:
+        start, stop = units[index]
+        rows = store.read_tensors(["activations", "position"], start, stop, hook)
+        x = rows["activations"][rows["position"] != 0].double()
+        total = x.sum(0) if total is None else total + x.sum(0)
+        count += len(x)
+    return (total / max(count, 1)).float()
+
+
+def heldout_contexts(store: ActivationStore, max_tokens: int | None) -> Tensor:
+    """The held-out contexts rebuilt from the store's token ids: [n_contexts, T] int64."""
+    check_holdout(store)
+    ((start, stop),) = store.ranges("holdout")
+    rows = store.read(["tokens", "sequence", "position"], start, stop)
+    context_size = int(rows["position"].max()) + 1
+    sequences = np.unique(rows["sequence"])
+    if max_tokens is not None:
+        sequences = sequences[: max(1, -(-max_tokens // context_size))]
+    tokens = np.full((len(sequences), context_size), -1, dtype=np.int64)
+    wanted = np.isin(rows["sequence"], sequences)
+    slots = np.searchsorted(sequences, rows["sequence"][wanted])
+    tokens[slots, rows["position"][wanted]] = rows["tokens"][wanted]
+    if (tokens < 0).any():
+        raise SaekitError(
+            f"store {store.location} has held-out contexts with missing tokens; "
+            "verify it with sae verify"
+        )
+    return torch.from_numpy(tokens)

@@ -1,0 +1,109 @@
+"""Offline metrics on the store's held-out rows: reconstruction, sparsity, latent usage, shrinkage.
+
+Definitions (algorithms §9), over the same held-out tokens (position 0 excluded) for every SAE:
+- nmse (= FVU) = Σ‖x − x̂‖² / Σ‖x − μ‖², μ the mean of the training rows; variance_explained =
+  1 − nmse; nmse_per_token = mean ‖x − x̂‖² / ‖x‖² (OpenAI's variant);
+- l0: mean number of non-zero codes per token, with quantiles and the fraction of tokens with none;
+- dead_fraction: latents that never fire on these tokens; dense_fraction: latents firing on more
+  than 10 % of them;
+- relative_reconstruction_bias γ = E‖x̂‖² / E[x·x̂] (< 1: shrinkage);
+- cosine: mean cos(x, x̂).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from saekit.cache_format import ActivationStore
+from saekit.evaluate.heldout import holdout_batches
+from saekit.evaluate.targets import Target
+
+DENSE_THRESHOLD = 0.1
+
+
+class ReconstructionStats:
+    """Running sums of one target's reconstruction metrics (float64)."""
+
+    def __init__(self, d_sae: int, mean_D: Tensor) -> None:
+        self.mean_D = mean_D.double()
+        self.tokens = 0
+        self.sq_error = self.sq_deviation = self.relative_error = 0.0
+        self.hat_sq = self.dot = self.cosine = 0.0
+        self.fires_F = torch.zeros(d_sae, dtype=torch.float64)
+        self.l0_counts = np.zeros(d_sae + 1, dtype=np.int64)
+
+    def update(self, x_BD: Tensor, x_hat_BD: Tensor, f_BF: Tensor) -> None:
+        x, x_hat = x_BD.double(), x_hat_BD.double()
+        error_B = (x - x_hat).pow(2).sum(1)
+        norm_B = x.pow(2).sum(1)
+        self.tokens += len(x)
+        self.sq_error += float(error_B.sum())
+        self.sq_deviation += float((x - self.mean_D.to(x.device)).pow(2).sum())
+        self.relative_error += float((error_B / norm_B.clamp_min(1e-30)).sum())
+        self.hat_sq += float(x_hat.pow(2).sum())
+        self.dot += float((x * x_hat).sum())
+        self.cosine += float(torch.nn.functional.cosine_similarity(x, x_hat, dim=1).sum())
+        active_BF = f_BF != 0
+        self.fires_F += active_BF.sum(0).double().cpu()
+        self.l0_counts += np.bincount(active_BF.sum(1).cpu().numpy(), minlength=len(self.l0_counts))
+
+    def result(self) -> dict[str, float | int | dict[str, float]]:
+        n = max(self.tokens, 1)
+        nmse = self.sq_error / self.sq_deviation if self.sq_deviation else float("nan")
+        l0_values = np.arange(len(self.l0_counts))
+        cumulative = np.cumsum(self.l0_counts) / n
+        quantile = {
+            f"p{q}": float(l0_values[np.searchsorted(cumulative, q / 100)]) for q in (1, 50, 99)
+        }
+        density_F = self.fires_F / n
+        return {
+            "tokens": self.tokens,
+            "nmse": nmse,
+            "variance_explained": 1 - nmse,
+            "nmse_per_token": self.relative_error / n,
+            "mse": self.sq_error / n,
+            "l0": float((l0_values * self.l0_counts).sum() / n),
+            "l0_quantiles": quantile,
+            "l0_zero_fraction": float(self.l0_counts[0] / n),
+            "dead_fraction": float((density_F == 0).double().mean()),
+            "dense_fraction": float((density_F > DENSE_THRESHOLD).double().mean()),
+            "relative_reconstruction_bias": self.hat_sq / self.dot if self.dot else float("nan"),
+            "cosine": self.cosine / n,
+        }
+
+
+@torch.no_grad()
+def offline_metrics(
+    store: ActivationStore,
+    targets: list[Target],
+    means: dict[str, Tensor],
+    max_rows: int | None,
+    device: torch.device,
+) -> dict[str, dict]:
+    """Metrics of every target on the store's held-out rows (at most `max_rows` of them).
+
+    Targets in batch mode see batches of their training batch size; the others see the same
+    rows in batches of 4096 (their codes do not depend on the batch).
+    """
+    results: dict[str, dict] = {}
+    groups: dict[tuple[str, bool, int], list[Target]] = {}
+    for target in targets:
+        batch_rows = (
+            int(target.sae.cfg.training.get("batch_size", 4096))
+            if (target.batch_dependent)
+            else 4096
+        )
+        groups.setdefault((target.hook, target.needs_gradients, batch_rows), []).append(target)
+    for (hook, gradients, batch_rows), group in groups.items():
+        stats = {t.label: ReconstructionStats(t.sae.d_sae, means[hook]) for t in group}
+        fields = ("activations", "gradients") if gradients else ("activations",)
+        for batch in holdout_batches(store, hook, fields, max_rows, batch_rows):
+            x_BD = batch["activations"].to(device)
+            g_BD = batch["gradients"].to(device) if gradients else None
+            for target in group:
+                f_BF, x_hat_BD = target.reconstruct(x_BD, g_BD)
+                stats[target.label].update(x_BD, x_hat_BD, f_BF)
+        results.update({label: s.result() for label, s in stats.items()})
+    return results

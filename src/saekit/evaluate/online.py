@@ -1,0 +1,143 @@
+"""Online metrics: the LM re-run on the held-out contexts with each SAE spliced in.
+
+For every context (token ids rebuilt from the store) the clean forward gives the next-token
+cross-entropy `CE_clean`; then the activation at the SAE's hook is replaced, at every position
+except 0, by the SAE's reconstruction (`CE_spliced`), by zeros (`CE_zero`) and by the training
+mean (`CE_mean`). Token-weighted over every predicted token:
+- loss_added = CE_spliced − CE_clean (nats per token);
+- ce_recovered_zero = (CE_zero − CE_spliced) / (CE_zero − CE_clean), likewise against the mean;
+- kl = KL(clean ‖ spliced) of the next-token distributions.
+g-SAE in grad mode selects latents with the gradient of the clean forward on the same text
+(the store's convention: the summed next-token CE), which sees the next token; plain mode does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saekit.evaluate.targets import Target
+from saekit.harvest.forward import next_token_loss, run_batch
+
+
+@dataclass
+class _Sums:
+    """Token-weighted sums for one spliced variant of the model."""
+
+    ce: float = 0.0
+    kl: float = 0.0
+    tokens: int = 0
+
+    def add(self, ce_BT: Tensor, kl_BT: Tensor | None = None) -> None:
+        self.ce += float(ce_BT.double().sum())
+        self.kl += 0.0 if kl_BT is None else float(kl_BT.double().sum())
+        self.tokens += ce_BT.numel()
+
+    @property
+    def mean_ce(self) -> float:
+        return self.ce / max(self.tokens, 1)
+
+    @property
+    def mean_kl(self) -> float:
+        return self.kl / max(self.tokens, 1)
+
+
+@dataclass
+class OnlineResult:
+    clean: _Sums = field(default_factory=_Sums)
+    zero: dict[str, _Sums] = field(default_factory=dict)  # by hook
+    mean: dict[str, _Sums] = field(default_factory=dict)
+    spliced: dict[str, _Sums] = field(default_factory=dict)  # by target label
+
+    def metrics(self, targets: list[Target]) -> dict[str, dict]:
+        out = {}
+        clean = self.clean.mean_ce
+        for target in targets:
+            spliced = self.spliced[target.label].mean_ce
+            zero, mean = self.zero[target.hook].mean_ce, self.mean[target.hook].mean_ce
+            out[target.label] = {
+                "tokens": self.clean.tokens,
+                "ce_clean": clean,
+                "ce_spliced": spliced,
+                "loss_added": spliced - clean,
+                "ce_zero": zero,
+                "ce_mean": mean,
+                "ce_recovered_zero": (zero - spliced) / (zero - clean),
+                "ce_recovered_mean": (mean - spliced) / (mean - clean),
+                "kl": self.spliced[target.label].mean_kl,
+            }
+        return out
+
+
+def _replacing(new_BTD: Tensor) -> Callable:
+    """A hook function that swaps in `new_BTD` at every position but 0."""
+
+    def hook(x_BTD: Tensor, hook: object) -> Tensor:
+        return torch.cat([x_BTD[:, :1], new_BTD[:, 1:].to(x_BTD.dtype)], dim=1)
+
+    return hook
+
+
+def _reconstruction(target: Target, x_BTD: Tensor, g_BTD: Tensor | None) -> Tensor:
+    """x with every position but 0 replaced by the target's reconstruction (position 0 is never
+    encoded: SAEs are trained without it, and batch selection must not see it)."""
+    b, t, d = x_BTD.shape
+    tail = x_BTD[:, 1:].reshape(-1, d)
+    g_tail = g_BTD[:, 1:].reshape(-1, d) if g_BTD is not None and target.needs_gradients else None
+    _, x_hat = target.reconstruct(tail, g_tail)
+    return torch.cat([x_BTD[:, :1], x_hat.view(b, t - 1, d)], dim=1)
+
+
+def _spliced_logits(bridge: object, tokens_BT: Tensor, hook: str, new_BTD: Tensor) -> Tensor:
+    with torch.inference_mode(), bridge.hooks(fwd_hooks=[(hook, _replacing(new_BTD))]):
+        return bridge(tokens_BT, return_type="logits").float()
+
+
+def online_metrics(
+    bridge: object,
+    contexts: Tensor,
+    targets: list[Target],
+    means: dict[str, Tensor],
+    batch_size: int,
+    device: torch.device,
+    on_batch: Callable[[int], None] = lambda n: None,
+) -> dict[str, dict]:
+    """Splice every target into the LM on every held-out context; metrics by target label."""
+    hooks = sorted({t.hook for t in targets})
+    gradients = any(t.needs_gradients for t in targets)
+    result = OnlineResult(
+        zero={h: _Sums() for h in hooks},
+        mean={h: _Sums() for h in hooks},
+        spliced={t.label: _Sums() for t in targets},
+    )
+    for first in range(0, len(contexts), batch_size):
+        tokens_BT = contexts[first : first + batch_size].to(device)
+        clean = run_batch(bridge, tokens_BT, hooks, gradients=gradients, keep_logits=True)
+        log_p_clean = F.log_softmax(clean.logits[:, :-1], dim=-1)
+        result.clean.add(clean.loss[:, :-1])
+        for hook in hooks:
+            x_BTD = clean.activations[hook]
+            for sums, replacement in (
+                (result.zero[hook], torch.zeros_like(x_BTD)),
+                (result.mean[hook], means[hook].to(device).expand_as(x_BTD)),
+            ):
+                sums.add(
+                    next_token_loss(
+                        _spliced_logits(bridge, tokens_BT, hook, replacement), tokens_BT
+                    )
+                )
+        with torch.no_grad():
+            for target in targets:
+                spliced_BTD = _reconstruction(
+                    target, clean.activations[target.hook], clean.gradients.get(target.hook)
+                )
+                logits = _spliced_logits(bridge, tokens_BT, target.hook, spliced_BTD)
+                log_p = F.log_softmax(logits[:, :-1], dim=-1)
+                kl_BT = F.kl_div(log_p, log_p_clean, log_target=True, reduction="none").sum(-1)
+                result.spliced[target.label].add(next_token_loss(logits, tokens_BT), kl_BT)
+        on_batch(len(tokens_BT))
+    return result.metrics(targets)

@@ -1,0 +1,27 @@
+"""`sae demo` (what `make demo` runs) goes end to end offline and produces a full report."""
+
+import json
+
+from saekit.cache_format import ActivationStore
+
+VARIANTS = {"topk", "gsae", "batchtopk", "feature-choice", "gated", "relu", "jumprelu"}
+
+
+def test_demo_runs_the_whole_pipeline(run_cli, tmp_path):
+    result = run_cli("demo", "--out", tmp_path)
+    assert result.exit_code == 0, result.stderr
+    store = ActivationStore.open(tmp_path / "store.zarr")
+    assert store.complete and store.n_rows("holdout") == 4096
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    rows = {row["label"]: row for row in report["rows"]}
+    assert {row["variant"] for row in rows.values()} == VARIANTS
+    assert {"gsae-k8-beta_eff0.3-256 [grad]", "gsae-k8-beta_eff0.3-256 [plain]"} <= set(rows)
+    assert {"batchtopk-k8-256 [threshold]", "batchtopk-k8-256 [batch]"} <= set(rows)
+    topk = rows["topk-k8-256"]
+    assert topk["offline"]["l0"] == 8 and topk["offline"]["nmse"] < 0.05
+    assert topk["online"]["ce_recovered_zero"] > 0.95, "a trained TopK SAE keeps the LM working"
+    assert all(row["steering"] for row in rows.values() if row["mode"] != "plain"
+               and row["mode"] != "batch")  # fmt: skip
+    for plot in ("l0_vs_nmse.png", "l0_vs_loss_added.png", "dead_latents.png"):
+        assert (tmp_path / "report" / plot).stat().st_size > 10_000
+    assert "report:" in result.stdout

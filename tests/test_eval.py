@@ -1,0 +1,237 @@
+"""`sae eval`: exact cases (identity, zero), hand-computed offline metrics, batching invariance,
+report files, and bad inputs that touch nothing."""
+
+import json
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+
+from helpers import snapshot
+from saekit.cache_format import ActivationStore, HookSpec
+from saekit.evaluate import EvalRequest, evaluate
+from saekit.harvest import HarvestConfig, harvest
+from saekit.synthetic import synthetic_spec, write_synthetic_store
+from saekit.train.export import SAEConfig, save_sae
+from saekit.train.spec import parse_spec
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def lm_store(tiny_lm, corpus, tmp_path_factory):
+    """A float32 store of the tiny LM at one hook, 960 held-out tokens in 30 contexts."""
+    out = tmp_path_factory.mktemp("eval") / "store.zarr"
+    harvest(
+        HarvestConfig(
+            model=str(tiny_lm),
+            dataset=str(corpus),
+            hooks=(HOOK,),
+            out=str(out),
+            tokens=4800,
+            holdout_tokens=960,
+            context_size=32,
+            batch_size=8,
+            dtype="float32",
+            rows_per_chunk=256,
+            chunks_per_block=2,
+        )
+    )
+    return out
+
+
+def save(run, name, sae, store_path, hook=HOOK, batch_size=64):
+    """Save an SAE into RUN/saes/<name> the way sae train does (no input scaling)."""
+    cfg = SAEConfig(
+        name=name, variant=sae.activation.name, hook=hook, d_in=sae.d_in, d_sae=sae.d_sae,
+        k=getattr(sae.activation.options, "k", None),
+        options={k: v for k, v in vars(sae.activation.options).items()},
+        calibration={}, input_scale=1.0,
+        store={"location": str(store_path), "identity": {}, "n_rows_committed": 0,
+               "holdout_rows": 0},
+        training={"batch_size": batch_size},
+    )  # fmt: skip
+    save_sae(sae, run / "saes" / name, cfg)
+
+
+def relu_sae(d, latents, W_enc, W_dec, b_enc=None, b_dec=None):
+    sae = parse_spec(f"relu:latents={latents}").resolve(d).build(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(W_enc)
+        sae.W_dec.copy_(W_dec)
+        sae.b_enc.copy_(torch.zeros(latents) if b_enc is None else b_enc)
+        sae.b_dec.copy_(torch.zeros(d) if b_dec is None else b_dec)
+    return sae
+
+
+def identity(d):
+    """f = ReLU([x; −x]), x̂ = f⁺ − f⁻ = x exactly."""
+    eye = torch.eye(d)
+    return relu_sae(d, 2 * d, torch.cat([eye, -eye]), torch.cat([eye, -eye], dim=1))
+
+
+def zero(d):
+    return relu_sae(d, d, torch.eye(d), torch.zeros(d, d))
+
+
+def rows_by_label(out):
+    report = json.loads((out / "report.json").read_text())
+    return report, {row["label"]: row for row in report["rows"]}
+
+
+def test_identity_and_zero_saes_bracket_the_lm(lm_store, tmp_path):
+    d = ActivationStore.open(lm_store).spec.hooks[HOOK].d
+    run = tmp_path / "run"
+    save(run, "identity", identity(d), lm_store)
+    save(run, "zero", zero(d), lm_store)
+    evaluate(EvalRequest(runs=(str(run),), out=str(tmp_path / "report"), device="cpu"))
+    report, rows = rows_by_label(tmp_path / "report")
+    same = rows["identity"]["online"]
+    assert abs(same["loss_added"]) < 1e-5 and same["kl"] < 1e-6
+    assert same["ce_recovered_zero"] == pytest.approx(1.0, abs=1e-5)
+    assert same["ce_recovered_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert rows["identity"]["offline"]["nmse"] < 1e-10
+    nothing = rows["zero"]["online"]
+    assert nothing["ce_spliced"] == pytest.approx(nothing["ce_zero"], rel=1e-6)
+    assert nothing["ce_recovered_zero"] == pytest.approx(0.0, abs=1e-6)
+    assert nothing["loss_added"] == pytest.approx(nothing["ce_zero"] - nothing["ce_clean"])
+    assert report["tokens"]["online"] == 30 * 31, "every predicted token of the 30 contexts"
+    assert rows["zero"]["offline"]["nmse"] > 0.5
+
+
+def test_offline_metrics_match_a_hand_computation(tmp_path):
+    """d = 4 synthetic rows, an SAE with hand-picked weights; every metric recomputed in numpy."""
+    spec = synthetic_spec(2048, hooks={"h": HookSpec(d=4)}, holdout_rows=512)
+    write_synthetic_store(tmp_path / "s.zarr", spec)
+    W_enc = torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, -1, 0], [0, 0, 0, 0.0]])
+    W_dec = torch.tensor([[0.5, 0, 0, 0], [0, 2, 0, 0], [0, 0, -1, 0], [0, 0, 0, 1.0]])
+    b_dec = torch.tensor([0.1, -0.2, 0.0, 0.3])
+    sae = relu_sae(4, 4, W_enc, W_dec, b_enc=torch.tensor([0.0, 0, 0, -1.0]), b_dec=b_dec)
+    save(tmp_path / "run", "hand", sae, tmp_path / "s.zarr", hook="h")
+    evaluate(EvalRequest(runs=(str(tmp_path / "run"),), out=str(tmp_path / "r"), online=False))
+    got = rows_by_label(tmp_path / "r")[1]["hand"]["offline"]
+
+    store = ActivationStore.open(tmp_path / "s.zarr")
+    rows = store.read_tensors(["activations", "position"], 0, 512, "h")
+    x = rows["activations"][rows["position"] != 0].double().numpy()
+    train = store.read_tensors(["activations", "position"], 512, 2048, "h")
+    mu = train["activations"][train["position"] != 0].double().numpy().mean(0)
+    f = np.maximum((x - b_dec.numpy()) @ W_enc.numpy().T + np.array([0, 0, 0, -1.0]), 0)
+    x_hat = f @ W_dec.numpy().T + b_dec.numpy()
+    l0 = (f != 0).sum(1)
+    expected = {
+        "tokens": len(x),
+        "nmse": ((x - x_hat) ** 2).sum() / ((x - mu) ** 2).sum(),
+        "l0": l0.mean(),
+        "l0_zero_fraction": (l0 == 0).mean(),
+        "dead_fraction": ((f != 0).sum(0) == 0).mean(),
+        "dense_fraction": ((f != 0).mean(0) > 0.1).mean(),
+        "relative_reconstruction_bias": (x_hat**2).sum() / (x * x_hat).sum(),
+        "cosine": ((x * x_hat).sum(1) / np.linalg.norm(x, axis=1)
+                   / np.linalg.norm(x_hat, axis=1)).mean(),
+    }  # fmt: skip
+    assert got["dead_fraction"] == 0.25, "latent 3 never fires (its bias is −1 on a zero row)"
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-5), name
+    assert got["variance_explained"] == pytest.approx(1 - expected["nmse"], abs=1e-6)
+
+
+def test_thresholded_eval_does_not_depend_on_batching(lm_store, tmp_path):
+    """A trained BatchTopK SAE: threshold-mode numbers are the same for any LM batch size."""
+    from saekit.cli import main
+
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as done:
+        main(
+            [
+                "train",
+                "--store",
+                str(lm_store),
+                "--out",
+                str(run),
+                "--sae",
+                "batchtopk:k=4,latents=128",
+                "--tokens",
+                "8192",
+                "--batch-size",
+                "256",
+            ]
+        )
+    assert done.value.code in (0, None)
+    reports = []
+    for batch_size in (3, 7):
+        out = tmp_path / f"r{batch_size}"
+        evaluate(EvalRequest(runs=(str(run),), out=str(out), batch_size=batch_size))
+        reports.append(rows_by_label(out)[1])
+    a, b = reports
+    (threshold,) = [label for label in a if label.endswith("[threshold]")]
+    for key in ("ce_spliced", "loss_added", "kl"):
+        assert a[threshold]["online"][key] == pytest.approx(b[threshold]["online"][key], rel=1e-6)
+    assert a[threshold]["offline"] == b[threshold]["offline"]
+    assert any(label.endswith("[batch]") for label in a), "batch mode is a separate row"
+
+
+def test_report_files_and_plots(lm_store, tmp_path, run_cli):
+    d = ActivationStore.open(lm_store).spec.hooks[HOOK].d
+    run = tmp_path / "run"
+    save(run, "identity", identity(d), lm_store)
+    save(run, "zero", zero(d), lm_store)
+    result = run_cli("eval", run, "--out", tmp_path / "report", "--steering", "--tokens", "320")
+    assert result.exit_code == 0, result.stderr
+    out = tmp_path / "report"
+    for png in ("l0_vs_nmse.png", "l0_vs_loss_added.png", "dead_latents.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(out / png)
+        assert image.shape[0] >= 250 and image.shape[1] >= 600, "a readable size"
+    markdown = (out / "report.md").read_text()
+    assert "| identity | relu |" in markdown and "loss added" in markdown
+    report, rows = rows_by_label(out)
+    assert report["tokens"]["online"] == 10 * 31, "--tokens bounds the work (10 contexts)"
+    steering = rows["identity"]["steering"]
+    assert steering["latents"] > 0 and 0 <= steering["precision_median"] <= 1
+    assert report["store"]["identity"]["model"], "provenance of the store is in the report"
+
+
+def bad(result, *fragments):
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def test_bad_inputs_touch_nothing(lm_store, tmp_path, run_cli, tiny_lm):
+    d = ActivationStore.open(lm_store).spec.hooks[HOOK].d
+    other_hook, narrow, good, empty = (tmp_path / n for n in ("hook", "narrow", "good", "empty"))
+    save(other_hook, "x", identity(d), lm_store, hook="blocks.0.hook_resid_post")
+    save(narrow, "x", identity(d // 2), lm_store)
+    save(good, "x", identity(d), lm_store)
+    empty.mkdir()
+    no_holdout = tmp_path / "no-holdout.zarr"
+    write_synthetic_store(no_holdout, synthetic_spec(1024, hooks={HOOK: HookSpec(d=d)}))
+    before = snapshot(tmp_path), snapshot(lm_store)
+    out = tmp_path / "out"
+    bad(run_cli("eval", other_hook, "--out", out), "trained on hook blocks.0.hook_resid_post")
+    bad(run_cli("eval", narrow, "--out", out), f"d_in={d // 2}", f"d={d}")
+    bad(run_cli("eval", empty, "--out", out), "holds no trained SAEs")
+    bad(run_cli("eval", good, "--out", out, "--store", no_holdout), "has no held-out rows")
+    bad(run_cli("eval", good, "--out", good / "inside"), "inside run")
+    bad(run_cli("eval", tmp_path / "missing-run", "--out", out), "is not a directory")
+    assert not out.exists()
+    assert (snapshot(tmp_path), snapshot(lm_store)) == before, "eval never writes runs or stores"
+
+
+def test_a_model_of_another_width_is_refused(lm_store, tmp_path, run_cli):
+    from saekit.demo import build_tiny_lm, generate_documents
+
+    narrow = build_tiny_lm(
+        tmp_path / "narrow-lm", generate_documents(200), vocab_size=300, n_embd=32
+    )
+    run = tmp_path / "run"
+    save(run, "x", identity(ActivationStore.open(lm_store).spec.hooks[HOOK].d), lm_store)
+    bad(
+        run_cli("eval", run, "--out", tmp_path / "out", "--model", narrow),
+        "gives d=32",
+        "the store has d=64",
+    )
