@@ -15,53 +15,18 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
+from common import raw_shuffled_read, start_moto
 from saekit.cache_format import ActivationStore, HookSpec, ShuffledLoader
 from saekit.demo import build_tiny_lm, generate_documents, write_corpus
 from saekit.synthetic import synthetic_spec, write_synthetic_store
 
 HOOK = "blocks.7.hook_resid_post"
-
-
-def start_moto() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    return server, f"http://127.0.0.1:{port}"
-
-
-def raw_read_mb_s(store: ActivationStore, threads: int = 8) -> float:
-    chunk = store.spec.layout.rows_per_chunk
-    starts = np.random.default_rng(0).permutation(range(0, store.n_rows_committed, chunk))
-
-    def read(start: int) -> int:
-        raw = store.read(["activations", "gradients"], int(start), int(start) + chunk, HOOK)
-        return sum(v.nbytes for v in raw.values())
-
-    began = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        total = sum(pool.map(read, starts))
-    return total / 1e6 / (time.perf_counter() - began)
 
 
 def loader_rows_s(store: ActivationStore, threads: int = 8) -> float:
@@ -98,7 +63,7 @@ def read_comparison(work: Path, rows: int) -> None:
         }
         print(f"store: {rows:,} rows, d=768, float16 activations + gradients, 12.6 MB chunks")
         for name, store in stores.items():
-            raw = raw_read_mb_s(store)
+            raw = raw_shuffled_read(store, HOOK, threads=8)
             rate = loader_rows_s(store)
             print(
                 f"  {name:22s} raw shuffled chunk reads {raw:7.0f} MB/s   "

@@ -19,12 +19,12 @@ import os
 import shutil
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from common import raw_shuffled_read
 from saekit.cache_format import ActivationStore, ShuffledLoader, StoreWriter, encode_block
 from saekit.cache_format.reader import ROW_FIELDS
 from saekit.synthetic import synthetic_rows, synthetic_spec
@@ -64,21 +64,6 @@ def write_store(path: Path, rows: int, d: int) -> tuple[float, int]:
         writer.finish()
     seconds = time.perf_counter() - started
     return seconds, sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def raw_shuffled_read(store: ActivationStore, threads: int) -> float:
-    """MB/s of reading every chunk of activations + gradients in random order."""
-    chunk = store.spec.layout.rows_per_chunk
-    starts = np.random.default_rng(0).permutation(range(0, store.n_rows_committed, chunk))
-
-    def read(start: int) -> int:
-        raw = store.read(["activations", "gradients"], int(start), int(start) + chunk, HOOK)
-        return sum(v.nbytes for v in raw.values())
-
-    began = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        total = sum(pool.map(read, starts))
-    return total / 1e6 / (time.perf_counter() - began)
 
 
 def loader_rate(store: ActivationStore, batch_size: int, epochs: int) -> tuple[float, int]:
@@ -130,8 +115,8 @@ def main() -> None:
         print(f"write                          {size / 1e6 / seconds:8.0f} MB/s")
         for threads in (1, 4):
             drop_page_cache(path)
-            cold = raw_shuffled_read(store, threads)
-            warm = raw_shuffled_read(store, threads)
+            cold = raw_shuffled_read(store, HOOK, threads)
+            warm = raw_shuffled_read(store, HOOK, threads)
             print(
                 f"raw shuffled read, {threads} thread(s)  {cold:8.0f} MB/s cold "
                 f"{warm:8.0f} MB/s warm"

@@ -153,7 +153,7 @@ class Bench:
             batch_size=self.args.batch_size,
             epochs=epochs,
             device=self.device,
-            read_threads=read_threads(),  # as `sae train` does
+            read_threads=read_threads(self.store.location),  # as `sae train` does
         )
 
     def specs(self, *variants: str) -> list[str]:

@@ -30,3 +30,32 @@ def assert_same_store(a, b):
     assert {k: v for k, v in sa.attrs.items() if k not in ignore} == {
         k: v for k, v in sb.attrs.items() if k not in ignore
     }
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    """A bad-input failure: exit code 2, one `error:` line on stderr naming every fragment."""
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def harvest_small_store(tiny_lm, corpus, out, **overrides):
+    """Harvest the tiny LM at blocks.1.hook_resid_post: 4800 tokens, 960 held out, context 32."""
+    from saekit.harvest import HarvestConfig, harvest
+
+    settings = dict(
+        model=str(tiny_lm),
+        dataset=str(corpus),
+        hooks=("blocks.1.hook_resid_post",),
+        out=str(out),
+        tokens=4800,
+        holdout_tokens=960,
+        context_size=32,
+        batch_size=8,
+        rows_per_chunk=256,
+        chunks_per_block=2,
+    )
+    harvest(HarvestConfig(**{**settings, **overrides}))
+    return out

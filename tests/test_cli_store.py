@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import snapshot
+from helpers import assert_one_line_error, snapshot
 
 ACTIVATIONS = "hooks/synthetic.hook_resid/activations"
 
@@ -56,22 +56,16 @@ def test_verify_names_a_missing_chunk(run_cli, small_store):
     assert "tokens chunk 3 (rows 768-1023): chunk is missing" in result.stderr
 
 
-def one_line_error(result, *fragments):
-    assert result.exit_code == 2
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr
-
-
 def test_not_a_store(run_cli, tmp_path):
-    one_line_error(run_cli("info", tmp_path / "missing"), "is not a saekit activation store")
+    assert_one_line_error(run_cli("info", tmp_path / "missing"), "is not a saekit activation store")
     (tmp_path / "file.txt").write_text("hello")
-    one_line_error(run_cli("verify", tmp_path / "file.txt"), "is not a saekit activation store")
+    assert_one_line_error(
+        run_cli("verify", tmp_path / "file.txt"), "is not a saekit activation store"
+    )
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
     before = snapshot(tmp_path)
-    one_line_error(run_cli("info", tmp_path / "dir"), "is not a saekit activation store")
+    assert_one_line_error(run_cli("info", tmp_path / "dir"), "is not a saekit activation store")
     assert snapshot(tmp_path) == before
 
 
@@ -81,24 +75,24 @@ def test_newer_format_version(run_cli, small_store, tmp_path):
     meta["attributes"]["format_version"] = 99
     meta_path.write_text(json.dumps(meta))
     before = snapshot(small_store)
-    one_line_error(run_cli("info", small_store), "format version 99", "upgrade saekit")
+    assert_one_line_error(run_cli("info", small_store), "format version 99", "upgrade saekit")
     assert snapshot(small_store) == before
 
 
 def test_missing_array(run_cli, small_store):
     shutil.rmtree(small_store / "hooks/synthetic.hook_resid/gradients")
     before = snapshot(small_store)
-    one_line_error(run_cli("verify", small_store), "has no array", "gradients")
+    assert_one_line_error(run_cli("verify", small_store), "has no array", "gradients")
     assert snapshot(small_store) == before
 
 
 def test_bad_storage_options(run_cli, small_store):
-    one_line_error(run_cli("info", small_store, "--storage-options", "{oops"), "JSON object")
+    assert_one_line_error(run_cli("info", small_store, "--storage-options", "{oops"), "JSON object")
 
 
 def test_usage_errors_are_one_line(run_cli):
-    one_line_error(run_cli("info"), "Missing", "sae info --help")
-    one_line_error(run_cli("info", "x", "--bogus"), "No such option")
+    assert_one_line_error(run_cli("info"), "Missing", "sae info --help")
+    assert_one_line_error(run_cli("info", "x", "--bogus"), "No such option")
 
 
 @pytest.mark.parametrize("command", ["harvest", "train", "eval", "info", "verify", "demo"])

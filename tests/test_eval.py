@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import snapshot
+from helpers import assert_one_line_error, harvest_small_store, snapshot
 from saekit.cache_format import ActivationStore, HookSpec
 from saekit.evaluate import EvalRequest, evaluate
-from saekit.harvest import HarvestConfig, harvest
 from saekit.synthetic import synthetic_spec, write_synthetic_store
 from saekit.train.export import SAEConfig, save_sae
 from saekit.train.spec import parse_spec
@@ -23,22 +22,7 @@ HOOK = "blocks.1.hook_resid_post"
 def lm_store(tiny_lm, corpus, tmp_path_factory):
     """A float32 store of the tiny LM at one hook, 960 held-out tokens in 30 contexts."""
     out = tmp_path_factory.mktemp("eval") / "store.zarr"
-    harvest(
-        HarvestConfig(
-            model=str(tiny_lm),
-            dataset=str(corpus),
-            hooks=(HOOK,),
-            out=str(out),
-            tokens=4800,
-            holdout_tokens=960,
-            context_size=32,
-            batch_size=8,
-            dtype="float32",
-            rows_per_chunk=256,
-            chunks_per_block=2,
-        )
-    )
-    return out
+    return harvest_small_store(tiny_lm, corpus, out, dtype="float32")
 
 
 def save(run, name, sae, store_path, hook=HOOK, batch_size=64):
@@ -194,13 +178,6 @@ def test_report_files_and_plots(lm_store, tmp_path, run_cli):
     assert report["store"]["identity"]["model"], "provenance of the store is in the report"
 
 
-def bad(result, *fragments):
-    assert result.exit_code == 2, result.stdout + result.stderr
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
-
-
 def test_bad_inputs_touch_nothing(lm_store, tmp_path, run_cli, tiny_lm):
     d = ActivationStore.open(lm_store).spec.hooks[HOOK].d
     other_hook, narrow, good, empty = (tmp_path / n for n in ("hook", "narrow", "good", "empty"))
@@ -212,12 +189,18 @@ def test_bad_inputs_touch_nothing(lm_store, tmp_path, run_cli, tiny_lm):
     write_synthetic_store(no_holdout, synthetic_spec(1024, hooks={HOOK: HookSpec(d=d)}))
     before = snapshot(tmp_path), snapshot(lm_store)
     out = tmp_path / "out"
-    bad(run_cli("eval", other_hook, "--out", out), "trained on hook blocks.0.hook_resid_post")
-    bad(run_cli("eval", narrow, "--out", out), f"d_in={d // 2}", f"d={d}")
-    bad(run_cli("eval", empty, "--out", out), "holds no trained SAEs")
-    bad(run_cli("eval", good, "--out", out, "--store", no_holdout), "has no held-out rows")
-    bad(run_cli("eval", good, "--out", good / "inside"), "inside run")
-    bad(run_cli("eval", tmp_path / "missing-run", "--out", out), "is not a directory")
+    assert_one_line_error(
+        run_cli("eval", other_hook, "--out", out), "trained on hook blocks.0.hook_resid_post"
+    )
+    assert_one_line_error(run_cli("eval", narrow, "--out", out), f"d_in={d // 2}", f"d={d}")
+    assert_one_line_error(run_cli("eval", empty, "--out", out), "holds no trained SAEs")
+    assert_one_line_error(
+        run_cli("eval", good, "--out", out, "--store", no_holdout), "has no held-out rows"
+    )
+    assert_one_line_error(run_cli("eval", good, "--out", good / "inside"), "inside run")
+    assert_one_line_error(
+        run_cli("eval", tmp_path / "missing-run", "--out", out), "is not a directory"
+    )
     assert not out.exists()
     assert (snapshot(tmp_path), snapshot(lm_store)) == before, "eval never writes runs or stores"
 
@@ -230,7 +213,7 @@ def test_a_model_of_another_width_is_refused(lm_store, tmp_path, run_cli):
     )
     run = tmp_path / "run"
     save(run, "x", identity(ActivationStore.open(lm_store).spec.hooks[HOOK].d), lm_store)
-    bad(
+    assert_one_line_error(
         run_cli("eval", run, "--out", tmp_path / "out", "--model", narrow),
         "gives d=32",
         "the store has d=64",

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from helpers import assert_same_store, snapshot
+from helpers import assert_one_line_error, assert_same_store, snapshot
 from saekit.cache_format import ActivationStore
 
 
@@ -59,19 +59,12 @@ def test_kill_minus_nine_then_rerun_gives_a_bit_identical_store(run_cli, tiny_lm
     assert_same_store(reference, killed)
 
 
-def one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.stdout + result.stderr
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
-
-
 def test_a_different_configuration_is_refused(run_cli, tiny_lm, corpus, tmp_path):
     out = tmp_path / "s.zarr"
     assert run_cli(*harvest_args(tiny_lm, corpus, out)).exit_code == 0
     before = snapshot(out)
     changed = harvest_args(tiny_lm, corpus, out, "--seed", "3", "--dtype", "float32")
-    one_line_error(run_cli(*changed), "other settings", "identity.seed", "activation_dtype")
+    assert_one_line_error(run_cli(*changed), "other settings", "identity.seed", "activation_dtype")
     assert snapshot(out) == before
 
 
@@ -114,7 +107,7 @@ def test_bad_inputs(run_cli, tiny_lm, corpus, tmp_path, change, fragments):
         else:
             args += [option, value]
     before = snapshot(tmp_path)
-    one_line_error(run_cli(*args), *fragments)
+    assert_one_line_error(run_cli(*args), *fragments)
     assert snapshot(tmp_path) == before, "nothing written or damaged"
     assert not (tmp_path / "new.zarr").exists()
 
@@ -122,5 +115,5 @@ def test_bad_inputs(run_cli, tiny_lm, corpus, tmp_path, change, fragments):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_where_there_is_none(run_cli, tiny_lm, corpus, tmp_path):
     args = harvest_args(tiny_lm, corpus, tmp_path / "new.zarr", "--device", "cuda")
-    one_line_error(run_cli(*args), "no CUDA GPU")
+    assert_one_line_error(run_cli(*args), "no CUDA GPU")
     assert not (tmp_path / "new.zarr").exists()

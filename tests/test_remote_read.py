@@ -11,8 +11,7 @@ import torch
 from RangeHTTPServer import RangeRequestHandler
 from safetensors.torch import load_file
 
-from helpers import snapshot
-from saekit.harvest import HarvestConfig, harvest
+from helpers import harvest_small_store, snapshot
 
 s3fs = pytest.importorskip("s3fs")
 HOOK = "blocks.1.hook_resid_post"
@@ -28,21 +27,7 @@ class QuietRangeHandler(RangeRequestHandler):
 @pytest.fixture(scope="module")
 def local_store(tiny_lm, corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("remote-read") / "store.zarr"
-    harvest(
-        HarvestConfig(
-            model=str(tiny_lm),
-            dataset=str(corpus),
-            hooks=(HOOK,),
-            out=str(out),
-            tokens=3200,
-            holdout_tokens=640,
-            context_size=32,
-            batch_size=8,
-            rows_per_chunk=256,
-            chunks_per_block=2,
-        )
-    )
-    return out
+    return harvest_small_store(tiny_lm, corpus, out, tokens=3200, holdout_tokens=640)
 
 
 @pytest.fixture

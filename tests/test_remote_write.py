@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 
+from helpers import assert_one_line_error
 from saekit.cache_format import ActivationStore
 
 s3fs = pytest.importorskip("s3fs")
@@ -20,13 +21,6 @@ def args(tiny_lm, corpus, out, options, *extra):
         "--batch-size", "4", "--rows-per-chunk", "96", "--chunks-per-block", "2",
         "--storage-options", json.dumps(options), *extra,
     ]  # fmt: skip
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.stdout + result.stderr
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
 
 
 def test_harvest_to_s3_equals_a_local_harvest(run_cli, tiny_lm, corpus, tmp_path, s3_bucket):
@@ -60,7 +54,9 @@ def test_a_live_lease_of_another_writer_is_respected(run_cli, tiny_lm, corpus, s
         "ttl": 120,
     }
     fs.pipe_file(f"{bucket}/store.zarr/locks/create.json", json.dumps(lease).encode())
-    one_line_error(run_cli(*args(tiny_lm, corpus, url, options)), "held by another writer", "gpu-7")
+    assert_one_line_error(
+        run_cli(*args(tiny_lm, corpus, url, options)), "held by another writer", "gpu-7"
+    )
     assert fs.cat_file(f"{bucket}/store.zarr/locks/create.json") == json.dumps(lease).encode()
 
 
@@ -77,7 +73,7 @@ def test_a_stale_lease_of_a_dead_writer_is_taken_over(run_cli, tiny_lm, corpus, 
 
 def test_missing_bucket(run_cli, tiny_lm, corpus, s3_bucket):
     _, options = s3_bucket
-    one_line_error(
+    assert_one_line_error(
         run_cli(*args(tiny_lm, corpus, "s3://no-such-bucket/s.zarr", options)),
         "bucket no-such-bucket",
         "does not exist",
@@ -91,7 +87,9 @@ def test_missing_credentials(run_cli, tiny_lm, corpus, s3_bucket, monkeypatch):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     no_keys = {"endpoint_url": options["endpoint_url"]}
-    one_line_error(run_cli(*args(tiny_lm, corpus, f"s3://{bucket}/s.zarr", no_keys)), "credentials")
+    assert_one_line_error(
+        run_cli(*args(tiny_lm, corpus, f"s3://{bucket}/s.zarr", no_keys)), "credentials"
+    )
 
 
 def test_unreachable_object_store(run_cli, tiny_lm, corpus):
@@ -101,7 +99,7 @@ def test_unreachable_object_store(run_cli, tiny_lm, corpus):
         "secret": "s",
         "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}},
     }
-    one_line_error(
+    assert_one_line_error(
         run_cli(*args(tiny_lm, corpus, "s3://bucket/s.zarr", options)),
         "cannot use s3://bucket/s.zarr",
     )
