@@ -10,6 +10,11 @@ from saekit.cache_format.location import read_json, write_json
 from saekit.cache_format.schema import StoreSpec
 
 
+def progress_key(shard: int) -> str:
+    """The key of a shard's commit record in a sharded store."""
+    return f"progress/shard-{shard:05d}.json"
+
+
 class ShardProgress:
     """Where a shard's committed rows end, and whether the shard is complete.
 
@@ -20,7 +25,7 @@ class ShardProgress:
 
     def __init__(self, group: zarr.Group, spec: StoreSpec, shard: int) -> None:
         self.group, self.spec, self.shard = group, spec, shard
-        self.key = f"progress/shard-{shard:05d}.json"
+        self.key = progress_key(shard)
 
     @property
     def sharded(self) -> bool:
@@ -54,7 +59,7 @@ def committed_ranges(attrs: dict[str, Any], store: Any, spec: StoreSpec) -> list
     ranges: list[tuple[int, int]] = []
     for shard in range(spec.layout.shards):
         start, _ = spec.layout.shard_rows(shard)
-        record = read_json(store, f"progress/shard-{shard:05d}.json")
+        record = read_json(store, progress_key(shard))
         stop = int(record["committed_until"]) if record else start
         if stop > start:
             if ranges and ranges[-1][1] == start:

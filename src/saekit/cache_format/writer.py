@@ -1,9 +1,10 @@
 """Create or resume a store and append blocks of rows to it, crash-safely, on a background thread.
 
-Commit protocol: a block's rows are written to every array (whole chunks), then the root attribute
-`n_rows_committed` is advanced in one atomic metadata write. A process killed at any moment leaves
-rows [0, n_rows_committed) intact; the rows after it are rewritten on resume. One writer at a time
-holds the store's lock.
+Commit protocol: a block's rows are written to every array (whole chunks), then the shard's commit
+record advances in one atomic write (the root attribute `n_rows_committed` of an unsharded store,
+`progress/shard-*.json` of a sharded one). A process killed at any moment leaves the committed
+rows intact; the rows after them are rewritten on resume. One writer at a time holds a shard's
+lock; the last shard to finish completes the store.
 """
 
 from __future__ import annotations
