@@ -16,16 +16,8 @@ from saekit.train.checkpoint import Checkpoints
 from saekit.train.metrics import read_metrics
 from saekit.train.spec import ResolvedSpec
 from saekit.train.variants import VARIANTS
+from train_helpers import ALL_VARIANTS
 
-ALL_VARIANTS = [
-    "relu:latents=96",
-    "topk:k=4,latents=96",
-    "batchtopk:k=4,latents=96",
-    "feature-choice:k=4,latents=96",
-    "gsae:k=4,latents=96",
-    "gated:latents=96",
-    "jumprelu:latents=96",
-]
 NAN_ACTIVATION_ROWS = [1100, 2047]
 INF_GRADIENT_ROWS = [3001]
 

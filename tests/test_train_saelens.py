@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from saekit.synthetic import synthetic_spec, write_synthetic_store
 from saekit.train import TrainRequest, TrainSettings, load_sae, parse_spec, train
+from train_helpers import ALL_VARIANTS
 
 SAELENS_PYTHON = os.environ.get("SAEKIT_SAELENS_PYTHON")
 pytestmark = pytest.mark.skipif(not SAELENS_PYTHON, reason="SAEKIT_SAELENS_PYTHON is not set")
@@ -33,15 +34,7 @@ save_file({str(i): out for i, out in enumerate(outputs.values())}, sys.argv[2])
 
 def test_every_export_loads_in_saelens_and_reconstructs_the_same(tmp_path):
     write_synthetic_store(tmp_path / "store.zarr", synthetic_spec(4096, holdout_rows=512))
-    specs = [
-        "relu:latents=96",
-        "topk:k=4,latents=96",
-        "batchtopk:k=4,latents=96",
-        "feature-choice:k=4,latents=96",
-        "gsae:k=4,latents=96",
-        "gated:latents=96",
-        "jumprelu:latents=96",
-    ]
+    specs = ALL_VARIANTS
     request = TrainRequest(
         store=str(tmp_path / "store.zarr"),
         hook=None,

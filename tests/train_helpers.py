@@ -9,6 +9,17 @@ from saekit.train.sae import SAE
 from saekit.train.spec import parse_spec
 from saekit.train.usage import LatentUsage
 
+# One small SAE of every variant, for tests that go through all of them.
+ALL_VARIANTS = [
+    "relu:latents=96",
+    "topk:k=4,latents=96",
+    "batchtopk:k=4,latents=96",
+    "feature-choice:k=4,latents=96",
+    "gsae:k=4,latents=96",
+    "gated:latents=96",
+    "jumprelu:latents=96",
+]
+
 
 def build(text: str, d: int, *, seed: int | None = 0) -> SAE:
     """An SAE of spec `text` for inputs of width d, randomly initialised (tied, unit norm)."""
