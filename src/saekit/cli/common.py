@@ -48,6 +48,30 @@ def progress_bar(*extra_columns) -> Progress:
     )
 
 
+class LateProgressBar:
+    """A progress bar shown from its first task on, so that an error found before any work
+    starts is printed alone, as one line."""
+
+    def __init__(self, *extra_columns) -> None:
+        self.bar = progress_bar(*extra_columns)
+        self.task = None
+
+    def add_task(self, description: str, total: int | None, completed: int = 0) -> None:
+        if self.task is None:
+            self.bar.start()
+        self.task = self.bar.add_task(description, total=total, completed=completed)
+
+    def advance(self, n: int) -> None:
+        self.bar.advance(self.task, n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.task is not None:
+            self.bar.stop()
+
+
 def parse_storage_options(text: str | None) -> dict[str, Any] | None:
     """--storage-options takes a JSON object passed to fsspec (e.g. endpoint, credentials)."""
     if not text:

@@ -10,32 +10,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from saekit.cli.common import StorageOptions, console, parse_storage_options, progress_bar
+from saekit.cli.common import LateProgressBar, StorageOptions, console, parse_storage_options
 
 
-class EvalBar:
-    """A rich progress bar for the stages of an evaluation."""
-
-    def __init__(self) -> None:
-        self.bar = progress_bar()
-        self.task = None
+class EvalBar(LateProgressBar):
+    """A progress bar for the stages of an evaluation, one line per stage."""
 
     def stage(self, description: str, total: int | None) -> None:
-        if self.task is None:
-            self.bar.start()
-        else:
+        if self.task is not None:  # the previous stage is done
             self.bar.update(self.task, completed=self.bar.tasks[-1].total or 1)
-        self.task = self.bar.add_task(description, total=total)
-
-    def advance(self, n: int) -> None:
-        self.bar.advance(self.task, n)
-
-    def __enter__(self) -> EvalBar:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.task is not None:
-            self.bar.stop()
+        self.add_task(description, total)
 
 
 def print_report_summary(files: dict[str, Path]) -> None:

@@ -10,12 +10,12 @@ from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
 from saekit.cli.common import (
+    LateProgressBar,
     StorageOptions,
     console,
     err_console,
     invocation,
     parse_storage_options,
-    progress_bar,
 )
 
 
@@ -27,33 +27,20 @@ class TokensPerSecond(ProgressColumn):
         return Text(f"{speed:,.0f} tok/s" if speed else "… tok/s", style="progress.data.speed")
 
 
-class HarvestBar:
-    """A rich progress bar for the harvest, shown from the moment rows start to flow (so that an
-    error found while opening the store is printed alone)."""
+class HarvestBar(LateProgressBar):
+    """The harvest's progress bar: tokens, tokens/s, time left."""
 
     def __init__(self) -> None:
-        self.bar = progress_bar(TokensPerSecond())
-        self.task = None
+        super().__init__(TokensPerSecond())
 
     def start(self, total_rows: int | None, done_rows: int) -> None:
-        self.bar.start()
-        self.task = self.bar.add_task("harvesting tokens", total=total_rows, completed=done_rows)
-
-    def advance(self, rows: int) -> None:
-        self.bar.advance(self.task, rows)
+        self.add_task("harvesting tokens", total_rows, done_rows)
 
     def show_committed(self, total_rows: int | None, rows: int) -> None:
         """For sharded runs: the rows committed so far, polled from the store."""
         if self.task is None:
             self.start(total_rows, rows)
         self.bar.update(self.task, completed=rows)
-
-    def __enter__(self) -> HarvestBar:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.task is not None:
-            self.bar.stop()
 
 
 def register(app: typer.Typer) -> None:

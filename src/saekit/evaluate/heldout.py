@@ -56,8 +56,8 @@ def training_mean(store: ActivationStore, hook: str, max_rows: int = MEAN_SAMPLE
     units = chunk_units(store.ranges("train"), store.spec.layout.rows_per_chunk)
     if not units:
         raise SaekitError(f"store {store.location} has no training rows to take a mean from")
-    rows_per_unit = max(1, store.spec.layout.rows_per_chunk)
-    picks = np.unique(np.linspace(0, len(units) - 1, max(1, max_rows // rows_per_unit)).astype(int))
+    n_picks = max(1, max_rows // store.spec.layout.rows_per_chunk)
+    picks = np.unique(np.linspace(0, len(units) - 1, n_picks).astype(int))
     total, count = None, 0
     for index in picks:
         start, stop = units[index]
