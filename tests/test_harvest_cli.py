@@ -1,15 +1,13 @@
 """`sae harvest` end to end: resume after kill -9 is bit-identical; bad inputs touch nothing."""
 
 import json
-import signal
 import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 from helpers import assert_one_line_error, assert_same_store, snapshot
+from kill_switch import KILLED, child_command, count_events
 from saekit.cache_format import ActivationStore
 
 
@@ -42,16 +40,13 @@ def test_cli_harvest_writes_a_verifiable_store(run_cli, tiny_lm, corpus, tmp_pat
 
 def test_kill_minus_nine_then_rerun_gives_a_bit_identical_store(run_cli, tiny_lm, corpus, tmp_path):
     reference = tmp_path / "reference.zarr"
-    assert run_cli(*harvest_args(tiny_lm, corpus, reference)).exit_code == 0
+    with count_events() as events:
+        assert run_cli(*harvest_args(tiny_lm, corpus, reference)).exit_code == 0
     killed = tmp_path / "killed.zarr"
-    command = [sys.executable, "-m", "saekit", *harvest_args(tiny_lm, corpus, killed)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while committed(killed) < 1000 and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert process.poll() is None, "the harvest must still be running when it is killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_at = len(events) // 2  # the harvest dies half-way through its writes, mid-block
+    code = "from saekit.cli import main; main(sys.argv[1:])"
+    command = child_command(kill_at, code, *harvest_args(tiny_lm, corpus, killed), torn=True)
+    assert subprocess.run(command, stdout=subprocess.DEVNULL).returncode == KILLED
     rows_at_kill = committed(killed)
     assert 0 < rows_at_kill < 6000
     rerun = run_cli(*harvest_args(tiny_lm, corpus, killed))

@@ -1,14 +1,13 @@
 """Sharded harvests: shards in any order, on any workers, give the single-process store."""
 
 import os
-import signal
-import threading
-import time
 
 import numpy as np
 import pytest
 
+import kill_switch
 from helpers import snapshot
+from kill_switch import count_events
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.locking import local_lock
 
@@ -25,15 +24,20 @@ def args(tiny_lm, corpus, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_lm, corpus, tmp_path_factory):
-    """The same harvest done by one process, unsharded."""
+def single_harvest(tiny_lm, corpus, tmp_path_factory):
+    """The same harvest done by one process, unsharded, and the number of writes it made."""
     from saekit.cli import main
 
     out = tmp_path_factory.mktemp("ref") / "single.zarr"
-    with pytest.raises(SystemExit) as done:
+    with count_events() as events, pytest.raises(SystemExit) as done:
         main(args(tiny_lm, corpus, out))
     assert done.value.code in (0, None)
-    return ActivationStore.open(out)
+    return ActivationStore.open(out), len(events)
+
+
+@pytest.fixture(scope="module")
+def reference(single_harvest):
+    return single_harvest[0]
 
 
 def assert_same_rows(store, reference):
@@ -120,48 +124,34 @@ def test_local_cluster_of_two_workers(run_cli, tiny_lm, corpus, tmp_path, refere
     assert_same_rows(ActivationStore.open(out), reference)
 
 
-def test_killed_worker_is_resumed_without_duplicates(tiny_lm, corpus, tmp_path, reference):
-    """A worker killed mid-shard: dask retries the task elsewhere; the shard resumes."""
+def test_killed_worker_is_resumed_without_duplicates(tiny_lm, corpus, tmp_path, single_harvest):
+    """Workers killed mid-shard: dask retries the tasks elsewhere; the shards resume."""
     from distributed import Client, LocalCluster
 
     from saekit.cli import main
 
+    reference, writes = single_harvest
     out = tmp_path / "s.zarr"
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
         pids = list(client.run(os.getpid).values())
-        outcome = {}
-
-        def run() -> None:
-            try:
-                main(
-                    args(
-                        tiny_lm,
-                        corpus,
-                        out,
-                        "--shards",
-                        "2",
-                        "--cluster",
-                        cluster.scheduler_address,
-                    )
-                )
-            except SystemExit as exit_:
-                outcome["code"] = exit_.code
-
-        harvest = threading.Thread(target=run)
-        harvest.start()
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if ActivationStore.open(out).n_rows_committed > 0:
-                    break
-            except Exception:
-                pass
-            time.sleep(0.05)
-        assert harvest.is_alive(), "the worker is killed while the harvest runs"
-        os.kill(pids[0], signal.SIGKILL)
-        harvest.join(timeout=300)
-    assert outcome.get("code") in (0, None)
+        # every worker kills itself half-way through the writes of a shard (a shard makes
+        # about half of the single harvest's writes); the workers that replace them are unarmed
+        client.run(kill_switch.arm, writes // 4)
+        with pytest.raises(SystemExit) as done:
+            main(
+                args(tiny_lm, corpus, out, "--shards", "2", "--cluster", cluster.scheduler_address)
+            )
+        assert done.value.code in (0, None)
+        assert not any(map(alive, pids)), "the workers died while writing their shards"
     assert_same_rows(ActivationStore.open(out), reference)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

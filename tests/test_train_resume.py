@@ -4,13 +4,12 @@ was never interrupted."""
 import json
 import random
 import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from kill_switch import KILLED, child_command, count_events
 from saekit.synthetic import synthetic_spec, write_synthetic_store
 from saekit.train.checkpoint import Checkpoints
 from saekit.train.metrics import read_metrics
@@ -31,29 +30,11 @@ def store(tmp_path_factory):
     return path
 
 
-def start(store, out, resume):
-    command = [sys.executable, "-c", "from saekit.cli import main; main()", *args(store, out)]
-    return subprocess.Popen(
-        command + (["--resume"] if resume else []),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def kill_after_a_checkpoint(process, out, rng) -> bool:
-    """Wait for a checkpoint newer than the one present, then SIGKILL at a random moment."""
-    first = (Checkpoints(out).latest() or {"step": 0})["step"]
-    while process.poll() is None:
-        latest = Checkpoints(out).latest()
-        if latest is not None and latest["step"] > first:
-            time.sleep(rng.uniform(0.0, 0.5))
-            break
-        time.sleep(0.01)
-    if process.poll() is not None:
-        return False
-    process.kill()
-    process.wait()
-    return True
+def run_killed(store, out, resume, kill_at) -> int:
+    """Run `sae train` in a child process that SIGKILLs itself at its `kill_at`-th event."""
+    code = "from saekit.cli import main; main(sys.argv[1:])"
+    command = child_command(kill_at, code, *args(store, out), *(["--resume"] if resume else []))
+    return subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
 
 
 def outputs(out):
@@ -68,12 +49,16 @@ def outputs(out):
 
 def test_resume_after_kill_gives_the_uninterrupted_result(store, tmp_path, run_cli):
     reference = tmp_path / "reference"
-    assert run_cli(*args(store, reference)).exit_code == 0
+    with count_events() as events:
+        assert run_cli(*args(store, reference)).exit_code == 0
+    steps_per_checkpoint = 2 * 20  # two SAEs, a checkpoint every 20 batches
 
-    out, rng, kills = tmp_path / "killed", random.Random(0), 0
+    out, rng = tmp_path / "killed", random.Random(0)
     for resume in (False, True):  # kill the first run, then the resumed one
-        kills += kill_after_a_checkpoint(start(store, out, resume), out, rng)
-    assert kills == 2, "both runs must be killed mid-way for the test to mean something"
+        # past the run's (or the resumed run's) first checkpoint, within the first third of
+        # the events of a whole run: always killed after a checkpoint, before the end
+        kill_at = rng.randint(2 * steps_per_checkpoint, len(events) // 3)
+        assert run_killed(store, out, resume, kill_at) == KILLED
     assert not Checkpoints(out).latest()["complete"]
     assert run_cli(*args(store, out), "--resume").exit_code == 0
 

@@ -16,11 +16,16 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 from saekit.errors import SaekitError
 
-console = Console()
+# Messages are never broken into lines at a width: a terminal wraps them itself, and scripts
+# and logs reading a pipe get each message whole. Tables go through `print_table`. stderr keeps
+# rich's fitting for its progress bars; messages printed there pass `soft_wrap=True`.
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
+PIPED_TABLE_WIDTH = 1000  # wide enough for any table saekit prints: nothing is cut or folded
 _invocation: list[str] = []
 
 
@@ -32,6 +37,18 @@ def set_invocation(argv: list[str]) -> None:
 def invocation() -> str:
     """The command line of this run, e.g. `sae harvest --model gpt2 ...`."""
     return shlex.join(["sae", *_invocation])
+
+
+def print_table(table: Table) -> None:
+    """Print a table on stdout: its title as a message line, then the table fitted to a
+    terminal's width, or at its natural width (no cell cut or folded) for a pipe or a file."""
+    if table.title is not None:
+        console.print(table.title, style="table.title", markup=False)
+        table.title = None
+    if console.is_terminal:
+        console.print(table, soft_wrap=False)
+    else:
+        Console(file=console.file, width=PIPED_TABLE_WIDTH).print(table)
 
 
 def progress_bar(*extra_columns) -> Progress:

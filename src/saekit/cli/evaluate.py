@@ -10,7 +10,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from saekit.cli.common import LateProgressBar, StorageOptions, console, parse_storage_options
+from saekit.cli.common import (
+    LateProgressBar,
+    StorageOptions,
+    console,
+    parse_storage_options,
+    print_table,
+)
 
 
 class EvalBar(LateProgressBar):
@@ -48,7 +54,7 @@ def print_report_summary(files: dict[str, Path]) -> None:
             number(online.get("ce_recovered_zero"), ".3f"),
             number(online.get("kl"), ".3f"),
         )
-    console.print(table)
+    print_table(table)
     console.print(f"report: {files['markdown']}")
     for name in ("l0_vs_nmse", "l0_vs_loss_added", "dead_latents"):
         console.print(f"plot:   {files[name]}")

@@ -17,6 +17,7 @@ from saekit.cli.common import (
     console,
     err_console,
     parse_storage_options,
+    print_table,
     progress_bar,
 )
 
@@ -69,7 +70,7 @@ def print_store_summary(info: dict) -> None:
     )
     for key, value in {**info["identity"], **info["provenance"]}.items():
         table.add_row(key, value if isinstance(value, str) else json.dumps(value))
-    console.print(table)
+    print_table(table)
 
 
 def register(app: typer.Typer) -> None:

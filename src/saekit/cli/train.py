@@ -10,7 +10,13 @@ import typer
 from rich.progress import Progress, TextColumn
 from rich.table import Table
 
-from saekit.cli.common import StorageOptions, console, parse_storage_options, progress_bar
+from saekit.cli.common import (
+    StorageOptions,
+    console,
+    parse_storage_options,
+    print_table,
+    progress_bar,
+)
 from saekit.train import (
     Observer,
     RunResult,
@@ -42,7 +48,8 @@ class ProgressReporter(Observer):
         self.bar.console.print(
             f"{plan.tokens:,} tokens in {plan.steps:,} steps of {plan.batch_size:,}: "
             f"{plan.epochs:.2f} epochs of {plan.train_rows:,} training rows"
-            + (f"; resuming at step {start_step:,}" if start_step else "")
+            + (f"; resuming at step {start_step:,}" if start_step else ""),
+            soft_wrap=True,
         )
         self.task = self.bar.add_task("training", total=plan.steps, completed=start_step, rate="")
 
@@ -50,7 +57,7 @@ class ProgressReporter(Observer):
         self.bar.update(self.task, completed=step)
 
     def epoch_started(self, epoch: int, plan: Plan) -> None:
-        self.bar.console.print(f"epoch {epoch + 1} of {math.ceil(plan.epochs)}")
+        self.bar.console.print(f"epoch {epoch + 1} of {math.ceil(plan.epochs)}", soft_wrap=True)
 
     def logged(self, step: int, records: list[dict[str, Any]]) -> None:
         self.bar.update(self.task, rate=f"{records[0]['tokens_per_s']:,.0f} tok/s")
@@ -71,7 +78,7 @@ def print_result(result: RunResult) -> None:
             f"{record['dead_fraction']:.1%}" if record else "",
             str(directory),
         )
-    console.print(table)
+    print_table(table)
 
 
 def register(app: typer.Typer) -> None:
