@@ -84,7 +84,8 @@ def test_a_different_configuration_is_refused(run_cli, tiny_lm, corpus, tmp_path
         ({"--out": "{tmp}/a_file.txt"}, ["is a file"]),
         ({"--out": "{tmp}/photos"}, ["not a saekit activation store"]),
         ({"--dtype": "int8"}, ["--dtype must be one of"]),
-        ({"--device": "tpu"}, ["--device must be auto, cpu or cuda"]),
+        ({"--device": "tpu"}, ["--device must be auto, cpu, cuda (the current GPU) or cuda:N"]),
+        ({"--device": "cuda:x"}, ["--device must be auto, cpu, cuda"]),
     ],
 )
 def test_bad_inputs(run_cli, tiny_lm, corpus, tmp_path, change, fragments):

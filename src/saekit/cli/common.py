@@ -109,3 +109,4 @@ StorageOptions = Annotated[
     str | None,
     typer.Option(help="JSON object of fsspec options for remote stores, e.g. an endpoint."),
 ]
+DEVICE_HELP = "auto (the current GPU if any, else cpu), cpu, cuda (the current GPU) or cuda:N."

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from saekit.cli.common import (
+    DEVICE_HELP,
     LateProgressBar,
     StorageOptions,
     console,
@@ -80,7 +81,7 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="LM for online eval (default: the model named in the store)."),
         ] = None,
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+        device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
         batch_size: Annotated[int, typer.Option(help="Contexts per LM forward pass.")] = 8,
         steering: Annotated[
             bool, typer.Option("--steering", help="Also measure logit steering (g-SAE paper).")

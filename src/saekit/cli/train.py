@@ -11,6 +11,7 @@ from rich.progress import Progress, TextColumn
 from rich.table import Table
 
 from saekit.cli.common import (
+    DEVICE_HELP,
     StorageOptions,
     console,
     parse_storage_options,
@@ -108,9 +109,7 @@ def register(app: typer.Typer) -> None:
                 help="Learning rate of SAEs without an lr key (default 2e-4·sqrt(16384/F))."
             ),
         ] = None,
-        device: Annotated[
-            str | None, typer.Option(help="auto, cpu or cuda (default auto).")
-        ] = None,
+        device: Annotated[str | None, typer.Option(help=f"{DEVICE_HELP} Default auto.")] = None,
         seed: Annotated[int | None, typer.Option(help="Shuffle and init seed (default 0).")] = None,
         config: Annotated[
             Path | None, typer.Option(help="TOML file of settings and SAE tables (docs/cli.md).")

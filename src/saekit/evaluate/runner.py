@@ -13,6 +13,7 @@ import torch
 from saekit import __version__
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.location import is_local, local_path
+from saekit.devices import resolve_device
 from saekit.errors import SaekitError
 from saekit.evaluate.heldout import check_holdout, heldout_contexts, holdout_batches, training_mean
 from saekit.evaluate.offline import offline_metrics
@@ -20,7 +21,7 @@ from saekit.evaluate.online import online_metrics
 from saekit.evaluate.report import write_report
 from saekit.evaluate.steering import steering_metrics
 from saekit.evaluate.targets import Target, load_targets
-from saekit.harvest.model import LoadedModel, check_hooks, hook_widths, load_model, resolve_device
+from saekit.harvest.model import LoadedModel, check_hooks, hook_widths, load_model
 
 STEERING_CONTEXTS = 32
 STEERING_SAMPLE_ROWS = 8192

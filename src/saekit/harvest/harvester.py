@@ -25,16 +25,11 @@ from saekit.cache_format import HookSpec, RowBlock, StoreLayout, StoreSpec, Stor
 from saekit.cache_format.encoding import as_numpy
 from saekit.cache_format.schema import Block
 from saekit.cache_format.writer import check_resumable, check_target, encode_rows
+from saekit.devices import resolve_device
 from saekit.errors import SaekitError
 from saekit.harvest.contexts import Packing, context_stream
 from saekit.harvest.forward import GRADIENT_CONVENTION, run_batch
-from saekit.harvest.model import (
-    LoadedModel,
-    check_hooks,
-    hook_widths,
-    load_model,
-    resolve_device,
-)
+from saekit.harvest.model import LoadedModel, check_hooks, hook_widths, load_model
 from saekit.harvest.sources import TextSource, resolve_source, shuffled
 
 DOCUMENT_SHUFFLE_BUFFER = 10_000

@@ -16,19 +16,6 @@ from saekit.fingerprint import files_fingerprint, text_fingerprint
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
-def resolve_device(device: str) -> torch.device:
-    """`auto` picks CUDA when present; asking for CUDA where there is none is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise SaekitError(f"--device must be auto, cpu or cuda, not {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SaekitError(
-            "--device cuda was asked for but this machine has no CUDA GPU; use --device cpu or auto"
-        )
-    return torch.device(device)
-
-
 @dataclass
 class LoadedModel:
     """A TransformerBridge with frozen parameters, its tokenizer and what identifies it."""

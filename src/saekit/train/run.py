@@ -27,6 +27,7 @@ import torch
 from saekit import __version__
 from saekit.cache_format import ActivationStore, ShuffledLoader
 from saekit.cache_format.location import is_local
+from saekit.devices import resolve_device
 from saekit.errors import SaekitError
 from saekit.train.atomic import write_json
 from saekit.train.calibration import geometric_median, input_scale
@@ -244,14 +245,6 @@ def _by_name(value: Any) -> Any:
     if isinstance(value, list) and all(isinstance(v, dict) and "name" in v for v in value):
         return {v["name"]: v for v in value}
     return value
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SaekitError("--device cuda: no CUDA device is available; use --device cpu")
-    return torch.device(device)
 
 
 def calibrate(
