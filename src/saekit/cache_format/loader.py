@@ -169,6 +169,8 @@ class ShuffledLoader:
                     continue
             return False
 
+        if self.device.type == "cuda":  # pinning and copies of this thread use the batches' GPU
+            torch.cuda.set_device(self.device)
         try:
             for batch in self._batches():
                 if not put(batch):
