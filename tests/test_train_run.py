@@ -50,7 +50,7 @@ def trained_space_sae(run_dir, name):
     (entry,) = [s for s in config["run"]["saes"] if s["name"] == name]
     options = VARIANTS[entry["variant"]].options_type(**entry["options"])
     sae = ResolvedSpec(name, entry["variant"], options).build(64)
-    checkpoint = Checkpoints(run_dir).load([name], torch.device("cpu"))
+    checkpoint = Checkpoints(run_dir).load([name])
     sae.load_state_dict(checkpoint.members[name]["sae"])
     return sae.eval(), config["calibration"]["input_scale"]
 

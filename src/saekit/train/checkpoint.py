@@ -69,8 +69,12 @@ class Checkpoints:
         except FileNotFoundError:
             return None
 
-    def load(self, names: list[str], device: torch.device) -> Checkpoint | None:
-        """The latest checkpoint, with tensors on `device`; None when there is none."""
+    def load(self, names: list[str]) -> Checkpoint | None:
+        """The latest checkpoint, tensors on the CPU; None when there is none.
+
+        Loading states to their devices is the job of each `load_state_dict`: parameters and
+        buffers are copied into tensors already on the device, and Adam keeps its `step` counts
+        on the CPU as torch expects (a `step` on the GPU costs a host sync every step)."""
         latest = self.latest()
         if latest is None:
             return None
@@ -78,7 +82,7 @@ class Checkpoints:
 
         def load(path: Path) -> dict[str, Any]:
             try:
-                return torch.load(path, map_location=device, weights_only=True)
+                return torch.load(path, map_location="cpu", weights_only=True)
             except FileNotFoundError:
                 raise SaekitError(
                     f"checkpoint {directory} lacks {path.name}; the run directory is damaged, "

@@ -88,7 +88,7 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
         Member(spec, spec.build(d_in).to(device), plan, settings.grad_clip) for spec in specs
     ]
     checkpoints = Checkpoints(request.out)
-    checkpoint = checkpoints.load([s.name for s in specs], device) if request.resume else None
+    checkpoint = checkpoints.load([s.name for s in specs]) if request.resume else None
     if checkpoint is None:
         scale, calibration = calibrate(store, hook, members, settings, needs_gradients, device)
         config = run_config(identity, plan, scale, calibration, request, device)
