@@ -15,36 +15,31 @@ def zipf_weights(n: int, a: float, b: float, device: torch.device | str = "cpu")
     return (ranks + b).pow(-a)
 
 
-def fit_zipf(densities_F: Tensor, head: float = 0.8) -> tuple[float, float]:
-    """Fit `p_r = C (r + b)^-a` to the densities sorted by rank, on the top `head` of ranks.
-
-    Least squares in log space for every b of a small grid; returns the best (a, b).
-    """
-    sorted_R = densities_F.double().sort(descending=True).values
-    n = max(2, int(len(sorted_R) * head))
-    log_p = sorted_R[:n].clamp_min(1e-12).log()
-    ranks = torch.arange(1, n + 1, dtype=torch.float64, device=densities_F.device)
-    best: tuple[float, float, float] | None = None
-    for b in _OFFSETS:
-        log_r = (ranks + b).log()
-        design = torch.stack([torch.ones_like(log_r), -log_r], dim=1)
-        solution = torch.linalg.lstsq(design, log_p[:, None]).solution[:, 0]
-        residual = float((design @ solution - log_p).pow(2).sum())
-        if best is None or residual < best[0]:
-            best = (residual, float(solution[1]), b)
-    assert best is not None
-    return best[1], best[2]
-
-
 def zipf_expectation(densities_F: Tensor, head: float = 0.8) -> Tensor:
-    """Each latent's density under the Zipf law fitted to `densities_F` (by its rank), scaled so
-    the expectations sum to the observed total (the mean L0)."""
-    a, b = fit_zipf(densities_F, head)
-    order_F = densities_F.argsort(descending=True)
-    law_R = zipf_weights(len(densities_F), a, b, densities_F.device)
-    law_R *= densities_F.double().sum() / law_R.sum()
-    expected_F = torch.empty_like(law_R)
-    expected_F[order_F] = law_R
+    """Each latent's density under a Zipf law fitted to `densities_F` (by its rank), scaled so
+    the expectations sum to the observed total (the mean L0).
+
+    The law `p_r = C (r + b)^-a` is fitted on the top `head` of ranks by least squares in log
+    space, for every b of a small grid at once (in closed form: a line through the points
+    (−log(r + b), log p_r)), keeping the b with the smallest residual. Everything stays on the
+    densities' device: nothing is read back to the host, so a GPU never waits on the fit.
+    """
+    n = len(densities_F)
+    sorted_F, order_F = densities_F.double().sort(descending=True)
+    ranks_F = torch.arange(1, n + 1, dtype=torch.float64, device=densities_F.device)
+    log_ranks_OF = torch.stack([(ranks_F + b).log() for b in _OFFSETS])
+    n_head = max(2, int(n * head))
+    x_OH = -log_ranks_OF[:, :n_head]
+    x_OH = x_OH - x_OH.mean(dim=1, keepdim=True)
+    y_H = sorted_F[:n_head].clamp_min(1e-12).log()
+    y_H = y_H - y_H.mean()
+    a_O = (x_OH * y_H).sum(dim=1) / x_OH.pow(2).sum(dim=1)
+    residual_O = (y_H - a_O[:, None] * x_OH).pow(2).sum(dim=1)
+    best_1 = residual_O.argmin(dim=0, keepdim=True)  # a tensor index: a 0-d one is read on the host
+    law_F = (-a_O[best_1] * log_ranks_OF[best_1]).exp().squeeze(0)
+    law_F *= sorted_F.sum() / law_F.sum()
+    expected_F = torch.empty_like(law_F)
+    expected_F[order_F] = law_F
     return expected_F.to(densities_F.dtype)
 
 
