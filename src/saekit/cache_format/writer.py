@@ -52,8 +52,11 @@ class RowBlock:
         return len(self.tokens)
 
 
-def encode_rows(rows: RowBlock, spec: StoreSpec) -> dict[str, torch.Tensor]:
-    """Encode rows into the storage dtypes, keyed by array path, on the rows' device."""
+def encode_rows(rows: RowBlock, spec: StoreSpec, check: bool = True) -> dict[str, torch.Tensor]:
+    """Encode rows into the storage dtypes, keyed by array path, on the rows' device.
+
+    Non-finite values (and values beyond float16 in a float16 store) are refused; with
+    `check=False` they are left to the caller, who finds them with `row_problems`."""
     columns = {
         schema.TOKENS: rows.tokens,
         schema.SEQUENCE: rows.sequence,
@@ -73,18 +76,29 @@ def encode_rows(rows: RowBlock, spec: StoreSpec) -> dict[str, torch.Tensor]:
         if x_RD.shape != (rows.n_rows, hook_spec.d):
             raise ValueError(f"activations of {hook} have shape {tuple(x_RD.shape)}")
         encoded[schema.hook_array_path(hook, schema.ACTIVATIONS)] = encoding.encode_activations(
-            x_RD, spec.activation_dtype
+            x_RD, spec.activation_dtype, check
         )
         if hook_spec.gradients != (hook in rows.gradients):
             raise ValueError(f"gradients of {hook} must be given iff the store keeps them")
         if hook_spec.gradients:
             values, scale = encoding.encode_gradients(
-                torch.as_tensor(rows.gradients[hook]), spec.gradient_encoding
+                torch.as_tensor(rows.gradients[hook]), spec.gradient_encoding, check
             )
             encoded[schema.hook_array_path(hook, schema.GRADIENTS)] = values
             if scale is not None:
                 encoded[schema.hook_array_path(hook, schema.GRADIENT_SCALE)] = scale
     return encoded
+
+
+def row_problems(rows: RowBlock, spec: StoreSpec) -> torch.Tensor:
+    """What `encode_rows` would refuse, as per-row flags on the rows' device (see `encoding`);
+    nothing is read back to the host."""
+    flags_R = torch.zeros(rows.n_rows, dtype=torch.uint8, device=torch.as_tensor(rows.loss).device)
+    for hook in spec.hooks:
+        flags_R |= encoding.activation_problems(rows.activations[hook], spec.activation_dtype)
+        if hook in rows.gradients:
+            flags_R |= encoding.gradient_problems(rows.gradients[hook])
+    return flags_R
 
 
 def encode_block(rows: RowBlock, spec: StoreSpec) -> EncodedBlock:
