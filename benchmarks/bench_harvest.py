@@ -56,12 +56,13 @@ def rate(tokens: int, seconds: float) -> float:
     return tokens / seconds
 
 
-def bare_rate(bridge, batches: list[torch.Tensor]) -> float:
-    run_batch(bridge, batches[0], [HOOK])  # warm-up
+def bare_rate(bridge, batches: list[torch.Tensor], hook: str = HOOK) -> float:
+    """Tokens/s of saekit's forward + backward alone (`run_batch`) on pre-tokenised batches."""
+    run_batch(bridge, batches[0], [hook])  # warm-up
     synchronize(batches[0].device)
     started = time.perf_counter()
     for tokens in batches:
-        run_batch(bridge, tokens, [HOOK])
+        run_batch(bridge, tokens, [hook])
     synchronize(batches[0].device)
     return rate(sum(t.numel() for t in batches), time.perf_counter() - started)
 

@@ -99,3 +99,12 @@ def assert_refused(result, fragment: str) -> None:
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+
+
+@pytest.mark.cuda
+def test_on_a_gpu_machine_cuda_is_the_current_gpu_and_indices_are_checked():
+    count = torch.cuda.device_count()
+    assert resolve_device("cuda") == torch.device("cuda", torch.cuda.current_device())
+    assert resolve_device(f"cuda:{count - 1}") == torch.device("cuda", count - 1)
+    with pytest.raises(SaekitError, match=f"this machine has {count} CUDA GPU"):
+        resolve_device(f"cuda:{count}")
