@@ -54,6 +54,7 @@ class Sizes:
     d: int
     heads: int
     vocab: int  # the model's; the tokenizer's own vocabulary is smaller
+    positions: int  # the model's context
     documents: int  # of generated text
     context: int
     harvest_batch: int  # contexts
@@ -68,14 +69,14 @@ class Sizes:
 
 
 GPU = Sizes(
-    layers=12, d=768, heads=12, vocab=50257, documents=20000, context=128, harvest_batch=64,
-    harvest_tokens=524_288, latents=16384, k=32, train_batch=4096, train_tokens=1_048_576,
-    eval_tokens=16384, eval_batch=16, shard_tokens=65536,
+    layers=12, d=768, heads=12, vocab=50257, positions=1024, documents=20000, context=128,
+    harvest_batch=64, harvest_tokens=524_288, latents=16384, k=32, train_batch=4096,
+    train_tokens=1_048_576, eval_tokens=16384, eval_batch=16, shard_tokens=65536,
 )  # fmt: skip
 CPU = Sizes(
-    layers=2, d=64, heads=4, vocab=512, documents=300, context=64, harvest_batch=16,
-    harvest_tokens=8192, latents=256, k=8, train_batch=512, train_tokens=4096,
-    eval_tokens=1024, eval_batch=8, shard_tokens=4096,
+    layers=2, d=64, heads=4, vocab=512, positions=64, documents=300, context=64,
+    harvest_batch=16, harvest_tokens=8192, latents=256, k=8, train_batch=512,
+    train_tokens=4096, eval_tokens=1024, eval_batch=8, shard_tokens=4096,
 )  # fmt: skip
 
 
@@ -185,7 +186,7 @@ def build_model(directory: Path, corpus: Path, sizes: Sizes) -> None:
         n_layer=sizes.layers,
         n_embd=sizes.d,
         n_head=sizes.heads,
-        n_positions=max(sizes.context, 1024 if sizes.layers == 12 else sizes.context),
+        n_positions=sizes.positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
@@ -193,7 +194,7 @@ def build_model(directory: Path, corpus: Path, sizes: Sizes) -> None:
     GPT2LMHeadModel(config).save_pretrained(directory)
 
 
-def harvest(
+def harvest_step(
     check: Check, work: Path, model: Path, corpus: Path, sizes: Sizes, hook: str
 ) -> Path | None:
     """Bare forward + backward, then the harvest of the same model; the store, if any."""
@@ -244,7 +245,9 @@ class TimedBatches:
     """An iterator of batches that adds up the time spent waiting for the next one."""
 
     def __init__(self, batches: Iterator[Any]) -> None:
-        self.batches, self.waiting = batches, 0.0
+        self.batches = batches
+        self.waiting = 0.0  # seconds spent in next()
+        self.seconds = 0.0  # of the whole run, set by its caller
 
     def __iter__(self) -> TimedBatches:
         return self
@@ -257,10 +260,9 @@ class TimedBatches:
             self.waiting += time.perf_counter() - started
 
 
-def train(check: Check, work: Path, store: Path, sizes: Sizes) -> Path:
-    from saekit.train import TrainRequest, TrainSettings, parse_spec
+def train_step(check: Check, work: Path, store: Path, sizes: Sizes) -> Path:
+    from saekit.train import TrainRequest, TrainSettings, parse_spec, train
     from saekit.train import run as run_module
-    from saekit.train import train as train_run
 
     specs = [
         f"{variant}:k={sizes.k},latents={sizes.latents}"
@@ -287,7 +289,7 @@ def train(check: Check, work: Path, store: Path, sizes: Sizes) -> Path:
     with check.step("train 4 SAEs in one pass") as figures:
         run_module.Trainer.run = run_timed
         try:
-            result = train_run(request)
+            result = train(request)
         finally:
             run_module.Trainer.run = trainer_run
         figures["saes"] = len(specs)
@@ -297,7 +299,7 @@ def train(check: Check, work: Path, store: Path, sizes: Sizes) -> Path:
     return work / "run"
 
 
-def evaluate(check: Check, work: Path, run: Path, sizes: Sizes) -> None:
+def eval_step(check: Check, work: Path, run: Path, sizes: Sizes) -> None:
     from saekit.evaluate import EvalRequest, evaluate
 
     request = EvalRequest(
@@ -319,7 +321,9 @@ def evaluate(check: Check, work: Path, run: Path, sizes: Sizes) -> None:
         }
 
 
-def sharded_harvest(check: Check, work: Path, model: Path, corpus: Path, sizes: Sizes, hook):
+def sharded_step(
+    check: Check, work: Path, model: Path, corpus: Path, sizes: Sizes, hook: str
+) -> None:
     from saekit.cache_format import ActivationStore
     from saekit.harvest.distributed import gpu_assignments
 
@@ -382,12 +386,12 @@ def run_steps(check: Check, work: Path, sizes: Sizes, hook: str) -> None:
         figures["parameters_m"] = model_parameters(work / "model")
     if not check.ok("build model"):
         return
-    store = harvest(check, work, work / "model", corpus, sizes, hook)
+    store = harvest_step(check, work, work / "model", corpus, sizes, hook)
     if store is not None and check.ok("harvest"):
-        run = train(check, work, store, sizes)
+        run = train_step(check, work, store, sizes)
         if check.ok("train 4 SAEs in one pass"):
-            evaluate(check, work, run, sizes)
-    sharded_harvest(check, work, work / "model", corpus, sizes, hook)
+            eval_step(check, work, run, sizes)
+    sharded_step(check, work, work / "model", corpus, sizes, hook)
 
 
 def model_parameters(directory: Path) -> float:
