@@ -12,51 +12,22 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
-from saekit import __version__
 from saekit.errors import SaekitError
 from saekit.train.atomic import write_json, write_safetensors
 from saekit.train.sae import SAE
+from saekit.train.sae_config import SAE_FORMAT, SAEConfig
 from saekit.train.spec import ResolvedSpec
 from saekit.train.variants import VARIANTS
 
-SAE_FORMAT = "saekit.sae"
-SAE_FORMAT_VERSION = 1
 WEIGHTS_FILE = "sae.safetensors"
 CFG_FILE = "cfg.json"
 SAELENS_DIR = "saelens"
 SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"
-
-
-@dataclass(frozen=True)
-class SAEConfig:
-    """What a saved SAE is: everything needed to rebuild it and to know what it was trained on."""
-
-    name: str
-    variant: str
-    hook: str
-    d_in: int
-    d_sae: int
-    k: int | None  # active latents per token (TopK family; mean for BatchTopK / FC), else None
-    options: dict[str, Any]  # every option, resolved (see docs/variants.md)
-    calibration: dict[str, float]  # values set from data before training (g-SAE: beta)
-    input_scale: float  # c of training (E‖c·x‖ = √d), already folded into the weights
-    store: dict[str, Any]  # location, identity and rows of the store it was trained on
-    training: dict[str, Any]  # tokens, steps, batch size, seed, epochs
-    saekit_version: str = __version__
-    format: str = SAE_FORMAT
-    format_version: int = SAE_FORMAT_VERSION
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SAEConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in names})
 
 
 def save_sae(trained: SAE, directory: Path, cfg: SAEConfig) -> None:

@@ -32,9 +32,10 @@ from saekit.train.atomic import write_json
 from saekit.train.calibration import geometric_median, input_scale
 from saekit.train.checkpoint import Checkpoints
 from saekit.train.config import TrainSettings
-from saekit.train.export import SAEConfig, save_sae
+from saekit.train.export import save_sae
 from saekit.train.member import Member
 from saekit.train.metrics import METRICS_FILE, read_metrics
+from saekit.train.sae_config import SAEConfig
 from saekit.train.schedule import Plan
 from saekit.train.spec import ResolvedSpec, SAESpec
 from saekit.train.trainer import Cadence, Observer, Trainer
