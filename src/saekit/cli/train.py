@@ -62,6 +62,13 @@ class ProgressReporter(Observer):
     def logged(self, step: int, records: list[dict[str, Any]]) -> None:
         self.bar.update(self.task, rate=f"{records[0]['tokens_per_s']:,.0f} tok/s")
 
+    def __enter__(self) -> ProgressReporter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.task is not None:  # a bar never started prints nothing, not even a newline
+            self.bar.stop()
+
 
 def print_result(result: RunResult) -> None:
     if result.already_complete:
@@ -147,9 +154,6 @@ def register(app: typer.Typer) -> None:
             resume=resume,
             storage_options=parse_storage_options(storage_options),
         )
-        bar = progress_bar(TextColumn("{task.fields[rate]}"))
-        try:
-            result = train(request, ProgressReporter(bar))
-        finally:
-            bar.stop()
+        with ProgressReporter(progress_bar(TextColumn("{task.fields[rate]}"))) as reporter:
+            result = train(request, reporter)
         print_result(result)
