@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from saekit.errors import SaekitError
+from saekit.errors import IntegrityError, SaekitError
 
 FORMAT_NAME = "saekit.activation-store"
 FORMAT_VERSION = 1
@@ -283,7 +283,12 @@ def check_format(attrs: dict | None, location: str | Path) -> dict:
             "attribute); check the path"
         )
     version = attrs.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise IntegrityError(
+            f"store {location} has damaged metadata: format_version must be a positive "
+            f"integer, not {version!r}; restore the store from a copy or harvest it again"
+        )
+    if version > FORMAT_VERSION:
         raise SaekitError(
             f"{location} uses store format version {version}, newer than the {FORMAT_VERSION} "
             "this saekit reads; upgrade saekit"

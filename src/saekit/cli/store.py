@@ -10,6 +10,7 @@ from rich.table import Table
 
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.summary import describe
+from saekit.cache_format.validation import StoreMetadataError
 from saekit.cache_format.verify import chunks_to_check, verify_store
 from saekit.cli.common import (
     StorageOptions,
@@ -93,8 +94,14 @@ def register(app: typer.Typer) -> None:
         store: StoreArgument,
         storage_options: StorageOptions = None,
     ) -> None:
-        """Check every committed chunk (checksums and values). Exit 0 if sound, 1 if corrupt."""
-        opened = ActivationStore.open(store, parse_storage_options(storage_options))
+        """Check the metadata and every committed chunk (checksums, NaN/Inf and other
+        impossible values). Exit 0 if sound, 1 if damaged."""
+        try:
+            opened = ActivationStore.open(store, parse_storage_options(storage_options))
+        except StoreMetadataError as error:
+            for problem in error.problems:
+                err_console.print(f"corrupt: metadata: {problem}", markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
         total = sum(1 for _ in chunks_to_check(opened))
         with progress_bar() as bar:
             task = bar.add_task("verifying chunks", total=total)

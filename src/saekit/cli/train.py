@@ -86,6 +86,10 @@ def print_result(result: RunResult) -> None:
             str(directory),
         )
     print_table(table)
+    metrics = result.final_metrics.values()
+    skipped = max((record.get("nonfinite_rows_skipped", 0) for record in metrics), default=0)
+    if skipped:
+        console.print(f"warning: {skipped:,} rows holding NaN or Inf were left out of training")
 
 
 def register(app: typer.Typer) -> None:
@@ -129,6 +133,14 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(help="Tokens between checkpoints; 0: only at the end (default 5e6)."),
         ] = None,
+        skip_nonfinite: Annotated[
+            bool,
+            typer.Option(
+                "--skip-nonfinite",
+                help="Leave store rows holding NaN or Inf out of training (counted in the "
+                "metrics) instead of stopping.",
+            ),
+        ] = False,
         storage_options: StorageOptions = None,
     ) -> None:
         """Train SAEs on shuffled rows streamed from a store (several SAEs per pass)."""
@@ -140,6 +152,7 @@ def register(app: typer.Typer) -> None:
             "device": device,
             "seed": seed,
             "checkpoint_every": checkpoint_every,
+            "skip_nonfinite": skip_nonfinite or None,
         }
         settings = TrainSettings(
             **{**file_settings, **{k: v for k, v in given.items() if v is not None}}

@@ -13,6 +13,7 @@ import torch
 from saekit import __version__
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.location import is_local, local_path
+from saekit.cache_format.nonfinite import NonFinitePolicy, named_rows
 from saekit.errors import SaekitError
 from saekit.evaluate.heldout import check_holdout, heldout_contexts, holdout_batches, training_mean
 from saekit.evaluate.offline import offline_metrics
@@ -42,6 +43,7 @@ class EvalRequest:
     steering: bool = False
     steering_latents: int = 64
     seed: int = 0
+    skip_nonfinite: bool = False  # leave rows with NaN or Inf out (counted) instead of stopping
 
 
 class Progress(Protocol):
@@ -121,10 +123,11 @@ def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str
     targets = load_targets(list(request.runs), store, device)
     model = _load_lm(request, store, targets, device) if request.online else None
     hooks = sorted({t.hook for t in targets})
-    means = {hook: training_mean(store, hook).to(device) for hook in hooks}
+    policy = NonFinitePolicy(skip=request.skip_nonfinite)
+    means = {hook: training_mean(store, hook, policy).to(device) for hook in hooks}
     if progress:
         progress.stage("offline metrics", None)
-    offline = offline_metrics(store, targets, means, request.tokens, device)
+    offline = offline_metrics(store, targets, means, request.tokens, device, policy)
     online: dict[str, dict] = {}
     steering: dict[str, dict | None] = {}
     contexts = None
@@ -142,9 +145,11 @@ def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str
             on_batch=progress.advance if progress else lambda n: None,
         )
         if request.steering:
-            steering = _steering(request, store, model, targets, contexts)
+            steering = _steering(request, store, model, targets, contexts, policy)
     model_name = model.name if model is not None else None
     report = _report(request, store, targets, offline, online, steering, model_name, contexts)
+    report["store"]["nonfinite_rows_skipped"] = len(policy.rows)
+    report["warnings"] = _warnings(policy)
     return write_report(report, Path(request.out))
 
 
@@ -154,6 +159,7 @@ def _steering(
     model: LoadedModel,
     targets: list[Target],
     contexts: torch.Tensor,
+    policy: NonFinitePolicy,
 ) -> dict[str, dict | None]:
     generator = torch.Generator().manual_seed(request.seed)
     picked = contexts[torch.randperm(len(contexts), generator=generator)[:STEERING_CONTEXTS]]
@@ -163,7 +169,12 @@ def _steering(
             continue  # decoder directions do not depend on the mode
         sample = next(
             holdout_batches(
-                store, target.hook, ("activations",), STEERING_SAMPLE_ROWS, STEERING_SAMPLE_ROWS
+                store,
+                target.hook,
+                ("activations",),
+                STEERING_SAMPLE_ROWS,
+                STEERING_SAMPLE_ROWS,
+                policy,
             )
         )
         results[target.name] = steering_metrics(
@@ -175,6 +186,16 @@ def _steering(
             request.seed,
         )
     return results
+
+
+def _warnings(policy: NonFinitePolicy) -> list[str]:
+    """What a reader of the report must know about how its numbers were obtained."""
+    if not policy.rows:
+        return []
+    return [
+        f"{len(policy.rows)} store rows holding NaN or Inf were left out (--skip-nonfinite): "
+        f"rows {named_rows(sorted(policy.rows))}"
+    ]
 
 
 def _report(

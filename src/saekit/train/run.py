@@ -27,7 +27,8 @@ import torch
 from saekit import __version__
 from saekit.cache_format import ActivationStore, ShuffledLoader
 from saekit.cache_format.location import is_local
-from saekit.errors import SaekitError
+from saekit.cache_format.nonfinite import NonFinitePolicy
+from saekit.errors import IntegrityError, SaekitError
 from saekit.train.atomic import write_json
 from saekit.train.calibration import geometric_median, input_scale
 from saekit.train.checkpoint import Checkpoints
@@ -99,7 +100,8 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
         scale, calibration = config["calibration"]["input_scale"], config["calibration"]["saes"]
 
     cadence = Cadence(settings.log_every, settings.checkpoint_every)
-    trainer = Trainer(members, plan, cadence, scale, request.out, observer)
+    nonfinite = NonFinitePolicy(skip=settings.skip_nonfinite)
+    trainer = Trainer(members, plan, cadence, scale, request.out, observer, nonfinite)
     start = trainer.restore(checkpoint.trainer, checkpoint.members) if checkpoint else 0
     already_complete = checkpoint is not None and checkpoint.complete
     if not already_complete:
@@ -185,7 +187,7 @@ def run_identity(
     """What makes a run this run: compared when resuming (device and checkpoint cadence may
     change; the store may have moved, but its content must be the same)."""
     compared = dataclasses.asdict(settings)
-    for free in ("device", "checkpoint_every"):
+    for free in ("device", "checkpoint_every", "skip_nonfinite"):
         compared.pop(free)
     return {
         "store": {
@@ -276,13 +278,13 @@ def calibrate(
         epochs=1,
         drop_last=False,
     )
-    sample = next(iter(loader))
-    finite_B = torch.stack([torch.isfinite(v).all(dim=1) for v in sample.values()]).all(dim=0)
-    if not finite_B.any():  # non-finite rows are left out here; training stops on them
-        raise SaekitError(f"store {store.location} has no finite rows to calibrate on")
-    scale = input_scale(sample["activations"][finite_B])
-    x_BD = (sample["activations"][finite_B] * scale).to(device)
-    g_BD = (sample["gradients"][finite_B] / scale).to(device) if needs_gradients else None
+    # rows holding NaN or Inf are left out of the sample; training applies the policy to them
+    sample = next(iter(loader)).without_nonfinite()
+    if not len(sample["activations"]):
+        raise IntegrityError(f"store {store.location} has no finite rows to calibrate on")
+    scale = input_scale(sample["activations"])
+    x_BD = (sample["activations"] * scale).to(device)
+    g_BD = (sample["gradients"] / scale).to(device) if needs_gradients else None
     median_D = None
     calibration = {}
     for member in members:
