@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -13,6 +15,7 @@ from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
+from saekit.cache_format.schema import FORMAT_NAME
 from saekit.errors import SaekitError
 
 
@@ -29,12 +32,54 @@ def local_path(location: str | Path) -> Path:
     return Path(text).expanduser()
 
 
+class NoFollowLocalStore(LocalStore):
+    """A local store for writers that never writes or deletes through a symbolic link below its
+    root (zarr's LocalStore follows them, so a planted link could redirect chunk writes)."""
+
+    def _check_no_links(self, key: str) -> None:
+        path = self.root
+        for part in key.split("/"):
+            path = path / part
+            try:
+                if stat.S_ISLNK(os.lstat(path).st_mode):
+                    raise SaekitError(
+                        f"{path} is a symbolic link; saekit never writes through links inside a "
+                        "store: replace it with the real file or directory"
+                    )
+            except FileNotFoundError:
+                return
+
+    async def _set(self, key: str, value: Buffer, exclusive: bool = False) -> None:
+        self._check_no_links(key)
+        await super()._set(key, value, exclusive)
+
+    async def delete(self, key: str) -> None:
+        self._check_no_links(key)
+        await super().delete(key)
+
+    async def delete_dir(self, prefix: str) -> None:
+        self._check_no_links(prefix)
+        await super().delete_dir(prefix)
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        self._check_no_links(key)
+        super().set_sync(key, value)
+
+    def delete_sync(self, key: str) -> None:
+        self._check_no_links(key)
+        super().delete_sync(key)
+
+
 def zarr_store(
     location: str | Path, *, read_only: bool, storage_options: dict[str, Any] | None = None
 ) -> Store:
-    """A zarr store object for a local path or any fsspec URL (s3://, gs://, http(s)://, memory://)."""
+    """A zarr store object for a local path or any fsspec URL (s3://, gs://, http(s)://, memory://).
+
+    Local writers get a `NoFollowLocalStore` rooted at the real path."""
     if is_local(location):
-        return LocalStore(local_path(location), read_only=read_only)
+        if read_only:
+            return LocalStore(local_path(location), read_only=True)
+        return NoFollowLocalStore(os.path.realpath(local_path(location)))
     return FsspecStore.from_url(
         str(location), storage_options=storage_options or None, read_only=read_only
     )
@@ -60,3 +105,18 @@ def remote_error(location: str, error: BaseException) -> SaekitError:
     elif isinstance(error, FileNotFoundError) or "bucket" in reason.lower():
         hint = "; check that the bucket exists"
     return SaekitError(f"cannot use {location}: {reason}{hint}")
+
+
+def enclosing_store(location: str | Path) -> Path | None:
+    """The saekit store a local path is or lies inside, symbolic links resolved, or None: the
+    nearest of the path and its parents whose `zarr.json` names the saekit format."""
+    real = Path(os.path.realpath(local_path(location)))
+    for candidate in (real, *real.parents):
+        try:
+            meta = json.loads((candidate / "zarr.json").read_bytes())
+        except (OSError, ValueError):
+            continue
+        attributes = meta.get("attributes") if isinstance(meta, dict) else None
+        if isinstance(attributes, dict) and attributes.get("format") == FORMAT_NAME:
+            return candidate
+    return None

@@ -12,7 +12,7 @@ import torch
 
 from saekit import __version__
 from saekit.cache_format import ActivationStore
-from saekit.cache_format.location import is_local, local_path
+from saekit.cache_format.location import enclosing_store
 from saekit.cache_format.nonfinite import NonFinitePolicy, named_rows
 from saekit.errors import SaekitError
 from saekit.evaluate.heldout import check_holdout, heldout_contexts, holdout_batches, training_mean
@@ -65,10 +65,12 @@ def _check_runs_and_out(request: EvalRequest) -> None:
                 f"--out {request.out} is inside run {run}; eval never writes into "
                 "a run, choose another directory"
             )
-    if request.store and is_local(request.store):
-        store_path = local_path(request.store).resolve()
-        if out == store_path or store_path in out.parents:
-            raise SaekitError(f"--out {request.out} is inside the store; choose another directory")
+    store = enclosing_store(out)
+    if store is not None:
+        raise SaekitError(
+            f"--out {request.out} lies inside the store {store}; eval never writes into a "
+            "store, choose another directory"
+        )
     if out.exists() and (
         not out.is_dir() or (any(out.iterdir()) and not (out / "report.json").exists())
     ):
@@ -77,6 +79,8 @@ def _check_runs_and_out(request: EvalRequest) -> None:
         )
     if request.tokens is not None and request.tokens <= 0:
         raise SaekitError(f"--tokens must be positive, not {request.tokens}")
+    if request.batch_size <= 0:
+        raise SaekitError(f"--batch-size must be positive, not {request.batch_size}")
 
 
 def _store_location(request: EvalRequest) -> str:

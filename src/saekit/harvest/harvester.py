@@ -106,6 +106,8 @@ def _check_numbers(config: HarvestConfig) -> None:
         raise SaekitError("--context-size must be at least 2 (BOS and one token)")
     if config.batch_size <= 0:
         raise SaekitError("--batch-size must be positive")
+    if config.rows_per_chunk <= 0 or config.chunks_per_block <= 0:
+        raise SaekitError("--rows-per-chunk and --chunks-per-block must be positive")
     if config.holdout_tokens is not None and config.holdout_tokens < 0:
         raise SaekitError("--holdout-tokens must be >= 0")
     if config.shards < 1 or not 0 <= config.shard < config.shards:

@@ -106,8 +106,12 @@ def _txt_documents(path: Path, _column: str) -> Iterator[str]:
 
 
 def _jsonl_documents(path: Path, column: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, 1):
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise SaekitError(f"{path}:{number} is not UTF-8 text; convert the file") from None
             if not line.strip():
                 continue
             try:

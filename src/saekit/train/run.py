@@ -26,7 +26,7 @@ import torch
 
 from saekit import __version__
 from saekit.cache_format import ActivationStore, ShuffledLoader
-from saekit.cache_format.location import is_local
+from saekit.cache_format.location import enclosing_store, is_local
 from saekit.cache_format.nonfinite import NonFinitePolicy
 from saekit.errors import IntegrityError, SaekitError
 from saekit.train.atomic import write_json
@@ -203,7 +203,14 @@ def run_identity(
 
 
 def check_out_dir(out: Path, identity: dict[str, Any], resume: bool) -> None:
-    """Refuse an output directory that holds something else, or this run without `resume`."""
+    """Refuse an output directory inside a store, one that holds something else, or this run
+    without `resume`."""
+    store = enclosing_store(out)
+    if store is not None:
+        raise SaekitError(
+            f"--out {out} lies inside the store {store}, which only its writer may change; "
+            "choose a directory outside it"
+        )
     if out.exists() and not out.is_dir():
         raise SaekitError(f"--out {out} is a file; choose a directory")
     if not out.exists() or not any(out.iterdir()):
