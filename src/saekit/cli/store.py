@@ -21,16 +21,7 @@ from saekit.cli.common import (
     print_table,
     progress_bar,
 )
-
-
-def _human_bytes(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1000
-    raise AssertionError("unreachable")
+from saekit.units import human_bytes
 
 
 def print_store_summary(info: dict) -> None:
@@ -67,7 +58,7 @@ def print_store_summary(info: dict) -> None:
     per_row = info["bytes_per_row"]
     table.add_row(
         "size",
-        _human_bytes(info["bytes"]) + (f" ({per_row:,.0f} bytes per row)" if per_row else ""),
+        human_bytes(info["bytes"]) + (f" ({per_row:,.0f} bytes per row)" if per_row else ""),
     )
     for key, value in {**info["identity"], **info["provenance"]}.items():
         table.add_row(key, value if isinstance(value, str) else json.dumps(value))

@@ -31,10 +31,11 @@ from saekit.cache_format.nonfinite import NonFinitePolicy
 from saekit.errors import IntegrityError, SaekitError
 from saekit.train.atomic import write_json
 from saekit.train.calibration import geometric_median, input_scale
-from saekit.train.checkpoint import Checkpoints
+from saekit.train.checkpoint import Checkpoint, Checkpoints
 from saekit.train.config import TrainSettings
 from saekit.train.export import save_sae
 from saekit.train.member import Member
+from saekit.train.memory import check_memory
 from saekit.train.metrics import METRICS_FILE, read_metrics
 from saekit.train.sae_config import SAEConfig
 from saekit.train.schedule import Plan
@@ -72,6 +73,7 @@ class RunResult:
 
 def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
     """Validate the request, then train every SAE on one stream of the store's rows."""
+    check_out_location(request.out)
     store = ActivationStore.open(request.store, request.storage_options)
     hook = store.resolve_hook(request.hook)
     d_in = store.spec.hooks[hook].d
@@ -85,6 +87,7 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
     check_out_dir(request.out, identity, request.resume)
 
     device = resolve_device(settings.device)
+    check_memory(specs, d_in, settings.batch_size, device)
     members = [
         Member(spec, spec.build(d_in).to(device), plan, settings.grad_clip) for spec in specs
     ]
@@ -97,12 +100,19 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
         write_json(request.out / CONFIG_FILE, config)
     else:
         config = json.loads((request.out / CONFIG_FILE).read_text())
-        scale, calibration = config["calibration"]["input_scale"], config["calibration"]["saes"]
+        try:
+            scale = float(config["calibration"]["input_scale"])
+            calibration = {s.name: dict(config["calibration"]["saes"][s.name]) for s in specs}
+        except (KeyError, TypeError, ValueError):
+            raise SaekitError(
+                f"{request.out / CONFIG_FILE} lacks the run's calibration; the run directory is "
+                "damaged, start a new run in another --out"
+            ) from None
 
     cadence = Cadence(settings.log_every, settings.checkpoint_every)
     nonfinite = NonFinitePolicy(skip=settings.skip_nonfinite)
     trainer = Trainer(members, plan, cadence, scale, request.out, observer, nonfinite)
-    start = trainer.restore(checkpoint.trainer, checkpoint.members) if checkpoint else 0
+    start = restore(trainer, checkpoint, checkpoints) if checkpoint else 0
     already_complete = checkpoint is not None and checkpoint.complete
     if not already_complete:
         fields = ("activations", "row", *(("gradients",) if needs_gradients else ()))
@@ -124,6 +134,18 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
         save_sae(member.sae, sae_dirs[member.name], cfg)
     final = {record["sae"]: record for record in read_metrics(request.out / METRICS_FILE)}
     return RunResult(request.out, sae_dirs, plan, final, already_complete)
+
+
+def restore(trainer: Trainer, checkpoint: Checkpoint, checkpoints: Checkpoints) -> int:
+    """Load a checkpoint into the trainer; return the step to continue from."""
+    try:
+        return trainer.restore(checkpoint.trainer, checkpoint.members)
+    except (KeyError, RuntimeError, ValueError, TypeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SaekitError(
+            f"the checkpoint in {checkpoints.root} does not fit this run ({reason}); the run's "
+            "checkpoints are damaged, start a new run in another --out"
+        ) from None
 
 
 REMOTE_READ_THREADS = 16
@@ -202,26 +224,29 @@ def run_identity(
     }
 
 
-def check_out_dir(out: Path, identity: dict[str, Any], resume: bool) -> None:
-    """Refuse an output directory inside a store, one that holds something else, or this run
-    without `resume`."""
+def check_out_location(out: Path) -> None:
+    """Refuse an output directory that is or lies inside a store (symbolic links resolved)."""
     store = enclosing_store(out)
     if store is not None:
         raise SaekitError(
             f"--out {out} lies inside the store {store}, which only its writer may change; "
             "choose a directory outside it"
         )
+
+
+def check_out_dir(out: Path, identity: dict[str, Any], resume: bool) -> None:
+    """Refuse an output directory that holds something else, or this run without `resume`."""
     if out.exists() and not out.is_dir():
         raise SaekitError(f"--out {out} is a file; choose a directory")
     if not out.exists() or not any(out.iterdir()):
         return
     try:
         stored = json.loads((out / CONFIG_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, ValueError):
         raise SaekitError(
             f"--out {out} is not empty and holds no training run; choose a new or empty directory"
         ) from None
-    if stored.get("format") != RUN_FORMAT:
+    if not isinstance(stored, dict) or stored.get("format") != RUN_FORMAT:
         raise SaekitError(f"--out {out} holds something else than a training run")
     changed = differing_keys(stored.get("run"), identity)
     if changed:
