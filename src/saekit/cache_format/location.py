@@ -70,6 +70,29 @@ class NoFollowLocalStore(LocalStore):
         super().delete_sync(key)
 
 
+def absolute_location(location: str | Path) -> str:
+    """A location as identities and configs record it: a local path made absolute (so that it
+    can be found from any working directory), a URL as given."""
+    text = str(location)
+    if not is_local(text) or text.startswith("file://"):
+        return text
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def resolve_recorded_path(recorded: str, anchor: Path) -> str:
+    """A local path recorded relative to some working directory (by older saekit versions, or
+    by hand): as recorded when it exists from here, else against `anchor` or the nearest of its
+    parents where it exists, else as recorded. Absolute paths and URLs are returned as they are."""
+    path = Path(recorded).expanduser()
+    if not is_local(recorded) or path.is_absolute() or path.exists():
+        return recorded
+    anchor = Path(os.path.abspath(anchor))
+    for base in (anchor, *anchor.parents):
+        if (base / path).exists():
+            return str(base / path)
+    return recorded
+
+
 def zarr_store(
     location: str | Path, *, read_only: bool, storage_options: dict[str, Any] | None = None
 ) -> Store:

@@ -95,6 +95,14 @@ def register(app: typer.Typer) -> None:
                 "of stopping.",
             ),
         ] = False,
+        allow_other_model: Annotated[
+            bool,
+            typer.Option(
+                "--allow-other-model",
+                help="Evaluate online with a model whose weights or tokenizer differ from the "
+                "store's (the report says so).",
+            ),
+        ] = False,
         storage_options: StorageOptions = None,
     ) -> None:
         """Evaluate every SAE of the runs on the store's held-out tokens; write a report."""
@@ -112,6 +120,7 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             steering=steering,
             skip_nonfinite=skip_nonfinite,
+            allow_other_model=allow_other_model,
         )
         with EvalBar() as bar:
             files = evaluate(request, bar)

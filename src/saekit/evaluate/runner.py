@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +11,12 @@ import torch
 
 from saekit import __version__
 from saekit.cache_format import ActivationStore
-from saekit.cache_format.location import enclosing_store
+from saekit.cache_format.location import (
+    enclosing_store,
+    is_local,
+    local_path,
+    resolve_recorded_path,
+)
 from saekit.cache_format.nonfinite import NonFinitePolicy, named_rows
 from saekit.errors import SaekitError
 from saekit.evaluate.heldout import check_holdout, heldout_contexts, holdout_batches, training_mean
@@ -22,8 +26,11 @@ from saekit.evaluate.report import write_report
 from saekit.evaluate.steering import steering_metrics
 from saekit.evaluate.targets import Target, load_targets
 from saekit.harvest.model import LoadedModel, check_hooks, hook_widths, load_model, resolve_device
+from saekit.train.sae_config import SAEConfig
 
 STEERING_CONTEXTS = 32
+# what identifies the LM in a store's identity, compared with the model eval loads
+PROVENANCE_KEYS = ("weights_fingerprint", "tokenizer_fingerprint")
 STEERING_SAMPLE_ROWS = 8192
 
 
@@ -44,6 +51,7 @@ class EvalRequest:
     steering_latents: int = 64
     seed: int = 0
     skip_nonfinite: bool = False  # leave rows with NaN or Inf out (counted) instead of stopping
+    allow_other_model: bool = False  # evaluate online with a model whose fingerprints differ
 
 
 class Progress(Protocol):
@@ -88,19 +96,35 @@ def _store_location(request: EvalRequest) -> str:
         return request.store
     for run in request.runs:
         for cfg_file in sorted(Path(run).glob("saes/*/cfg.json")):
-            return json.loads(cfg_file.read_text())["store"]["location"]
+            location = SAEConfig.read(cfg_file).store.get("location")
+            if not isinstance(location, str) or not location:
+                raise SaekitError(f"{cfg_file} names no store; give one with --store")
+            return resolve_recorded_path(location, Path(run))
     raise SaekitError(
         f"{request.runs[0]} holds no trained SAEs (no saes/<name>/cfg.json); give "
         "a directory written by sae train"
     )
 
 
+def _model_name(request: EvalRequest, store: ActivationStore) -> str:
+    """--model, else the model the store names (a relative local path of an older store is
+    looked for beside the store)."""
+    if request.model:
+        return request.model
+    recorded = store.spec.identity.get("model")
+    if not isinstance(recorded, str) or not recorded:
+        raise SaekitError(f"store {store.location} names no model; give one with --model")
+    if not is_local(store.location):
+        return recorded
+    return resolve_recorded_path(recorded, local_path(store.location))
+
+
 def _load_lm(
     request: EvalRequest, store: ActivationStore, targets: list[Target], device: torch.device
-) -> LoadedModel:
-    name = request.model or store.spec.identity.get("model")
-    if not name:
-        raise SaekitError(f"store {store.location} names no model; give one with --model")
+) -> tuple[LoadedModel, list[str]]:
+    """The LM to splice into, checked against the store: its hooks and widths always, its
+    weights and tokenizer fingerprints unless `allow_other_model` (then a report warning)."""
+    name = _model_name(request, store)
     try:
         model = load_model(name, device)
     except SaekitError as error:
@@ -115,7 +139,33 @@ def _load_lm(
                 f"model {name} gives d={width} at {hook} but the store has "
                 f"d={store.spec.hooks[hook].d}; give the store's model with --model"
             )
-    return model
+    differences = [
+        f"{key} (store: {store.spec.identity[key]}, model: {model.identity[key]})"
+        for key in PROVENANCE_KEYS
+        if store.spec.identity.get(key)
+        and model.identity.get(key)
+        and store.spec.identity[key] != model.identity[key]
+    ]
+    if differences and not request.allow_other_model:
+        raise SaekitError(
+            f"model {name} is not the model store {store.location} was harvested with: "
+            f"{'; '.join(differences)}; give that model with --model, or pass "
+            "--allow-other-model to evaluate with this one (the report then says so)"
+        )
+    warnings = [
+        f"online metrics use model {name}, which differs from the store's: "
+        f"{'; '.join(differences)} (--allow-other-model)"
+    ]
+    return model, warnings if differences else []
+
+
+def _check_token_ids(contexts: torch.Tensor, model: LoadedModel, store: ActivationStore) -> None:
+    vocabulary = int(model.bridge.cfg.d_vocab)
+    if len(contexts) and int(contexts.max()) >= vocabulary:
+        raise SaekitError(
+            f"store {store.location} holds token ids up to {int(contexts.max())} but model "
+            f"{model.name} has a vocabulary of {vocabulary}; give the store's model with --model"
+        )
 
 
 def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str, Path]:
@@ -125,7 +175,7 @@ def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str
     check_holdout(store)
     device = resolve_device(request.device)
     targets = load_targets(list(request.runs), store, device)
-    model = _load_lm(request, store, targets, device) if request.online else None
+    model, warnings = _load_lm(request, store, targets, device) if request.online else (None, [])
     hooks = sorted({t.hook for t in targets})
     policy = NonFinitePolicy(skip=request.skip_nonfinite)
     means = {hook: training_mean(store, hook, policy).to(device) for hook in hooks}
@@ -137,6 +187,7 @@ def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str
     contexts = None
     if model is not None:
         contexts = heldout_contexts(store, request.tokens)
+        _check_token_ids(contexts, model, store)
         if progress:
             progress.stage("splicing SAEs into the LM", len(contexts))
         online = online_metrics(
@@ -153,7 +204,7 @@ def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str
     model_name = model.name if model is not None else None
     report = _report(request, store, targets, offline, online, steering, model_name, contexts)
     report["store"]["nonfinite_rows_skipped"] = len(policy.rows)
-    report["warnings"] = _warnings(policy)
+    report["warnings"] = warnings + _nonfinite_warnings(policy)
     return write_report(report, Path(request.out))
 
 
@@ -192,8 +243,8 @@ def _steering(
     return results
 
 
-def _warnings(policy: NonFinitePolicy) -> list[str]:
-    """What a reader of the report must know about how its numbers were obtained."""
+def _nonfinite_warnings(policy: NonFinitePolicy) -> list[str]:
+    """What a reader of the report must know about rows left out of its numbers."""
     if not policy.rows:
         return []
     return [

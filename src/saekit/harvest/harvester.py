@@ -23,6 +23,7 @@ import torch
 from saekit import __version__
 from saekit.cache_format import HookSpec, RowBlock, StoreLayout, StoreSpec, StoreWriter
 from saekit.cache_format.encoding import as_numpy
+from saekit.cache_format.location import absolute_location
 from saekit.cache_format.schema import Block
 from saekit.cache_format.writer import check_resumable, check_target, encode_rows
 from saekit.errors import SaekitError
@@ -139,7 +140,7 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
     """Validate every input (cheapest checks first) before anything is written."""
     _check_numbers(config)
     capacity, holdout = _row_counts(config)
-    check_target(config.out, config.storage_options)
+    existing = check_target(config.out, config.storage_options)
     device = resolve_device(config.device)
     source = resolve_source(config.dataset, config.split, config.text_column)
     model = load_model(config.model, device)
@@ -168,6 +169,7 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
         "autocast_bf16": config.autocast_bf16,
         "gradient_convention": GRADIENT_CONVENTION if config.gradients else None,
     }
+    identity = _keep_recorded_paths(identity, existing)
     provenance = {
         "device": str(device),
         "host": platform.node(),
@@ -193,6 +195,18 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
     )
     check_resumable(config.out, spec, config.storage_options)
     return HarvestPlan(config, model, source, packing, spec)
+
+
+def _keep_recorded_paths(identity: dict[str, Any], existing: dict | None) -> dict[str, Any]:
+    """Stores written by older saekit versions name a local model or dataset as it was typed
+    (relative); resuming one keeps that name when it means the same path."""
+    stored = (existing or {}).get("identity")
+    kept = dict(identity)
+    for key in ("model", "dataset"):
+        old = stored.get(key) if isinstance(stored, dict) else None
+        if isinstance(old, str) and absolute_location(old) == identity.get(key):
+            kept[key] = old
+    return kept
 
 
 def _batches(plan: HarvestPlan, first_context: int) -> Iterator[tuple[int, np.ndarray]]:

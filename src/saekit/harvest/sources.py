@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from saekit.cache_format.location import absolute_location
 from saekit.errors import SaekitError
 from saekit.fingerprint import files_fingerprint
 
@@ -38,7 +39,7 @@ class TextSource:
         if self.files is None:
             return {"dataset": self.spec, "split": self.split, "text_column": self.text_column}
         return {
-            "dataset": self.spec,
+            "dataset": absolute_location(self.spec),
             "text_column": self.text_column,
             "dataset_files": len(self.files),
             "dataset_fingerprint": files_fingerprint(self.files, root=_common_root(self.files)),

@@ -26,7 +26,7 @@ import torch
 
 from saekit import __version__
 from saekit.cache_format import ActivationStore, ShuffledLoader
-from saekit.cache_format.location import enclosing_store, is_local
+from saekit.cache_format.location import absolute_location, enclosing_store, is_local
 from saekit.cache_format.nonfinite import NonFinitePolicy
 from saekit.errors import IntegrityError, SaekitError
 from saekit.train.atomic import write_json
@@ -130,7 +130,8 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
     sae_dirs = {}
     for member in members:  # also after a kill between the last checkpoint and the export
         sae_dirs[member.name] = request.out / "saes" / member.name
-        cfg = sae_config(member, hook, d_in, scale, calibration[member.name], config)
+        location = absolute_location(request.store)  # where it is now (it may have moved)
+        cfg = sae_config(member, hook, d_in, scale, calibration[member.name], config, location)
         save_sae(member.sae, sae_dirs[member.name], cfg)
     final = {record["sae"]: record for record in read_metrics(request.out / METRICS_FILE)}
     return RunResult(request.out, sae_dirs, plan, final, already_complete)
@@ -356,7 +357,7 @@ def run_config(
         "plan": {**dataclasses.asdict(plan), "tokens": plan.tokens, "epochs": plan.epochs},
         "calibration": {"input_scale": scale, "saes": calibration},
         "environment": {
-            "store_location": request.store,
+            "store_location": absolute_location(request.store),
             "device": str(device),
             "checkpoint_every": request.settings.checkpoint_every,
         },
@@ -370,6 +371,7 @@ def sae_config(
     scale: float,
     calibration: dict[str, float],
     config: dict[str, Any],
+    store_location: str,
 ) -> SAEConfig:
     store = config["run"]["store"]
     return SAEConfig(
@@ -383,7 +385,7 @@ def sae_config(
         calibration=calibration,
         input_scale=scale,
         store={
-            "location": config["environment"]["store_location"],
+            "location": store_location,
             "identity": store["identity"],
             "n_rows_committed": store["n_rows_committed"],
             "holdout_rows": store["layout"]["holdout_rows"],
