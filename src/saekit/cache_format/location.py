@@ -32,22 +32,27 @@ def local_path(location: str | Path) -> Path:
     return Path(text).expanduser()
 
 
+def refuse_links(root: Path, key: str) -> None:
+    """Refuse a key of a local store whose path below `root` passes through a symbolic link."""
+    path = root
+    for part in key.split("/"):
+        path = path / part
+        try:
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                raise SaekitError(
+                    f"{path} is a symbolic link; saekit never writes through links inside a "
+                    "store: replace it with the real file or directory"
+                )
+        except (FileNotFoundError, NotADirectoryError):
+            return
+
+
 class NoFollowLocalStore(LocalStore):
     """A local store for writers that never writes or deletes through a symbolic link below its
     root (zarr's LocalStore follows them, so a planted link could redirect chunk writes)."""
 
     def _check_no_links(self, key: str) -> None:
-        path = self.root
-        for part in key.split("/"):
-            path = path / part
-            try:
-                if stat.S_ISLNK(os.lstat(path).st_mode):
-                    raise SaekitError(
-                        f"{path} is a symbolic link; saekit never writes through links inside a "
-                        "store: replace it with the real file or directory"
-                    )
-            except FileNotFoundError:
-                return
+        refuse_links(self.root, key)
 
     async def _set(self, key: str, value: Buffer, exclusive: bool = False) -> None:
         self._check_no_links(key)

@@ -17,10 +17,12 @@ from saekit.cache_format.location import (
     enclosing_store,
     is_local,
     local_path,
+    refuse_links,
     remote_error,
     zarr_store,
 )
 from saekit.cache_format.locking import LOCK_DIR, is_lock_name, local_lock, object_lock
+from saekit.cache_format.progress import progress_key
 from saekit.errors import SaekitError
 
 
@@ -108,6 +110,13 @@ class StoreTarget:
         if self._is_empty():
             return None
         return schema.check_format(self._root_attrs(), self.location)
+
+    def refuse_links(self, keys: list[str]) -> None:
+        """Refuse, before writing anything, a local store where one of these keys' directories
+        is a symbolic link (chunk writes check their own paths too)."""
+        if self.local:
+            for key in [*keys, progress_key(0)]:
+                refuse_links(Path(os.path.realpath(self.path)), key)
 
     @contextlib.contextmanager
     def lock(self, name: str, owner: str) -> Iterator[None]:

@@ -212,7 +212,7 @@ def checked_arrays(
         except KeyError:
             problems.append(f"array '{path}' is missing")
             continue
-        except (ValueError, TypeError) as error:  # unreadable array metadata
+        except Exception as error:  # metadata zarr cannot parse: damaged, whatever zarr raises
             problems.append(f"array '{path}' has unreadable metadata ({_first_line(error)})")
             continue
         if not isinstance(array, zarr.Array):

@@ -230,6 +230,7 @@ class StoreWriter:
         """
         target = StoreTarget(location, storage_options)
         check_resumable(target, spec)  # refuse early, before any lock is taken
+        target.refuse_links([f"{path}/c" for path in schema.array_plan(spec)])
         owner = owner or new_owner()
         with target.lock("create", owner), write_errors(target):
             group = _create_or_open(target, spec, check_resumable(target, spec))

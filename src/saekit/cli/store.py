@@ -20,6 +20,7 @@ from saekit.cli.common import (
     parse_storage_options,
     print_table,
     progress_bar,
+    stop_bar,
 )
 from saekit.units import human_bytes
 
@@ -94,9 +95,13 @@ def register(app: typer.Typer) -> None:
                 err_console.print(f"corrupt: metadata: {problem}", markup=False, soft_wrap=True)
             raise typer.Exit(1) from None
         total = sum(1 for _ in chunks_to_check(opened))
-        with progress_bar() as bar:
+        bar = progress_bar()
+        bar.start()
+        try:
             task = bar.add_task("verifying chunks", total=total)
             problems = verify_store(opened, on_chunk=lambda: bar.advance(task))
+        finally:
+            stop_bar(bar, vanish=True)  # what is left on stderr is one line per problem
         for problem in problems:
             err_console.print(f"corrupt: {problem}", markup=False, soft_wrap=True)
         if problems:

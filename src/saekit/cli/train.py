@@ -16,6 +16,7 @@ from saekit.cli.common import (
     parse_storage_options,
     print_table,
     progress_bar,
+    stop_bar,
 )
 from saekit.train import (
     Observer,
@@ -66,8 +67,7 @@ class ProgressReporter(Observer):
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.task is not None:  # a bar never started prints nothing, not even a newline
-            self.bar.stop()
+        stop_bar(self.bar, started=self.task is not None, vanish=exc_info[0] is not None)
 
 
 def print_result(result: RunResult) -> None:

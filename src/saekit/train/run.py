@@ -127,13 +127,13 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
             read_threads=read_threads(request.store),
         )
         trainer.run(iter(loader), start)
+    final = {record["sae"]: record for record in read_metrics(request.out / METRICS_FILE)}
     sae_dirs = {}
     for member in members:  # also after a kill between the last checkpoint and the export
         sae_dirs[member.name] = request.out / "saes" / member.name
         location = absolute_location(request.store)  # where it is now (it may have moved)
         cfg = sae_config(member, hook, d_in, scale, calibration[member.name], config, location)
         save_sae(member.sae, sae_dirs[member.name], cfg)
-    final = {record["sae"]: record for record in read_metrics(request.out / METRICS_FILE)}
     return RunResult(request.out, sae_dirs, plan, final, already_complete)
 
 
