@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,9 @@ class Checkpoints:
 
         def load(path: Path) -> dict[str, Any]:
             try:
-                state = torch.load(path, map_location=device, weights_only=True)
+                with warnings.catch_warnings():  # torch warns about files it then refuses
+                    warnings.simplefilter("ignore")
+                    state = torch.load(path, map_location=device, weights_only=True)
             except FileNotFoundError:
                 raise self._damaged(f"checkpoint {directory} lacks {path.name}") from None
             except Exception as error:  # unpickling and zip errors of all kinds
