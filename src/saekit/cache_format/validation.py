@@ -147,7 +147,9 @@ def _layout_problems(found: _Findings, layout: dict[str, Any], n_rows_committed:
     found.need(_is_int(layout.get("seed")), "layout.seed", "an integer", layout.get("seed"))
     shards = layout.get("shards", 1)
     found.need(_is_int(shards) and shards >= 1, "layout.shards", "a positive integer", shards)
-    capacity = layout.get("capacity_rows")
+    if not found.need("capacity_rows" in layout, "layout.capacity_rows", "given", None):
+        return
+    capacity = layout["capacity_rows"]
     if capacity is None:
         found.need(shards == 1, "layout.capacity_rows", "set in a sharded store", capacity)
         return
