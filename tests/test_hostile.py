@@ -400,6 +400,12 @@ def _(w):
     return w.harvest(w.store)
 
 
+@case("harvest-resume-of-lying-metadata", 1, "n_rows_committed must be at most")
+def _(w):
+    edit_attrs(w, n_rows_committed=9000, complete=False)
+    return w.harvest(w.store)
+
+
 @case("out-holds-a-file-named-locks", 2, "is not a saekit activation store")
 def _(w):
     (w.mine / "notes.txt").unlink()

@@ -41,8 +41,8 @@ class StoreTarget:
             except (ImportError, ValueError) as error:
                 raise SaekitError(f"cannot write to {location}: {error}") from None
 
-    def zarr_store(self) -> Store:
-        return zarr_store(self.location, read_only=False, storage_options=self.storage_options)
+    def zarr_store(self, read_only: bool = False) -> Store:
+        return zarr_store(self.location, read_only=read_only, storage_options=self.storage_options)
 
     def _root_attrs(self) -> dict | None:
         try:

@@ -122,6 +122,9 @@ def check_resumable(
             f"store {target.location} was made with other settings: {'; '.join(diffs)}; "
             "re-run with the original settings or choose a new output path"
         )
+    if attrs.get("initialized"):  # resume only a store whose metadata is sound
+        group = zarr.open_group(target.zarr_store(read_only=True), mode="r", zarr_format=3)
+        validate(group, attrs, target.location)
     return attrs
 
 
@@ -166,8 +169,6 @@ def _create_or_open(target: StoreTarget, spec: StoreSpec, attrs: dict | None) ->
         )
     else:
         group = zarr.open_group(store, mode="r+", zarr_format=3)
-        if group.attrs.get("initialized"):  # resume only a store whose metadata is sound
-            validate(group, dict(group.attrs), target.location)
     if not group.attrs.get("initialized"):
         _create_arrays(group, spec)
         group.attrs.update({"initialized": True})
