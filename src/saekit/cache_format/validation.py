@@ -146,7 +146,12 @@ def _layout_problems(found: _Findings, layout: dict[str, Any], n_rows_committed:
     holdout_ok = found.count(layout, "holdout_rows", "layout.holdout_rows", 0)
     found.need(_is_int(layout.get("seed")), "layout.seed", "an integer", layout.get("seed"))
     shards = layout.get("shards", 1)
-    found.need(_is_int(shards) and shards >= 1, "layout.shards", "a positive integer", shards)
+    found.need(
+        _is_int(shards) and 1 <= shards <= schema.MAX_SHARDS,
+        "layout.shards",
+        f"an integer from 1 to {schema.MAX_SHARDS}",
+        shards,
+    )
     if not found.need("capacity_rows" in layout, "layout.capacity_rows", "given", None):
         return
     capacity = layout["capacity_rows"]

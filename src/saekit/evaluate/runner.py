@@ -29,9 +29,9 @@ from saekit.harvest.model import LoadedModel, check_hooks, hook_widths, load_mod
 from saekit.train.sae_config import SAEConfig
 
 STEERING_CONTEXTS = 32
+STEERING_SAMPLE_ROWS = 8192
 # what identifies the LM in a store's identity, compared with the model eval loads
 PROVENANCE_KEYS = ("weights_fingerprint", "tokenizer_fingerprint")
-STEERING_SAMPLE_ROWS = 8192
 
 
 @dataclass(frozen=True)
@@ -139,13 +139,7 @@ def _load_lm(
                 f"model {name} gives d={width} at {hook} but the store has "
                 f"d={store.spec.hooks[hook].d}; give the store's model with --model"
             )
-    differences = [
-        f"{key} (store: {store.spec.identity[key]}, model: {model.identity[key]})"
-        for key in PROVENANCE_KEYS
-        if store.spec.identity.get(key)
-        and model.identity.get(key)
-        and store.spec.identity[key] != model.identity[key]
-    ]
+    differences = _provenance_differences(store, model)
     if differences and not request.allow_other_model:
         raise SaekitError(
             f"model {name} is not the model store {store.location} was harvested with: "
@@ -157,6 +151,16 @@ def _load_lm(
         f"{'; '.join(differences)} (--allow-other-model)"
     ]
     return model, warnings if differences else []
+
+
+def _provenance_differences(store: ActivationStore, model: LoadedModel) -> list[str]:
+    """How the loaded model differs from the one the store recorded (where both are known)."""
+    recorded, loaded = store.spec.identity, model.identity
+    return [
+        f"{key} (store: {recorded[key]}, model: {loaded[key]})"
+        for key in PROVENANCE_KEYS
+        if recorded.get(key) and loaded.get(key) and recorded[key] != loaded[key]
+    ]
 
 
 def _check_token_ids(contexts: torch.Tensor, model: LoadedModel, store: ActivationStore) -> None:

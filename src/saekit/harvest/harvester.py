@@ -24,7 +24,7 @@ from saekit import __version__
 from saekit.cache_format import HookSpec, RowBlock, StoreLayout, StoreSpec, StoreWriter
 from saekit.cache_format.encoding import as_numpy
 from saekit.cache_format.location import absolute_location
-from saekit.cache_format.schema import Block
+from saekit.cache_format.schema import MAX_SHARDS, Block
 from saekit.cache_format.writer import check_resumable, check_target, encode_rows
 from saekit.errors import SaekitError
 from saekit.harvest.contexts import Packing, context_stream
@@ -111,7 +111,9 @@ def _check_numbers(config: HarvestConfig) -> None:
         raise SaekitError("--rows-per-chunk and --chunks-per-block must be positive")
     if config.holdout_tokens is not None and config.holdout_tokens < 0:
         raise SaekitError("--holdout-tokens must be >= 0")
-    if config.shards < 1 or not 0 <= config.shard < config.shards:
+    if not 1 <= config.shards <= MAX_SHARDS:
+        raise SaekitError(f"--shards must be from 1 to {MAX_SHARDS}, not {config.shards}")
+    if not 0 <= config.shard < config.shards:
         raise SaekitError(
             f"shard {config.shard} of {config.shards} does not exist; shards are "
             "numbered 0..N-1 (e.g. --shard 0/4)"
