@@ -344,10 +344,10 @@ def finish_store(target: StoreTarget, group: zarr.Group, spec: StoreSpec, owner:
         n_rows = rows[-1][1] if rows else 0
         if rows and rows != [(0, n_rows)]:
             raise IntegrityError(f"store {target.location} has gaps between shards: {rows}")
-        for path in schema.array_plan(spec):
-            trim(group[path], n_rows)
         if spec.layout.shards > 1:
             target.remove_partial_writes()
+        for path in schema.array_plan(spec):
+            trim(group[path], n_rows)
         group.attrs.update({"n_rows_committed": n_rows, "complete": True})
         return True
 
@@ -363,7 +363,8 @@ def trim(array: zarr.Array, n_rows: int) -> None:
     store = array.store_path.store
     prefix = f"{array.path}/c/"
     for key in sync(_list(store, prefix)):
-        if int(key[len(prefix) :].split("/", 1)[0]) >= first_gone:
+        index = key[len(prefix) :].split("/", 1)[0]
+        if index.isdigit() and int(index) >= first_gone:  # not a torn temporary file
             sync(store.delete(key))
 
 
