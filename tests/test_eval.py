@@ -12,7 +12,8 @@ from helpers import assert_one_line_error, harvest_small_store, snapshot
 from saekit.cache_format import ActivationStore, HookSpec
 from saekit.evaluate import EvalRequest, evaluate
 from saekit.synthetic import synthetic_spec, write_synthetic_store
-from saekit.train.export import SAEConfig, save_sae
+from saekit.train.export import save_sae
+from saekit.train.sae_config import SAEConfig
 from saekit.train.spec import parse_spec
 
 HOOK = "blocks.1.hook_resid_post"

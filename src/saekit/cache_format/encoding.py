@@ -10,6 +10,8 @@ keeps every row at full float16 precision.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -114,3 +116,17 @@ def decode_gradients(values_RD: torch.Tensor, scale_R: torch.Tensor | None) -> t
     if scale_R is None:
         return values_RD.float()
     return values_RD.float() / scale_R[:, None]
+
+
+def nonfinite_bits(logical_dtype: str) -> tuple[np.dtype, int]:
+    """(unsigned dtype of the same width, bit mask): a stored value of `logical_dtype` is NaN or
+    Inf exactly when every bit of the mask is set. Derived from the dtype: the exponent bits of
+    IEEE formats; every bit but the sign for formats without infinities (torch's `...fn`)."""
+    dtype = _TORCH_DTYPES[logical_dtype]
+    info = torch.finfo(dtype)
+    mantissa_bits = -round(math.log2(info.eps))
+    if str(dtype).endswith("fn"):
+        mask = (1 << (info.bits - 1)) - 1
+    else:
+        mask = ((1 << (info.bits - 1 - mantissa_bits)) - 1) << mantissa_bits
+    return np.dtype(f"uint{info.bits}"), mask

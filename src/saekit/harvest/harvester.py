@@ -31,7 +31,8 @@ import torch
 from saekit import __version__
 from saekit.cache_format import HookSpec, RowBlock, StoreLayout, StoreSpec, StoreWriter
 from saekit.cache_format.encoding import as_numpy, raise_for_problems
-from saekit.cache_format.schema import Block
+from saekit.cache_format.location import absolute_location
+from saekit.cache_format.schema import MAX_SHARDS, Block
 from saekit.cache_format.writer import check_resumable, check_target, encode_rows, row_problems
 from saekit.devices import resolve_device
 from saekit.errors import SaekitError
@@ -109,9 +110,13 @@ def _check_numbers(config: HarvestConfig) -> None:
         raise SaekitError("--context-size must be at least 2 (BOS and one token)")
     if config.batch_size <= 0:
         raise SaekitError("--batch-size must be positive")
+    if config.rows_per_chunk <= 0 or config.chunks_per_block <= 0:
+        raise SaekitError("--rows-per-chunk and --chunks-per-block must be positive")
     if config.holdout_tokens is not None and config.holdout_tokens < 0:
         raise SaekitError("--holdout-tokens must be >= 0")
-    if config.shards < 1 or not 0 <= config.shard < config.shards:
+    if not 1 <= config.shards <= MAX_SHARDS:
+        raise SaekitError(f"--shards must be from 1 to {MAX_SHARDS}, not {config.shards}")
+    if not 0 <= config.shard < config.shards:
         raise SaekitError(
             f"shard {config.shard} of {config.shards} does not exist; shards are "
             "numbered 0..N-1 (e.g. --shard 0/4)"
@@ -140,7 +145,7 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
     """Validate every input (cheapest checks first) before anything is written."""
     _check_numbers(config)
     capacity, holdout = _row_counts(config)
-    check_target(config.out, config.storage_options)
+    existing = check_target(config.out, config.storage_options)
     device = resolve_device(config.device)
     source = resolve_source(config.dataset, config.split, config.text_column)
     model = load_model(config.model, device)
@@ -169,6 +174,7 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
         "autocast_bf16": config.autocast_bf16,
         "gradient_convention": GRADIENT_CONVENTION if config.gradients else None,
     }
+    identity = _keep_recorded_paths(identity, existing)
     provenance = {
         "device": str(device),
         "host": platform.node(),
@@ -194,6 +200,18 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
     )
     check_resumable(config.out, spec, config.storage_options)
     return HarvestPlan(config, model, source, packing, spec)
+
+
+def _keep_recorded_paths(identity: dict[str, Any], existing: dict | None) -> dict[str, Any]:
+    """Stores written by older saekit versions name a local model or dataset as it was typed
+    (relative); resuming one keeps that name when it means the same path."""
+    stored = (existing or {}).get("identity")
+    kept = dict(identity)
+    for key in ("model", "dataset"):
+        old = stored.get(key) if isinstance(stored, dict) else None
+        if isinstance(old, str) and absolute_location(old) == identity.get(key):
+            kept[key] = old
+    return kept
 
 
 def _batches(plan: HarvestPlan, first_context: int) -> Iterator[tuple[int, np.ndarray]]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from saekit.cache_format.location import absolute_location
 from saekit.errors import SaekitError
 from saekit.fingerprint import files_fingerprint, text_fingerprint
 
@@ -79,7 +80,7 @@ def load_model(name: str, device: torch.device) -> LoadedModel:
         raise SaekitError(f"model {name} comes without a tokenizer; save one beside it")
     weights_dir, revision = _model_files(name)
     identity = {
-        "model": name,
+        "model": absolute_location(local) if local.exists() else name,
         "model_revision": revision,
         "weights_fingerprint": files_fingerprint(
             [p for p in weights_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES]

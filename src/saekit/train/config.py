@@ -44,6 +44,7 @@ class TrainSettings:
     decay: float = 0.2  # fraction of the steps, at the end, with a linear lr decay to 0
     grad_clip: float = 1.0  # max gradient norm per SAE
     calibration_rows: int = 32768  # rows sampled for the input scale and b_dec init
+    skip_nonfinite: bool = False  # leave store rows holding NaN or Inf out (counted), not stop
 
     def __post_init__(self) -> None:
         def require(condition: bool, message: str) -> None:
