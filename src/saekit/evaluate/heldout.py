@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saekit.cache_format import ActivationStore
+from saekit.cache_format import ActivationStore, Split
 from saekit.cache_format.loader import chunk_units
 from saekit.errors import SaekitError
 
@@ -33,9 +33,21 @@ def holdout_batches(
     """Held-out rows (position 0 excluded) in store order, in batches of `batch_rows` (the last
     may be shorter), `max_rows` at most. Rows of a block are stored shuffled, so consecutive
     rows mix many contexts."""
-    budget = max_rows if max_rows is not None else store.n_rows("holdout")
+    return split_batches(store, "holdout", hook, fields, max_rows, batch_rows)
+
+
+def split_batches(
+    store: ActivationStore,
+    split: Split,
+    hook: str,
+    fields: tuple[str, ...],
+    max_rows: int | None,
+    batch_rows: int,
+) -> Iterator[dict[str, Tensor]]:
+    """`holdout_batches` for any split; `fields` may include `row` (the store row index)."""
+    budget = max_rows if max_rows is not None else store.n_rows(split)
     pending: dict[str, Tensor] | None = None
-    for start, stop in chunk_units(store.ranges("holdout"), store.spec.layout.rows_per_chunk):
+    for start, stop in chunk_units(store.ranges(split), store.spec.layout.rows_per_chunk):
         rows = store.read_tensors([*fields, "position"], start, stop, hook)
         keep = rows.pop("position") != 0
         rows = {name: values[keep] for name, values in rows.items()}
