@@ -2,7 +2,12 @@
 per-token activations and logit effects; the streaming pass equals a dense computation over the
 same rows; `sae eval --inspect` links the site; bad input is refused before anything is written."""
 
+import functools
+import http.server
 import json
+import os
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,3 +246,116 @@ def test_bad_inputs_write_nothing(embed_store, tmp_path, run_cli, embedding, row
                                   "--model", other_lm), "tokenizer")  # fmt: skip
     assert not out.exists()
     assert (snapshot(tmp_path), snapshot(embed_store)) == before, "nothing written or changed"
+
+
+# -- the site in a real browser (the OS's headless Chromium, one session for the module) --------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from saekit.dashboard.browser import missing_browser_reason, open_browser
+
+    reason = missing_browser_reason()
+    if reason:
+        pytest.skip(f"browser test skipped: {reason}")
+    with open_browser() as context:
+        yield context
+
+
+@pytest.fixture(scope="module")
+def planted_site(embed_store, embedding, rows, tmp_path_factory):
+    """A site of the planted SAE, latent 0 on the 4th commonest token ... latent 3 on the
+    commonest (so sorting by density changes the first row), latent 4 dead."""
+    from saekit.dashboard import InspectRequest, build_dashboard
+
+    tokens = commonest_heldout_tokens(rows, 4)[::-1]
+    sae, _ = planted_sae(embedding, tokens)
+    root = tmp_path_factory.mktemp("browser")
+    save(root / "run", "planted", sae, embed_store, hook=EMBED)
+    build_dashboard(InspectRequest(saes=(str(root / "run"),), out=str(root / "site"), top=6))
+    return root / "site", tokens
+
+
+def watch(page):
+    """Console errors, uncaught exceptions and every URL the page requests."""
+    seen = {"errors": [], "requests": []}
+    page.on("console", lambda m: m.type == "error" and seen["errors"].append(m.text))
+    page.on("pageerror", lambda error: seen["errors"].append(str(error)))
+    page.on("request", lambda request: seen["requests"].append(request.url))
+    return seen
+
+
+def first_row(page):
+    return int(page.locator("table.latents tbody tr").first.get_attribute("data-latent"))
+
+
+def test_the_site_in_a_browser_from_the_file_system(browser, planted_site, tmp_path):
+    site, tokens = planted_site
+    index = read_data_script(site / "data" / "sae-0" / "index.js")
+    page = browser.new_page()
+    seen = watch(page)
+    page.goto((site / "index.html").as_uri())
+    page.wait_for_selector("body[data-ready=index]")
+    assert page.locator("table.latents tbody tr").count() == 5
+    assert first_row(page) == 0
+    assert page.locator("svg.chart rect.bar").count() > 0, "the density histogram is drawn"
+    page.click("th[data-key=density] button")
+    assert first_row(page) == int(np.argmax(index["density"])) == 3, "densest first"
+    page.click("th[data-key=density] button")
+    assert first_row(page) == 4, "ascending: the dead latent first"
+    page.fill("#filter", "3")
+    assert [first_row(page)] == [3] and page.locator("table.latents tbody tr").count() == 1
+    page.fill("#filter", "")
+
+    page.click("table.latents tbody tr[data-latent='1']")
+    page.wait_for_selector("body[data-ready=latent]")
+    contexts = page.locator("#top-contexts .context")
+    assert contexts.count() == min(6, index["count"][1])
+    centres = page.locator("#top-contexts .tok.centre")
+    assert centres.count() == contexts.count()
+    vocab = read_data_script(site / "data" / "vocab.js")
+    for i in range(centres.count()):
+        centre = centres.nth(i)
+        assert centre.text_content() == vocab[str(tokens[1])].replace("\n", "↵")
+        assert "rgba(" in centre.evaluate("e => e.style.background"), "shaded by activation"
+        title = centre.get_attribute("title")
+        assert "activation" in title and centre.get_attribute("data-value") in title
+    unshaded = page.locator("#top-contexts .tok:not([data-value])").first
+    assert unshaded.evaluate("e => e.style.background") == ""
+    assert page.locator("#quantile-samples .context").count() > 0
+    assert page.locator(".effects .up li").count() == 10
+    out = Path(os.environ.get("SAEKIT_SCREENSHOTS") or tmp_path)  # a folder for the docs' images
+    page.screenshot(path=str(out / "inspect-latent.png"), full_page=True)
+    png = (out / "inspect-latent.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    assert seen["errors"] == []
+    assert all(url.startswith("file://") for url in seen["requests"]), "nothing from the network"
+    page.close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_site_over_http_opens_a_latent_from_its_address(browser, planted_site):
+    site, _ = planted_site
+    handler = functools.partial(QuietHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        page = browser.new_page()
+        seen = watch(page)
+        page.goto(f"{origin}/index.html#sae=0&latent=2")
+        page.wait_for_selector("body[data-ready=latent]")
+        assert page.locator("#top-contexts .tok.centre").count() == 6
+        page.goto(f"{origin}/index.html#sae=0&latent=99")
+        page.wait_for_selector("body[data-ready=latent]")
+        assert "was not inspected" in page.locator("#app").text_content()
+        page.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert all(url.startswith(origin) for url in seen["requests"]), "nothing from elsewhere"
+    assert seen["errors"] == []

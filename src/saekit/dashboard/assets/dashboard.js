@@ -7,7 +7,7 @@
   const PAGE_ROWS = 100;
   const cache = new Map();
   const waiting = new Map();
-  const state = { site: null, vocab: null, sae: 0, index: null, rows: null,
+  const state = { site: null, vocab: null, sae: 0, index: null,
                   sort: { key: "latent", descending: false }, filter: "", show: "all", page: 0 };
 
   // -- data loading --------------------------------------------------------------------------
@@ -123,14 +123,18 @@
 
   // -- index ---------------------------------------------------------------------------------
 
-  async function showIndex(sae) {
-    const app = document.getElementById("app");
+  async function loadIndex(sae) {
     if (state.sae !== sae || state.index == null) {
       state.sae = sae;
       state.index = await load("sae-" + sae + "/index");
       state.page = 0;
-      state.rows = null;
     }
+    return state.index;
+  }
+
+  async function showIndex(sae) {
+    const app = document.getElementById("app");
+    await loadIndex(sae);
     const info = state.site.saes[sae];
     const index = state.index;
     const selector = el("select", { id: "sae-select", onchange: (e) => go(Number(e.target.value), null) },
@@ -302,17 +306,18 @@
   // -- one latent ----------------------------------------------------------------------------
 
   async function showLatent(sae, latent) {
-    if (sae !== state.sae) { state.index = null; state.sae = sae; }
     const app = document.getElementById("app");
     const info = state.site.saes[sae];
-    const data = await load("sae-" + sae + "/latents/" + latent).catch(() => null);
+    const index = await loadIndex(sae);
+    const place = index.latent.indexOf(latent);
     const back = el("a", { href: "#sae=" + sae, text: "← all latents of " + info.name });
-    if (data == null) {
+    if (place < 0) {
       app.replaceChildren(el("div", { class: "nav" }, back),
         el("p", { class: "error", text: "Latent " + latent + " was not inspected in this site." }));
       document.body.dataset.ready = "latent";
       return;
     }
+    const data = await load("sae-" + sae + "/latents/" + latent);
     const header = el("section", {},
       el("h2", { text: "Latent " + latent + " of " + info.name }),
       el("dl", { class: "stats" },
@@ -334,13 +339,15 @@
         el("div", { class: "band-title", text: "decile " + band.decile + ": " + number(band.low) + " – " + number(band.high) }),
         ...band.contexts.map((context) => contextLine(context, data.max))]));
     if (!data.top.length) top.append(el("p", { class: "note", text: "This latent never fired on the rows read." }));
-    app.replaceChildren(el("div", { class: "nav" }, back, neighbour(sae, latent, -1), neighbour(sae, latent, 1)),
-      header, charts, top, bands);
+    app.replaceChildren(el("div", { class: "nav" }, back, neighbour(sae, index.latent[place - 1], true),
+      neighbour(sae, index.latent[place + 1], false)), header, charts, top, bands);
     document.body.dataset.ready = "latent";
   }
 
-  function neighbour(sae, latent, step) {
-    return el("a", { href: "#sae=" + sae + "&latent=" + (latent + step), text: step < 0 ? "‹ latent " + (latent - 1) : "latent " + (latent + 1) + " ›" });
+  function neighbour(sae, latent, previous) {
+    if (latent == null) return null;
+    return el("a", { href: "#sae=" + sae + "&latent=" + latent,
+                     text: previous ? "‹ latent " + latent : "latent " + latent + " ›" });
   }
 
   function effects(logits) {
