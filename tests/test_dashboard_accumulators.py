@@ -10,10 +10,12 @@ from saekit.dashboard.accumulators import (
     KeptRows,
     LogHistogram,
     Moments,
+    UniformKeys,
+    _mix32,
     _mul32,
     bin_edges,
     log_bin,
-    uniform_key,
+    value_keys,
 )
 
 
@@ -37,7 +39,7 @@ def feed(kept, row, latent, key, value, batch_rows, n_rows=3000):
 def test_top_rows_are_the_exact_top_n(batch_rows):
     row, latent, value = random_firings(0)
     kept = KeptRows(7, 5, torch.device("cpu"))
-    feed(kept, row, latent, -value.double(), value, batch_rows)
+    feed(kept, row, latent, value_keys(value), value, batch_rows)
     for cell in range(7):
         mine = latent == cell
         order = np.lexsort((row[mine].numpy(), -value[mine].numpy()))[:5]  # ties: earlier row
@@ -48,8 +50,8 @@ def test_top_rows_are_the_exact_top_n(batch_rows):
 
 def test_a_latent_with_fewer_firings_than_places_keeps_them_all():
     kept = KeptRows(3, 4, torch.device("cpu"))
-    kept.offer(torch.tensor([1, 1]), torch.tensor([-2.0, -5.0]).double(),
-               torch.tensor([10, 11]), torch.tensor([2.0, 5.0]))  # fmt: skip
+    values = torch.tensor([2.0, 5.0])
+    kept.offer(torch.tensor([1, 1]), value_keys(values), torch.tensor([10, 11]), values)
     assert kept.entries(1) == ([11, 10], [5.0, 2.0])
     assert kept.entries(0) == ([], []) and kept.entries(2) == ([], [])
 
@@ -57,7 +59,7 @@ def test_a_latent_with_fewer_firings_than_places_keeps_them_all():
 @pytest.mark.parametrize("batch_rows", [13, 3000])
 def test_reservoir_is_the_brute_force_selection_by_key(batch_rows):
     row, latent, value = random_firings(1)
-    key = uniform_key(5, row, latent)
+    key = UniformKeys(5, 7, torch.device("cpu"))(row, latent)
     kept = KeptRows(7, 6, torch.device("cpu"))
     feed(kept, row, latent, key, value, batch_rows)
     for cell in range(7):
@@ -77,7 +79,7 @@ def test_reservoir_samples_every_firing_with_equal_probability():
     means = []
     for seed in range(seeds):
         kept = KeptRows(3, capacity, torch.device("cpu"))
-        kept.offer(latent, uniform_key(seed, row, latent), row, value)
+        kept.offer(latent, UniformKeys(seed, 3, torch.device("cpu"))(row, latent), row, value)
         rows, values = kept.entries(2)
         assert len(set(rows)) == capacity, "without replacement"
         counts[np.array(rows) // 3] += 1
@@ -91,25 +93,45 @@ def test_reservoir_samples_every_firing_with_equal_probability():
 
 
 def test_uniform_keys_are_uniform_and_depend_on_seed_row_and_latent():
-    rows = torch.arange(200_000, dtype=torch.int64) * 7919 + (1 << 33)
-    keys = uniform_key(0, rows, torch.zeros_like(rows)).numpy()
-    assert keys.min() >= 0 and keys.max() < 1
-    counts = np.histogram(keys, bins=20, range=(0, 1))[0]
+    rows = torch.arange(200_000, dtype=torch.int64) * 7919
+    zeros = torch.zeros_like(rows)
+    keys = UniformKeys(0, 2, torch.device("cpu"))(rows, zeros).numpy()
+    assert keys.min() >= 0 and keys.max() < 2**32
+    assert len(np.unique(keys)) == len(keys), "a latent's rows never share a key"
+    counts = np.histogram(keys, bins=20, range=(0, 2**32))[0]
     assert np.all(np.abs(counts - 10_000) < 6 * np.sqrt(10_000 * 0.95))
     assert np.corrcoef(keys[:-1], keys[1:])[0, 1] == pytest.approx(0, abs=0.01)
-    other_seed = uniform_key(1, rows, torch.zeros_like(rows)).numpy()
-    other_latent = uniform_key(0, rows, torch.ones_like(rows)).numpy()
-    assert np.mean(keys == other_seed) < 1e-3 and np.mean(keys == other_latent) < 1e-3
-    high_bits = uniform_key(0, rows + (1 << 32), torch.zeros_like(rows)).numpy()
-    assert np.mean(keys == high_bits) < 1e-3, "row bits above 32 matter"
+    other_seed = UniformKeys(1, 2, torch.device("cpu"))(rows, zeros).numpy()
+    other_latent = UniformKeys(0, 2, torch.device("cpu"))(rows, zeros + 1).numpy()
+    for other in (other_seed, other_latent):
+        assert np.mean(keys == other) < 1e-3
+        assert np.corrcoef(keys, other)[0, 1] == pytest.approx(0, abs=0.01)
+    far = UniformKeys(0, 2, torch.device("cpu"))(rows + (1 << 32), zeros).numpy()
+    assert np.mean(keys == far) < 1e-3, "row bits above 32 matter"
 
 
-def test_mul32_is_multiplication_modulo_2_to_the_32():
+def test_value_keys_rank_larger_values_first():
+    values = torch.tensor([3e-7, 0.5, 0.5000001, 2.0, 7e5])
+    keys = value_keys(values)
+    assert torch.equal(torch.argsort(keys), torch.tensor([4, 3, 2, 1, 0]))
+    assert bool((keys >= 0).all()) and bool((keys < 2**32).all())
+
+
+def test_mul32_and_mix32_are_murmurs_32_bit_arithmetic():
     rng = np.random.default_rng(3)
     x = rng.integers(0, 2**32, 1000, dtype=np.int64)
     for constant in (0x85EBCA6B, 0xC2B2AE35, 0xFFFFFFFF):
         got = _mul32(torch.from_numpy(x), constant).numpy()
         assert [int(v) for v in got] == [(int(v) * constant) % 2**32 for v in x]
+
+    def fmix32(h):  # MurmurHash3's finaliser on Python integers
+        h ^= h >> 16
+        h = (h * 0x85EBCA6B) % 2**32
+        h ^= h >> 13
+        h = (h * 0xC2B2AE35) % 2**32
+        return h ^ (h >> 16)
+
+    assert _mix32(torch.from_numpy(x)).tolist() == [fmix32(int(v)) for v in x]
 
 
 def test_histogram_and_moments_match_brute_force():

@@ -6,11 +6,12 @@ being inspected. What is kept, per latent:
 
 - `Moments`: firing count (density), sum and max of the activation;
 - `LogHistogram`: counts in log-spaced bins with fixed edges (`BINS_PER_DECADE` per decade);
-- `KeptRows`: the `capacity` firings with the smallest (key, row), one mechanism for two uses:
-  `key = −value` keeps the exact top-N activations (ties go to the earlier row), and
-  `key = uniform_key(seed, row, latent)` keeps a uniform sample without replacement of the
-  latent's firings (a reservoir by random priorities). Keys depend only on the firing itself, so
-  the result does not depend on batching and equals the brute-force selection over all firings.
+- `KeptRows`: the `capacity` firings with the smallest keys, one mechanism for two uses:
+  `value_keys` (larger values first) keep the exact top-N activations (ties go to the earlier
+  row), and `UniformKeys` (a seeded hash of row and latent) keep a uniform sample without
+  replacement of the latent's firings (a reservoir by random priorities). Keys depend only on
+  the firing itself, so the result does not depend on batching and equals the brute-force
+  selection over all firings.
 """
 
 from __future__ import annotations
@@ -80,40 +81,54 @@ class LogHistogram:
         self.counts_SB.view(-1).index_add_(0, flat_N, torch.ones_like(flat_N))
 
 
-class KeptRows:
-    """Per latent ("cell"), the `capacity` entries with the smallest (key, row), sorted.
+KEY_BITS = 32
+EMPTY_KEY = 1 << KEY_BITS  # above every key: marks an empty place
+_MASK32 = EMPTY_KEY - 1
 
-    Empty places have key +inf and row −1. `offer` only touches the cells of entries that beat
-    the cell's current worst kept entry, so late in a long pass almost nothing is sorted.
+
+class KeptRows:
+    """Per latent ("cell"), the `capacity` entries with the smallest keys, sorted by key.
+
+    Keys are integers in [0, 2³²) (`value_keys`, `UniformKeys`). Rows must be offered in
+    increasing order (the pass reads the store in order): among equal keys the earlier row wins.
+    Empty places have key `EMPTY_KEY` and row −1. Only entries that beat their cell's current
+    worst are sorted, so late in a long pass almost nothing is.
     """
 
     def __init__(self, n_cells: int, capacity: int, device: torch.device) -> None:
         self.capacity = capacity
-        self.key_CR = torch.full((n_cells, capacity), torch.inf, dtype=torch.float64, device=device)
+        self.key_CR = torch.full((n_cells, capacity), EMPTY_KEY, dtype=torch.int64, device=device)
         self.row_CR = torch.full((n_cells, capacity), -1, dtype=torch.int64, device=device)
         self.value_CR = torch.zeros((n_cells, capacity), dtype=torch.float32, device=device)
 
     def offer(self, cell_N: Tensor, key_N: Tensor, row_N: Tensor, value_N: Tensor) -> None:
         """Keep whichever of these entries rank among the `capacity` best of their cell."""
-        worst_key_N, worst_row_N = self.key_CR[cell_N, -1], self.row_CR[cell_N, -1]
-        better_N = (key_N < worst_key_N) | ((key_N == worst_key_N) & (row_N < worst_row_N))
+        better_N = key_N < self.key_CR[cell_N, -1]
         if not bool(better_N.any()):
             return
         cell_N, key_N, row_N, value_N = (t[better_N] for t in (cell_N, key_N, row_N, value_N))
-        touched_T = torch.unique(cell_N)
-        cells = torch.cat([touched_T.repeat_interleave(self.capacity), cell_N])
-        keys = torch.cat([self.key_CR[touched_T].reshape(-1), key_N])
-        rows = torch.cat([self.row_CR[touched_T].reshape(-1), row_N])
-        values = torch.cat([self.value_CR[touched_T].reshape(-1), value_N.float()])
-        order = _lexsort(cells, keys, rows)
-        cells, keys, rows, values = cells[order], keys[order], rows[order], values[order]
-        first_of_cell = torch.searchsorted(cells, cells)
-        rank = torch.arange(len(cells), device=cells.device) - first_of_cell
-        keep = rank < self.capacity
-        place = (cells[keep], rank[keep])
-        self.key_CR[place] = keys[keep]
-        self.row_CR[place] = rows[keep]
-        self.value_CR[place] = values[keep]
+        # The candidates by cell, best first (stable: equal keys keep their row order) ...
+        order = torch.argsort((cell_N << KEY_BITS) | key_N, stable=True)
+        cell_N, key_N, row_N, value_N = (t[order] for t in (cell_N, key_N, row_N, value_N))
+        touched_T, count_T = torch.unique_consecutive(cell_N, return_counts=True)
+        first_N = (count_T.cumsum(0) - count_T).repeat_interleave(count_T)
+        rank_N = torch.arange(len(cell_N), device=cell_N.device) - first_N
+        keep = rank_N < self.capacity  # ... of which at most `capacity` per cell can make it,
+        index_T = torch.arange(len(touched_T), device=cell_N.device)
+        place = (index_T.repeat_interleave(count_T)[keep], rank_N[keep])
+        shape = (len(touched_T), self.capacity)
+        new_key = torch.full(shape, EMPTY_KEY, dtype=torch.int64, device=cell_N.device)
+        new_row = torch.full(shape, -1, dtype=torch.int64, device=cell_N.device)
+        new_value = torch.zeros(shape, dtype=torch.float32, device=cell_N.device)
+        new_key[place], new_row[place], new_value[place] = key_N[keep], row_N[keep], value_N[keep]
+        # ... merged with the kept ones (first, so that they win ties: their rows are earlier).
+        keys = torch.cat([self.key_CR[touched_T], new_key], dim=1)
+        keys, best = keys.sort(dim=1, stable=True)
+        best = best[:, : self.capacity]
+        self.key_CR[touched_T] = keys[:, : self.capacity]
+        self.row_CR[touched_T] = torch.cat([self.row_CR[touched_T], new_row], 1).gather(1, best)
+        values = torch.cat([self.value_CR[touched_T], new_value], 1)
+        self.value_CR[touched_T] = values.gather(1, best)
 
     def entries(self, cell: int) -> tuple[list[int], list[float]]:
         """The rows and values kept for one cell, best first."""
@@ -121,14 +136,10 @@ class KeptRows:
         return self.row_CR[cell][filled].tolist(), self.value_CR[cell][filled].tolist()
 
 
-def _lexsort(primary: Tensor, secondary: Tensor, tertiary: Tensor) -> Tensor:
-    """The permutation sorting by (primary, secondary, tertiary): stable sorts, last key first."""
-    order = torch.argsort(tertiary, stable=True)
-    order = order[torch.argsort(secondary[order], stable=True)]
-    return order[torch.argsort(primary[order], stable=True)]
-
-
-_MASK32 = 0xFFFFFFFF
+def value_keys(value_N: Tensor) -> Tensor:
+    """Keys that rank larger positive values first: 2³² − 1 minus the float32 bit pattern (which
+    orders positive floats as integers)."""
+    return _MASK32 - value_N.float().view(torch.int32).long()
 
 
 def _mul32(x: Tensor, constant: int) -> Tensor:
@@ -138,7 +149,8 @@ def _mul32(x: Tensor, constant: int) -> Tensor:
 
 
 def _mix32(x: Tensor) -> Tensor:
-    """MurmurHash3's 32-bit finaliser: every input bit affects every output bit."""
+    """MurmurHash3's 32-bit finaliser: a bijection of [0, 2³²) in which every input bit affects
+    every output bit."""
     x = x ^ (x >> 16)
     x = _mul32(x, 0x85EBCA6B)
     x = x ^ (x >> 13)
@@ -146,10 +158,21 @@ def _mix32(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
-def uniform_key(seed: int, row_N: Tensor, latent_N: Tensor) -> Tensor:
-    """A pseudo-random key in [0, 1) for each (row, latent), fixed by the seed (float64)."""
-    seed_mix = int(_mix32(torch.tensor([seed & _MASK32]))[0])
-    h = _mix32((row_N & _MASK32) ^ seed_mix)
-    h = _mix32(h ^ ((row_N >> 32) & _MASK32))
-    h = _mix32(h ^ _mul32(latent_N & _MASK32, 0x9E3779B9))
-    return h.double() / 2.0**32
+class UniformKeys:
+    """Pseudo-random keys in [0, 2³²) for (row, latent) pairs, fixed by a seed.
+
+    key = mix(row ⊕ c_latent), c_latent a per-latent constant mixed from the seed: for each latent
+    a bijection of the row (rows below 2³² never share a key), so keeping the smallest keys keeps
+    a uniform sample without replacement, the same whatever the batching.
+    """
+
+    def __init__(self, seed: int, n_latents: int, device: torch.device) -> None:
+        seed_mix = int(_mix32(torch.tensor([seed & _MASK32]))[0])
+        latents_F = torch.arange(n_latents, device=device)
+        self.latent_mix_F = _mix32(_mul32(latents_F, 0x9E3779B9) ^ seed_mix)
+
+    def __call__(self, row_N: Tensor, latent_N: Tensor) -> Tensor:
+        keys_N = _mix32((row_N & _MASK32) ^ self.latent_mix_F[latent_N])
+        if len(row_N) and int(row_N.max()) > _MASK32:  # rows past 2³²: mix in the high bits
+            keys_N = _mix32(keys_N ^ (row_N >> KEY_BITS))
+        return keys_N

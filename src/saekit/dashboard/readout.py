@@ -61,8 +61,8 @@ def top_logit_effects(
     for first in range(0, len(latents_S), CHUNK_LATENTS):
         chosen = latents_S[first : first + CHUNK_LATENTS].to(W_dec_DF.device)
         effects_LV = readout.logit_effects(W_dec_DF[:, chosen].T.float())
-        top, bottom = effects_LV.topk(k, dim=1), (-effects_LV).topk(k, dim=1)
-        parts.append((top.indices, top.values, bottom.indices, -bottom.values))
+        top, bottom = effects_LV.topk(k, dim=1), effects_LV.topk(k, dim=1, largest=False)
+        parts.append((top.indices, top.values, bottom.indices, bottom.values))
     if not parts:
         empty = torch.zeros(0, k)
         return empty.long(), empty, empty.long(), empty

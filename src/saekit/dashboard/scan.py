@@ -16,7 +16,7 @@ from torch import Tensor
 from saekit.cache_format import ActivationStore, Split
 from saekit.evaluate.heldout import split_batches
 
-from .accumulators import Firings, KeptRows, LogHistogram, Moments, uniform_key
+from .accumulators import Firings, KeptRows, LogHistogram, Moments, UniformKeys, value_keys
 from .subjects import Subject
 
 DECILES = 10
@@ -38,9 +38,10 @@ class ScanSettings:
 class LatentRecord:
     """Everything the pass keeps about one subject's latents."""
 
-    def __init__(self, n_slots: int, settings: ScanSettings, grad_term: bool, device) -> None:
+    def __init__(self, subject: Subject, settings: ScanSettings, device: torch.device) -> None:
+        n_slots, grad_term = subject.n_slots, subject.target.needs_gradients
         self.rows = 0
-        self.seed = settings.seed
+        self.keys = UniformKeys(settings.seed, subject.sae.d_sae, device)
         self.moments = Moments(n_slots, device)
         self.histogram = LogHistogram(n_slots, device)
         self.top = KeptRows(n_slots, settings.top, device)
@@ -52,8 +53,8 @@ class LatentRecord:
         slot_N, value_N, row_N = firings.slot_N, firings.value_N, firings.row_N
         self.moments.add(slot_N, value_N)
         self.histogram.add(slot_N, value_N)
-        self.top.offer(slot_N, -value_N.double(), row_N, value_N)
-        self.sample.offer(slot_N, uniform_key(self.seed, row_N, firings.latent_N), row_N, value_N)
+        self.top.offer(slot_N, value_keys(value_N), row_N, value_N)
+        self.sample.offer(slot_N, self.keys(row_N, firings.latent_N), row_N, value_N)
         if grad_term_N is not None and self.grad_moments is not None:
             self.grad_moments.add(slot_N, grad_term_N)
             self.grad_histogram.add(slot_N, grad_term_N)
@@ -100,9 +101,7 @@ def scan(
     on_rows: Callable[[int], None] = lambda n: None,
 ) -> list[LatentRecord]:
     """One pass over the split's rows; the record of every subject."""
-    records = [
-        LatentRecord(s.n_slots, settings, s.target.needs_gradients, device) for s in subjects
-    ]
+    records = [LatentRecord(s, settings, device) for s in subjects]
     for (hook, gradients), members in hook_groups(subjects).items():
         fields = ("row", "activations", "gradients") if gradients else ("row", "activations")
         slots = {i: subjects[i].slot_of_latent(device) for i in members}
