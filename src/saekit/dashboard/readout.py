@@ -119,9 +119,10 @@ def _final_norm_name(model: nn.Module) -> str | None:
 def _read_checkpoint(
     model: str, keys: list[str], base_prefix: str, fallbacks: dict[str, str]
 ) -> dict[str, Tensor]:
-    """The named tensors of a checkpoint, reading only the files (or shards) that hold them.
-    A key may be stored without the base model's prefix (older checkpoints), and a missing key
-    may be read under its fallback (a tied unembedding under the input embedding)."""
+    """The named tensors of a checkpoint, reading (or, for a hub model, fetching) only the files
+    or shards that hold them. A key may be stored without the base model's prefix (older
+    checkpoints), and a missing key may be read under its fallback (a tied unembedding under the
+    input embedding)."""
     from transformers.utils import cached_file
 
     def locate(filename: str) -> str | None:
@@ -130,18 +131,17 @@ def _read_checkpoint(
         except OSError:
             return None
 
-    files: dict[str, str] = {}  # checkpoint key -> file
+    files: dict[str, str] = {}  # checkpoint key -> file name (a shard, or the single file)
     for index_name in INDEX_FILES:
         index = locate(index_name)
         if index:
-            weight_map = json.loads(Path(index).read_text())["weight_map"]
-            files = {key: str(Path(index).parent / file) for key, file in weight_map.items()}
+            files = json.loads(Path(index).read_text())["weight_map"]
             break
     else:
         for single in SINGLE_FILES:
             path = locate(single)
             if path:
-                files = {key: path for key in _checkpoint_keys(path)}
+                files = dict.fromkeys(_checkpoint_keys(path), single)
                 break
     result = {}
     for key in keys:
@@ -153,12 +153,13 @@ def _read_checkpoint(
             for variant in (candidate, candidate.removeprefix(f"{base_prefix}."))
             if variant in files
         ]
-        if not stored:
+        path = locate(files[stored[0]]) if stored else None
+        if path is None:
             raise SaekitError(
                 f"model {model} has no checkpoint tensor {key}; give a complete model "
                 "directory with --model"
             )
-        result[key] = _load_tensor(files[stored[0]], stored[0])
+        result[key] = _load_tensor(path, stored[0])
     return result
 
 
