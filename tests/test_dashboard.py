@@ -209,9 +209,10 @@ def test_a_subset_of_latents_and_a_token_budget(embed_store, tmp_path, run_cli, 
     store = ActivationStore.open(embed_store)
     detail = read_data_script(out / "data" / "sae-0" / "latents" / "0.js")
     assert all(c["row"] >= store.n_rows("holdout") for c in detail["top"]), "training rows"
-    rebuilt = run_cli("inspect", tmp_path / "run", "--out", out, "--latents", "1")
+    rebuilt = run_cli("inspect", tmp_path / "run", "--out", out, "--latents", "3,")  # the dead one
     assert rebuilt.exit_code == 0, rebuilt.stderr
-    assert read_data_script(out / "data" / "sae-0" / "index.js")["latent"] == [0]
+    assert read_data_script(out / "data" / "sae-0" / "index.js")["count"] == [0]
+    assert not (out / "data" / "sae-0" / "latents" / "0.js").exists(), "the old site is gone"
     assert not list(tmp_path.glob(".site.*")), "no staging directory is left behind"
 
 

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Store path or URL (default: the store the SAEs were trained on)."),
         ] = None,
         latents: Annotated[
-            str, typer.Option(help="all, N (the first N latents) or a list i,j,k.")
+            str, typer.Option(help="all, N (the first N latents) or a list i,j,k (one latent: i,).")
         ] = "all",
         tokens: Annotated[
             int | None, typer.Option(help="Rows to read at most (default: the whole split).")
