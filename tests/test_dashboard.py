@@ -360,3 +360,18 @@ def test_the_site_over_http_opens_a_latent_from_its_address(browser, planted_sit
         server.server_close()
     assert all(url.startswith(origin) for url in seen["requests"]), "nothing from elsewhere"
     assert seen["errors"] == []
+
+
+def test_decile_bands_of_a_sample():
+    from saekit.dashboard.pages import _bands
+
+    def sample(n):
+        return [{"row": 100 + i, "value": float((7 * i) % n)} for i in range(n)]
+
+    bands = _bands(sample(30))
+    assert [b["decile"] for b in bands] == list(range(10, 0, -1))
+    assert all(len(b["contexts"]) == 3 for b in bands)
+    assert [b["low"] for b in bands] == [27.0, 24.0, 21.0, 18.0, 15.0, 12.0, 9.0, 6.0, 3.0, 0.0]
+    assert bands[0]["contexts"][0]["value"] == 29.0, "strongest first"
+    assert [b["decile"] for b in _bands(sample(3))] == [7, 4, 1], "ranks 2, 1, 0 of 3"
+    assert _bands([]) == []

@@ -79,13 +79,19 @@ def sae_data(
     mean_S = record.moments.mean_S().cpu().numpy()
     max_S = record.moments.max_S.cpu().numpy()
     density_S = count_S / max(record.rows, 1)
+    histogram_SB = record.histogram.counts_SB.cpu().numpy()
+    top_rows_SR, sample_rows_SR = (
+        record.top.row_CR.cpu().numpy(),
+        record.sample.row_CR.cpu().numpy(),
+    )
+    grad_terms = _grad_terms(record)
     contexts = _contexts_by_key(request, windows)
     token_ids: set[int] = set()
     latents: dict[int, dict] = {}
     fires_on: list[list[int]] = []
     for slot, latent in enumerate(subject.latents_S.tolist()):
-        top = [contexts[(slot, row)] for row in record.top.entries(slot)[0]]
-        sample = [contexts[(slot, row)] for row in record.sample.entries(slot)[0]]
+        top = [contexts[(slot, row)] for row in top_rows_SR[slot] if row >= 0]
+        sample = [contexts[(slot, row)] for row in sample_rows_SR[slot] if row >= 0]
         fires_on.append(_commonest_centre_tokens(top))
         detail = {
             "latent": latent,
@@ -93,8 +99,8 @@ def sae_data(
             "density": rounded(float(density_S[slot])),
             "mean": rounded(float(mean_S[slot])),
             "max": rounded(float(max_S[slot])),
-            "histogram": _histogram(record.histogram.counts_SB[slot]),
-            "grad_term": _grad_term(record, slot),
+            "histogram": _histogram(histogram_SB[slot]),
+            "grad_term": grad_terms[slot] if grad_terms else None,
             "top": top,
             "bands": _bands(sample),
             "logits": _logits(effects, slot),
@@ -165,37 +171,40 @@ def _commonest_centre_tokens(contexts: list[dict]) -> list[int]:
     return [token for token, _ in counts.most_common(FIRES_ON_TOKENS)]
 
 
-def _histogram(counts_B: torch.Tensor) -> dict:
+def _histogram(counts_B: np.ndarray) -> dict:
     """The non-empty range of a latent's log-spaced histogram."""
-    nonzero = counts_B.nonzero()
+    nonzero = np.flatnonzero(counts_B)
     if not len(nonzero):
         return {"first_bin": 0, "counts": []}
     first, last = int(nonzero[0]), int(nonzero[-1])
     return {"first_bin": first, "counts": counts_B[first : last + 1].tolist()}
 
 
-def _grad_term(record: LatentRecord, slot: int) -> dict | None:
-    if record.grad_moments is None:
+def _grad_terms(record: LatentRecord) -> list[dict] | None:
+    """Per latent, the mean, max and histogram of |d_iᵀg| where it fired (g-SAE only)."""
+    if record.grad_moments is None or record.grad_histogram is None:
         return None
-    return {
-        "mean": rounded(float(record.grad_moments.mean_S()[slot])),
-        "max": rounded(float(record.grad_moments.max_S[slot])),
-        "histogram": _histogram(record.grad_histogram.counts_SB[slot]),
-    }
+    mean_S = record.grad_moments.mean_S().cpu().numpy()
+    max_S = record.grad_moments.max_S.cpu().numpy()
+    histogram_SB = record.grad_histogram.counts_SB.cpu().numpy()
+    return [
+        {"mean": rounded(float(m)), "max": rounded(float(x)), "histogram": _histogram(h)}
+        for m, x, h in zip(mean_S, max_S, histogram_SB, strict=True)
+    ]
 
 
 def _bands(sample: list[dict]) -> list[dict]:
-    """The sampled firings cut into decile bands of their activation, weakest band first."""
+    """The sampled firings in bands by decile of their activation within the sample (the firing
+    of rank r of n is in decile ⌊10 r / n⌋ + 1), strongest band and firing first."""
     ordered = sorted(sample, key=lambda c: (c["value"], c["row"]))
-    bands = []
-    for number, members in enumerate(np.array_split(np.arange(len(ordered)), DECILES)):
-        if not len(members):
-            continue
-        chosen = [ordered[i] for i in members]
-        values = [c["value"] for c in chosen]
-        bands.append({"decile": number + 1, "low": min(values), "high": max(values),
-                      "contexts": chosen[::-1]})  # fmt: skip
-    return bands[::-1]
+    members: dict[int, list[dict]] = {}
+    for rank, context in enumerate(ordered):
+        members.setdefault(DECILES * rank // len(ordered) + 1, []).append(context)
+    return [
+        {"decile": decile, "low": chosen[0]["value"], "high": chosen[-1]["value"],
+         "contexts": chosen[::-1]}
+        for decile, chosen in sorted(members.items(), reverse=True)
+    ]  # fmt: skip
 
 
 def _logits(effects: LogitEffects | None, slot: int) -> dict | None:
