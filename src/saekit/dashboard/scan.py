@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from saekit.cache_format import ActivationStore, Split
-from saekit.evaluate.heldout import split_batches
+from saekit.evaluate.heldout import holdout_batches
 
 from .accumulators import Firings, KeptRows, LogHistogram, Moments, UniformKeys, value_keys
 from .subjects import Subject
@@ -105,8 +105,8 @@ def scan(
     for (hook, gradients), members in hook_groups(subjects).items():
         fields = ("row", "activations", "gradients") if gradients else ("row", "activations")
         slots = {i: subjects[i].slot_of_latent(device) for i in members}
-        batches = split_batches(
-            store, settings.split, hook, fields, settings.max_rows, settings.batch_rows
+        batches = holdout_batches(
+            store, hook, fields, settings.max_rows, settings.batch_rows, settings.split
         )
         for batch in batches:
             x_BD = batch["activations"].to(device)

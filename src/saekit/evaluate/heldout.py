@@ -29,22 +29,11 @@ def holdout_batches(
     fields: tuple[str, ...],
     max_rows: int | None,
     batch_rows: int,
+    split: Split = "holdout",
 ) -> Iterator[dict[str, Tensor]]:
-    """Held-out rows (position 0 excluded) in store order, in batches of `batch_rows` (the last
-    may be shorter), `max_rows` at most. Rows of a block are stored shuffled, so consecutive
-    rows mix many contexts."""
-    return split_batches(store, "holdout", hook, fields, max_rows, batch_rows)
-
-
-def split_batches(
-    store: ActivationStore,
-    split: Split,
-    hook: str,
-    fields: tuple[str, ...],
-    max_rows: int | None,
-    batch_rows: int,
-) -> Iterator[dict[str, Tensor]]:
-    """`holdout_batches` for any split; `fields` may include `row` (the store row index)."""
+    """Held-out rows (or another split's; position 0 excluded) in store order, in batches of
+    `batch_rows` (the last may be shorter), `max_rows` at most; `fields` may include `row`, the
+    store row index. Rows of a block are stored shuffled, so consecutive rows mix many contexts."""
     budget = max_rows if max_rows is not None else store.n_rows(split)
     pending: dict[str, Tensor] | None = None
     for start, stop in chunk_units(store.ranges(split), store.spec.layout.rows_per_chunk):
