@@ -126,17 +126,19 @@
   async function loadIndex(sae) {
     if (state.sae !== sae || state.index == null) {
       state.sae = sae;
-      state.index = await load("sae-" + sae + "/index");
+      state.index = null;
       state.page = 0;
+      const index = await load("sae-" + sae + "/index");
+      if (state.sae === sae) state.index = index;
+      return index;
     }
     return state.index;
   }
 
   async function showIndex(sae) {
     const app = document.getElementById("app");
-    await loadIndex(sae);
+    const index = await loadIndex(sae);
     const info = state.site.saes[sae];
-    const index = state.index;
     const selector = el("select", { id: "sae-select", onchange: (e) => go(Number(e.target.value), null) },
       ...state.site.saes.map((s) => el("option", { value: s.id, text: s.name + " (" + s.variant + ", " + s.mode + ")" })));
     selector.value = String(sae);
@@ -277,7 +279,8 @@
     const dead = densities.length - alive.length;
     if (!alive.length) return el("p", { class: "note", text: "Every latent is dead on these rows." });
     const perDecade = 4;
-    const low = Math.floor(Math.min(...alive)), high = Math.max(0, Math.ceil(Math.max(...alive)));
+    const low = Math.floor(alive.reduce((a, b) => Math.min(a, b))); // (no spread: any length)
+    const high = Math.max(0, Math.ceil(alive.reduce((a, b) => Math.max(a, b))));
     const counts = new Array((high - low) * perDecade + 1).fill(0);
     for (const value of alive) counts[Math.min(counts.length - 1, Math.floor((value - low) * perDecade))] += 1;
     const bars = counts.map((count, i) => {
