@@ -334,6 +334,23 @@ def test_the_site_in_a_browser_from_the_file_system(browser, planted_site, tmp_p
     page.close()
 
 
+def test_data_files_round_trip_through_the_browser(browser, tmp_path):
+    """What a data file holds, as Chromium reads it and as read_data_script reads it."""
+    from saekit.dashboard.site import data_script
+
+    value = {"tokens": ["it's", "\\", '"q"', "\n", "\u2028", "é", "</script>"], "x": [0.5, None]}
+    (tmp_path / "data.js").write_text(data_script("data", value))
+    (tmp_path / "page.html").write_text(
+        "<script>function saekitData(name, value) { window.got = [name, value]; }</script>"
+        '<script src="data.js"></script>'
+    )
+    page = browser.new_page()
+    page.goto((tmp_path / "page.html").as_uri())
+    assert page.evaluate("() => window.got") == ["data", value]
+    assert read_data_script(tmp_path / "data.js") == value
+    page.close()
+
+
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass

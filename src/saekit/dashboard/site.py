@@ -1,10 +1,10 @@
 """The static site: HTML, CSS and JS copied from the package, and the data as script files.
 
 Browsers refuse `fetch()` of `file://` URLs, but load `<script>` elements from anywhere, so each
-data file is one JSON document wrapped in a call, `saekitData("<name>", <JSON>);`, loaded on
-demand by inserting a script element. The site works opened from the file system and from any
-static HTTP server, and fetches nothing else. `inspect.json` at the root describes the site for
-programs (and tells `sae eval` that a site is there).
+data file is one JSON document wrapped in a call, `saekitData("<name>", JSON.parse('<JSON>'));`,
+loaded on demand by inserting a script element. The site works opened from the file system and
+from any static HTTP server, and fetches nothing else. `inspect.json` at the root describes the
+site for programs.
 
     DIR/index.html, dashboard.js, dashboard.css
     DIR/inspect.json                    what was inspected, with which settings (plain JSON)
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from importlib import resources
@@ -40,15 +41,19 @@ def is_site(directory: Path) -> bool:
 
 
 def data_script(name: str, value: object) -> str:
-    """The text of a data file: `saekitData("<name>", <JSON>);`."""
+    """The text of a data file: `saekitData("<name>", JSON.parse('<JSON>'));`. The JSON travels
+    as a string (only backslashes and single quotes escaped): browsers parse a large JSON string
+    several times faster than the same data written as a JavaScript literal."""
     payload = json.dumps(value, separators=(",", ":"), allow_nan=False)
-    return f"saekitData({json.dumps(name)},{payload});\n"
+    literal = payload.replace("\\", "\\\\").replace("'", "\\'")
+    return f"saekitData({json.dumps(name)},JSON.parse('{literal}'));\n"
 
 
 def read_data_script(path: Path) -> object:
     """The JSON value held by a data file (for programs reading a site)."""
     text = path.read_text()
-    return json.loads(text[text.index(",") + 1 : text.rindex(")")])
+    literal = text[text.index("JSON.parse('") + len("JSON.parse('") : text.rindex("'));")]
+    return json.loads(re.sub(r"\\(.)", r"\1", literal))
 
 
 def write_site(

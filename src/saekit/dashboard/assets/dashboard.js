@@ -111,7 +111,8 @@
       go(state.sae, null);
     });
     window.addEventListener("hashchange", render);
-    load("vocab").then((vocab) => { state.vocab = vocab; render(); }).catch(fail);
+    const first = "sae-" + route().sae + "/index";  // loaded beside the vocabulary, not after it
+    Promise.all([load("vocab"), load(first)]).then(([vocab]) => { state.vocab = vocab; render(); }).catch(fail);
   }
 
   function render() {
