@@ -79,31 +79,23 @@ def find_windows(
     positions_CW = position_C[:, None] + np.arange(-before, after + 1)
     keys_CW = np.where(positions_CW >= 0, sequence_C[:, None] * KEY_STRIDE + positions_CW, -1)
     wanted = np.unique(keys_CW[keys_CW >= 0])
-    found_keys, found_rows, found_tokens = [], [], []
-    for start, stop in units:
+    found_keys, found_rows, found_tokens = [np.array([-2])], [np.array([-1])], [np.array([-1])]
+    for start, stop in units:  # (the entries above: a key that never matches, so none is empty)
         meta = store.read(["sequence", "position", "tokens"], start, stop)
         keys = meta["sequence"].astype(np.int64) * KEY_STRIDE + meta["position"]
         hit = np.isin(keys, wanted)
         found_keys.append(keys[hit])
         found_rows.append(np.arange(start, stop, dtype=np.int64)[hit])
         found_tokens.append(meta["tokens"][hit].astype(np.int64))
-    keys = np.concatenate(found_keys) if found_keys else np.zeros(0, np.int64)
-    order = np.argsort(keys)
-    keys = keys[order]
-    slot_CW = np.clip(np.searchsorted(keys, keys_CW), 0, max(len(keys) - 1, 0))
-    present_CW = (keys_CW >= 0) & (len(keys) > 0)
-    if len(keys):
-        present_CW &= keys[slot_CW] == keys_CW
-
-    def lookup(found: list[np.ndarray]) -> np.ndarray:
-        values = np.concatenate(found)[order] if found else np.zeros(0, np.int64)
-        return np.where(present_CW, values[slot_CW] if len(values) else -1, -1)
-
+    order = np.argsort(np.concatenate(found_keys))
+    keys, rows, tokens = (np.concatenate(f)[order] for f in (found_keys, found_rows, found_tokens))
+    place_CW = np.minimum(np.searchsorted(keys, keys_CW), len(keys) - 1)
+    present_CW = (keys_CW >= 0) & (keys[place_CW] == keys_CW)
     return Windows(
         centers,
         before,
-        lookup(found_rows),
-        lookup(found_tokens),
+        np.where(present_CW, rows[place_CW], -1),
+        np.where(present_CW, tokens[place_CW], -1),
         np.where(present_CW, positions_CW, -1),
     )
 
