@@ -54,6 +54,9 @@ def test_a_latent_with_fewer_firings_than_places_keeps_them_all():
     kept.offer(torch.tensor([1, 1]), value_keys(values), torch.tensor([10, 11]), values)
     assert kept.entries(1) == ([11, 10], [5.0, 2.0])
     assert kept.entries(0) == ([], []) and kept.entries(2) == ([], [])
+    nothing = KeptRows(3, 0, torch.device("cpu"))  # --per-band 0: no sample at all
+    nothing.offer(torch.tensor([1]), value_keys(values[:1]), torch.tensor([10]), values[:1])
+    assert nothing.entries(1) == ([], [])
 
 
 @pytest.mark.parametrize("batch_rows", [13, 3000])

@@ -103,6 +103,8 @@ class KeptRows:
 
     def offer(self, cell_N: Tensor, key_N: Tensor, row_N: Tensor, value_N: Tensor) -> None:
         """Keep whichever of these entries rank among the `capacity` best of their cell."""
+        if self.capacity == 0:
+            return
         better_N = key_N < self.key_CR[cell_N, -1]
         if not bool(better_N.any()):
             return

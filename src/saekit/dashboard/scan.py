@@ -61,8 +61,9 @@ class LatentRecord:
 
 
 def gradient_term(sae: torch.nn.Module, g_BD: Tensor, firings: Firings) -> Tensor:
-    """|d_iᵀ g| of every firing: the first-order effect on the LM loss of latent i's unit
-    decoder direction at that token (what the g-SAE key weighs)."""
+    """|d_iᵀg| of every firing: the first-order change of the LM loss per unit of latent i's
+    activation at that token (d_i its decoder column, g the store's gradient), the term the
+    g-SAE key weighs."""
     directions_FD = sae.W_dec.T
     terms = [
         (

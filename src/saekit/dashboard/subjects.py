@@ -49,13 +49,13 @@ class Subject:
         """The positive codes of the inspected latents on these rows."""
         code = self.target.code(x_BD, g_BD)
         if isinstance(code, DenseCode):
-            index_B, latent_N = code.f_BF.nonzero(as_tuple=True)
-            value_N = code.f_BF[index_B, latent_N]
+            index_N, latent_N = code.f_BF.nonzero(as_tuple=True)
+            value_N = code.f_BF[index_N, latent_N]
         else:
-            index_B, latent_N, value_N = code.pattern.row_N, code.pattern.latent_N, code.values_N
+            index_N, latent_N, value_N = code.pattern.row_N, code.pattern.latent_N, code.values_N
         slot_N = slots_F[latent_N]
         keep = (value_N > 0) & (slot_N >= 0)
-        index_N = index_B[keep]
+        index_N = index_N[keep]
         return Firings(row_B[index_N], index_N, slot_N[keep], latent_N[keep], value_N[keep].float())
 
 
