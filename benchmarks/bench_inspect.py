@@ -40,6 +40,7 @@ from saekit.dashboard.scan import DECILES, ScanSettings, scan
 from saekit.dashboard.subjects import load_subjects
 from saekit.evaluate.heldout import training_mean
 from saekit.evaluate.offline import offline_metrics
+from saekit.harvest.model import resolve_device
 from saekit.synthetic import SYNTHETIC_VOCAB, synthetic_spec, write_synthetic_store
 from saekit.train.export import SAEConfig, save_sae
 from saekit.train.spec import parse_spec
@@ -117,21 +118,33 @@ class StageTimes:
             self._current = None
 
 
+def synchronised(device: torch.device, result: object) -> object:
+    """`result`, once the device has finished its queued work (timings include it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result
+
+
 def timed(function) -> tuple[object, float]:
     began = time.perf_counter()
     result = function()
     return result, time.perf_counter() - began
 
 
-def passes(store: ActivationStore, runs: list[Path], rows: int, batch: int) -> tuple[float, float]:
+def passes(
+    store: ActivationStore, runs: list[Path], rows: int, batch: int, device: torch.device
+) -> tuple[float, float]:
     """Seconds of (inspect's streaming pass, eval's offline pass) over the same rows."""
-    device = torch.device("cpu")
     subjects = load_subjects([str(r) for r in runs], store, "all", device)
     settings = ScanSettings(max_rows=rows, batch_rows=batch)
-    _, inspect_seconds = timed(lambda: scan(store, subjects, settings, device))
+    _, inspect_seconds = timed(
+        lambda: synchronised(device, scan(store, subjects, settings, device))
+    )
     targets = [s.target for s in subjects]
-    means = {HOOK: training_mean(store, HOOK)}
-    _, eval_seconds = timed(lambda: offline_metrics(store, targets, means, rows, device))
+    means = {HOOK: training_mean(store, HOOK).to(device)}
+    _, eval_seconds = timed(
+        lambda: synchronised(device, offline_metrics(store, targets, means, rows, device))
+    )
     return inspect_seconds, eval_seconds
 
 
@@ -177,6 +190,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--rows", type=int, default=32768, help="held-out rows read per pass")
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -189,6 +203,7 @@ def main() -> None:
 
 def run_benchmark(root: Path, args: argparse.Namespace) -> None:
     d, latents, k, rows = args.d, args.latents, args.k, args.rows
+    device = resolve_device(args.device)
     context = 128
     holdout = -(-(rows + rows // context + 1) // context) * context  # whole contexts, pos 0 out
     spec = synthetic_spec(
@@ -212,6 +227,7 @@ def run_benchmark(root: Path, args: argparse.Namespace) -> None:
         runs[name] = root / f"run-{name}"
         save_random_sae(runs[name], text, d, store_path, sample)
     load = os.getloadavg()
+    print(f"device: {device}")
     print(f"load average before timing: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           f"on {os.cpu_count()} CPUs")  # fmt: skip
 
@@ -219,7 +235,7 @@ def run_benchmark(root: Path, args: argparse.Namespace) -> None:
           f"k = {k}, batches of {args.batch_size}")  # fmt: skip
     print(f"{'SAEs':<34}{'inspect rows/s':>16}{'eval rows/s':>14}{'inspect / eval time':>22}")
     for label, chosen in (("1 (topk)", ["topk"]), ("3 (topk, gsae grad, batchtopk)", list(specs))):
-        inspect_s, eval_s = passes(store, [runs[n] for n in chosen], rows, args.batch_size)
+        inspect_s, eval_s = passes(store, [runs[n] for n in chosen], rows, args.batch_size, device)
         print(f"{label:<34}{rows / inspect_s:>16,.0f}{rows / eval_s:>14,.0f}"
               f"{inspect_s / eval_s:>22.2f}")  # fmt: skip
 
@@ -227,7 +243,7 @@ def run_benchmark(root: Path, args: argparse.Namespace) -> None:
     site = root / "site"
     times = StageTimes()
     request = InspectRequest(saes=(str(runs["topk"]),), out=str(site), tokens=rows,
-                             batch_size=args.batch_size, device="cpu")  # fmt: skip
+                             batch_size=args.batch_size, device=args.device)  # fmt: skip
     dashboard, prepare_seconds = timed(lambda: prepare_dashboard(request))
     dashboard.build(times)
     times.close()
