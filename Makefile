@@ -1,6 +1,7 @@
 # Two entry points, both self-contained on a fresh machine:
 #   make demo   create .venv if missing, install saekit, run the offline end-to-end demo
 #   make test   create .venv if missing, install saekit with dev extras, lint and run the tests
+#               (and install the OS's Chromium for the browser test when missing, as root)
 # TORCH_SPEC is installed before saekit so that a CPU-only machine never pulls CUDA wheels;
 # override it on a GPU machine, e.g. `make demo TORCH_SPEC="torch"`.
 
@@ -10,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT   ?= demo-output
 BIN        := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +32,22 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-test: lint
+# The dashboard's browser test drives the OS's headless Chromium (never a downloaded build):
+# installed here when missing and the machine allows it (root with apt); otherwise that test
+# skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (apt) for the dashboard's browser test"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		{ apt-get update -qq -o DPkg::Lock::Timeout=300 && apt-get install -y -qq \
+			-o DPkg::Lock::Timeout=300 --no-install-recommends chromium fonts-liberation \
+			>/dev/null; } || echo "could not install chromium: the browser test will skip"; \
+	else \
+		echo "no chromium, and apt needs root: the dashboard's browser test will skip"; \
+	fi
+
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 clean:

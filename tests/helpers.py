@@ -1,4 +1,4 @@
-"""Assertions shared by several test modules."""
+"""Assertions and builders shared by several test modules."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from saekit.cache_format import ActivationStore
+from saekit.train.export import save_sae
+from saekit.train.sae_config import SAEConfig
+from saekit.train.spec import parse_spec
 
 
 def snapshot(path: Path) -> dict[str, str]:
@@ -65,3 +69,28 @@ def small_corpus(corpus, path, documents=12):
     """The first documents of the corpus (about 1,500 tokens of the tiny LM) in a new file."""
     path.write_text("\n\n".join(corpus.read_text().split("\n\n")[:documents]) + "\n")
     return path
+
+
+def save(run, name, sae, store_path, hook="blocks.1.hook_resid_post", batch_size=64):
+    """Save an SAE into RUN/saes/<name> the way sae train does (no input scaling)."""
+    cfg = SAEConfig(
+        name=name, variant=sae.activation.name, hook=hook, d_in=sae.d_in, d_sae=sae.d_sae,
+        k=getattr(sae.activation.options, "k", None),
+        options={k: v for k, v in vars(sae.activation.options).items()},
+        calibration={}, input_scale=1.0,
+        store={"location": str(store_path), "identity": {}, "n_rows_committed": 0,
+               "holdout_rows": 0},
+        training={"batch_size": batch_size},
+    )  # fmt: skip
+    save_sae(sae, run / "saes" / name, cfg)
+
+
+def relu_sae(d, latents, W_enc, W_dec, b_enc=None, b_dec=None):
+    """A ReLU SAE with the given weights: f = ReLU(W_enc (x − b_dec) + b_enc)."""
+    sae = parse_spec(f"relu:latents={latents}").resolve(d).build(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(W_enc)
+        sae.W_dec.copy_(W_dec)
+        sae.b_enc.copy_(torch.zeros(latents) if b_enc is None else b_enc)
+        sae.b_dec.copy_(torch.zeros(d) if b_dec is None else b_dec)
+    return sae

@@ -25,3 +25,15 @@ def test_demo_runs_the_whole_pipeline(run_cli, tmp_path):
     for plot in ("l0_vs_nmse.png", "l0_vs_loss_added.png", "dead_latents.png"):
         assert (tmp_path / "report" / plot).stat().st_size > 10_000
     assert "report:" in result.stdout
+    site = tmp_path / "report" / "inspect"
+    assert f"dashboards: {site / 'index.html'}" in result.stdout
+    inspected = json.loads((site / "inspect.json").read_text())["saes"]
+    assert {s["variant"] for s in inspected} == VARIANTS
+    for sae in inspected:  # the pass counts what eval counts, on the same held-out rows
+        label = sae["name"] if sae["mode"] == "inference" else f"{sae['name']} [{sae['mode']}]"
+        offline = rows[label]["offline"]
+        assert sae["latents"] == 256 and sae["rows"] == offline["tokens"]
+        assert sae["dead"] / 256 == offline["dead_fraction"]
+        assert sae["dense"] / 256 == offline["dense_fraction"]
+    assert report["inspect"] == "inspect/index.html"
+    assert "(inspect/index.html)" in (tmp_path / "report" / "report.md").read_text()

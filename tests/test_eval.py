@@ -8,13 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_one_line_error, harvest_small_store, snapshot
+from helpers import assert_one_line_error, harvest_small_store, relu_sae, save, snapshot
 from saekit.cache_format import ActivationStore, HookSpec
 from saekit.evaluate import EvalRequest, evaluate
 from saekit.synthetic import synthetic_spec, write_synthetic_store
-from saekit.train.export import save_sae
-from saekit.train.sae_config import SAEConfig
-from saekit.train.spec import parse_spec
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -24,30 +21,6 @@ def lm_store(tiny_lm, corpus, tmp_path_factory):
     """A float32 store of the tiny LM at one hook, 960 held-out tokens in 30 contexts."""
     out = tmp_path_factory.mktemp("eval") / "store.zarr"
     return harvest_small_store(tiny_lm, corpus, out, dtype="float32")
-
-
-def save(run, name, sae, store_path, hook=HOOK, batch_size=64):
-    """Save an SAE into RUN/saes/<name> the way sae train does (no input scaling)."""
-    cfg = SAEConfig(
-        name=name, variant=sae.activation.name, hook=hook, d_in=sae.d_in, d_sae=sae.d_sae,
-        k=getattr(sae.activation.options, "k", None),
-        options={k: v for k, v in vars(sae.activation.options).items()},
-        calibration={}, input_scale=1.0,
-        store={"location": str(store_path), "identity": {}, "n_rows_committed": 0,
-               "holdout_rows": 0},
-        training={"batch_size": batch_size},
-    )  # fmt: skip
-    save_sae(sae, run / "saes" / name, cfg)
-
-
-def relu_sae(d, latents, W_enc, W_dec, b_enc=None, b_dec=None):
-    sae = parse_spec(f"relu:latents={latents}").resolve(d).build(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(W_enc)
-        sae.W_dec.copy_(W_dec)
-        sae.b_enc.copy_(torch.zeros(latents) if b_enc is None else b_enc)
-        sae.b_dec.copy_(torch.zeros(d) if b_dec is None else b_dec)
-    return sae
 
 
 def identity(d):

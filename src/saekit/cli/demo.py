@@ -1,4 +1,4 @@
-"""`sae demo`: the offline end-to-end job: tiny GPT-2, harvest, train, eval."""
+"""`sae demo`: the offline end-to-end job: tiny GPT-2, harvest, train, eval, inspect."""
 
 from __future__ import annotations
 
@@ -22,19 +22,23 @@ def register(app: typer.Typer) -> None:
     def demo(
         out: Annotated[Path, typer.Option(help="Directory for the demo's files.")] = DEFAULT_OUT,
     ) -> None:
-        """Run the whole pipeline offline: tiny GPT-2, harvest, train 7 SAE variants, eval."""
+        """Run the whole pipeline offline: tiny GPT-2, harvest, train 7 SAE variants, eval,
+        latent dashboards."""
         from saekit.cache_format import ActivationStore
         from saekit.cache_format.summary import describe
         from saekit.cache_format.verify import verify_store
+        from saekit.dashboard import build_dashboard
         from saekit.demo.pipeline import (
             DemoPaths,
             eval_request,
             harvest_config,
+            inspect_request,
             prepare_model_and_corpus,
             train_request,
         )
         from saekit.errors import IntegrityError
         from saekit.evaluate import evaluate
+        from saekit.evaluate.report import link_inspect_site
         from saekit.harvest import plan_harvest, run_harvest
         from saekit.train import train
 
@@ -58,5 +62,9 @@ def register(app: typer.Typer) -> None:
         console.rule("4. evaluate: held-out rows, splicing into the LM, steering")
         with EvalBar() as eval_bar:
             files = evaluate(eval_request(paths), eval_bar)
+        console.rule("5. latent dashboards: contexts, histograms, logit effects (sae inspect)")
+        with EvalBar() as inspect_bar:
+            build_dashboard(inspect_request(paths), inspect_bar)
+        link_inspect_site(paths.report)
         console.rule("done")
         print_report_summary(files)

@@ -61,6 +61,8 @@ def print_report_summary(files: dict[str, Path]) -> None:
     console.print(f"report: {files['markdown']}")
     for name in ("l0_vs_nmse", "l0_vs_loss_added", "dead_latents"):
         console.print(f"plot:   {files[name]}")
+    if report.get("inspect"):
+        console.print(f"dashboards: {files['json'].parent / report['inspect']}")
 
 
 def register(app: typer.Typer) -> None:
@@ -104,10 +106,15 @@ def register(app: typer.Typer) -> None:
                 "store's (the report says so).",
             ),
         ] = False,
+        inspect: Annotated[
+            bool,
+            typer.Option("--inspect", help="Also build latent dashboards into REPORT/inspect."),
+        ] = False,
         storage_options: StorageOptions = None,
     ) -> None:
         """Evaluate every SAE of the runs on the store's held-out tokens; write a report."""
         from saekit.evaluate import EvalRequest, evaluate
+        from saekit.evaluate.report import INSPECT_SITE, link_inspect_site
 
         request = EvalRequest(
             runs=tuple(runs),
@@ -123,6 +130,25 @@ def register(app: typer.Typer) -> None:
             skip_nonfinite=skip_nonfinite,
             allow_other_model=allow_other_model,
         )
+        dashboard = None
+        if inspect:  # checked (and its model loaded) before anything is written
+            from saekit.dashboard import InspectRequest, prepare_dashboard
+
+            site = Path(out) / Path(INSPECT_SITE).parent
+            dashboard = prepare_dashboard(
+                InspectRequest(
+                    saes=tuple(runs),
+                    out=str(site),
+                    store=store,
+                    storage_options=request.storage_options,
+                    tokens=tokens,
+                    model=model,
+                    device=device,
+                )
+            )
         with EvalBar() as bar:
             files = evaluate(request, bar)
+            if dashboard is not None:
+                dashboard.build(bar)
+                link_inspect_site(Path(out))
         print_report_summary(files)

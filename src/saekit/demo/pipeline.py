@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from saekit.dashboard import InspectRequest
 from saekit.demo.corpus import generate_documents, write_corpus
 from saekit.demo.tiny_lm import build_tiny_lm
 from saekit.evaluate import EvalRequest
+from saekit.evaluate.report import INSPECT_SITE
 from saekit.harvest import HarvestConfig
 from saekit.train import TrainRequest, TrainSettings, parse_spec
 
@@ -109,4 +111,15 @@ def eval_request(paths: DemoPaths) -> EvalRequest:
         batch_size=16,
         steering=True,
         steering_latents=32,
+    )
+
+
+def inspect_request(paths: DemoPaths) -> InspectRequest:
+    """Dashboards of every latent of every SAE, from the held-out tokens, inside the report
+    (which links to them)."""
+    return InspectRequest(
+        saes=(str(paths.run),),
+        out=str(paths.report / Path(INSPECT_SITE).parent),
+        store=str(paths.store),
+        device="cpu",
     )

@@ -8,13 +8,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saekit.cache_format import ActivationStore, Batch
+from saekit.cache_format import ActivationStore, Batch, Split
 from saekit.cache_format.loader import chunk_units
 from saekit.cache_format.nonfinite import NonFinitePolicy, nonfinite_index
 from saekit.cache_format.reader import ROW_INDEX
 from saekit.errors import IntegrityError, SaekitError
 
 MEAN_SAMPLE_ROWS = 1 << 18
+SPLIT_ROWS = {"holdout": "held-out rows", "train": "training rows"}
 
 
 def check_holdout(store: ActivationStore) -> None:
@@ -40,14 +41,19 @@ def read_rows(
     what: str,
 ) -> Batch:
     """The rows of `unit` except those at position 0, decoded, after the non-finite policy
-    (`what` names the rows in its message, e.g. "held-out rows")."""
+    (`what` names the rows in its message, e.g. "held-out rows"). `fields` may include `row`,
+    the store row index."""
     start, stop = unit
-    raw = store.read([*fields, "position", ROW_INDEX], start, stop, hook)
+    stored = [name for name in fields if name != ROW_INDEX]
+    raw = store.read([*stored, "position", ROW_INDEX], start, stop, hook)
     used = raw.pop("position") != 0
     raw = {name: values[used] for name, values in raw.items()}
     rows = raw.pop(ROW_INDEX)
     bad = nonfinite_index(raw, store.spec)
-    batch = Batch(store.decode(raw), 0, bad, rows[bad])
+    tensors = store.decode(raw)
+    if ROW_INDEX in fields:
+        tensors[ROW_INDEX] = torch.from_numpy(rows)
+    batch = Batch(tensors, 0, bad, rows[bad])
     return policy.apply(batch, f"{what} of store {store.location}", NONFINITE_ADVICE)
 
 
@@ -58,14 +64,16 @@ def holdout_batches(
     max_rows: int | None,
     batch_rows: int,
     policy: NonFinitePolicy,
+    split: Split = "holdout",
 ) -> Iterator[dict[str, Tensor]]:
-    """Held-out rows (position 0 excluded) in store order, in batches of `batch_rows` (the last
-    may be shorter), `max_rows` at most. Rows of a block are stored shuffled, so consecutive
-    rows mix many contexts. Rows with NaN or Inf stop the reading or are left out (`policy`)."""
-    budget = max_rows if max_rows is not None else store.n_rows("holdout")
+    """Held-out rows (or another split's; position 0 excluded) in store order, in batches of
+    `batch_rows` (the last may be shorter), `max_rows` at most; `fields` may include `row`, the
+    store row index. Rows of a block are stored shuffled, so consecutive rows mix many contexts.
+    Rows with NaN or Inf stop the reading or are left out (`policy`)."""
+    budget = max_rows if max_rows is not None else store.n_rows(split)
     pending: dict[str, Tensor] | None = None
-    for unit in chunk_units(store.ranges("holdout"), store.spec.layout.rows_per_chunk):
-        rows = dict(read_rows(store, hook, fields, unit, policy, "held-out rows"))
+    for unit in chunk_units(store.ranges(split), store.spec.layout.rows_per_chunk):
+        rows = dict(read_rows(store, hook, fields, unit, policy, SPLIT_ROWS[split]))
         pending = rows if pending is None else {k: torch.cat([pending[k], rows[k]]) for k in rows}
         while len(next(iter(pending.values()))) >= min(batch_rows, budget) > 0:
             take = min(batch_rows, budget)

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # (after the backend is chosen)
 
+INSPECT_SITE = "inspect/index.html"  # where `sae eval --inspect` builds the latent dashboards
 PLOTS = {
     "l0_vs_nmse": "l0_vs_nmse.png",
     "l0_vs_loss_added": "l0_vs_loss_added.png",
@@ -45,6 +46,11 @@ def markdown(report: dict) -> str:
         "",
         *[f"- **Warning**: {warning}" for warning in report.get("warnings", [])],
         *([""] if report.get("warnings") else []),
+        *(
+            [f"Latent dashboards (`sae inspect`): [{report['inspect']}]({report['inspect']})", ""]
+            if report.get("inspect")
+            else []
+        ),
         "| SAE | variant | mode | L0 | NMSE | var. expl. | dead | dense | γ | cos "
         "| CE clean | CE spliced | loss added | CE rec. (zero) | CE rec. (mean) | KL |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -168,9 +174,24 @@ def _dead_bars(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def inspect_link(out: Path) -> str | None:
+    """The report-relative link to latent dashboards built into the report, if there are any."""
+    return INSPECT_SITE if (out / INSPECT_SITE).is_file() else None
+
+
+def link_inspect_site(out: Path) -> None:
+    """Point the report in `out` at the dashboards just built beside it (`sae eval --inspect`)."""
+    report = json.loads((out / "report.json").read_text())
+    report["inspect"] = inspect_link(out)
+    (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=True))
+    (out / "report.md").write_text(markdown(report))
+
+
 def write_report(report: dict, out: Path) -> dict[str, Path]:
-    """Write report.json, report.md and the plots into `out`; return the files written."""
+    """Write report.json, report.md and the plots into `out`; return the files written. The
+    report links to latent dashboards in `out/inspect/` when they exist."""
     out.mkdir(parents=True, exist_ok=True)
+    report = {**report, "inspect": inspect_link(out)}
     files = {"json": out / "report.json", "markdown": out / "report.md"}
     files["json"].write_text(json.dumps(report, indent=2, allow_nan=True))
     files["markdown"].write_text(markdown(report))

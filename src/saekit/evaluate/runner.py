@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from saekit import __version__
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.location import (
     enclosing_store,
-    is_local,
-    local_path,
-    resolve_recorded_path,
 )
 from saekit.cache_format.nonfinite import NonFinitePolicy, named_rows
 from saekit.devices import resolve_device
@@ -23,11 +18,11 @@ from saekit.errors import SaekitError
 from saekit.evaluate.heldout import check_holdout, heldout_contexts, holdout_batches, training_mean
 from saekit.evaluate.offline import offline_metrics
 from saekit.evaluate.online import online_metrics
+from saekit.evaluate.provenance import recorded_model, recorded_store, report_provenance
 from saekit.evaluate.report import write_report
 from saekit.evaluate.steering import steering_metrics
 from saekit.evaluate.targets import Target, load_targets
 from saekit.harvest.model import LoadedModel, check_hooks, hook_widths, load_model
-from saekit.train.sae_config import SAEConfig
 
 STEERING_CONTEXTS = 32
 STEERING_SAMPLE_ROWS = 8192
@@ -97,27 +92,11 @@ def _store_location(request: EvalRequest) -> str:
         return request.store
     for run in request.runs:
         for cfg_file in sorted(Path(run).glob("saes/*/cfg.json")):
-            location = SAEConfig.read(cfg_file).store.get("location")
-            if not isinstance(location, str) or not location:
-                raise SaekitError(f"{cfg_file} names no store; give one with --store")
-            return resolve_recorded_path(location, Path(run))
+            return recorded_store(cfg_file, Path(run))
     raise SaekitError(
         f"{request.runs[0]} holds no trained SAEs (no saes/<name>/cfg.json); give "
         "a directory written by sae train"
     )
-
-
-def _model_name(request: EvalRequest, store: ActivationStore) -> str:
-    """--model, else the model the store names (a relative local path of an older store is
-    looked for beside the store)."""
-    if request.model:
-        return request.model
-    recorded = store.spec.identity.get("model")
-    if not isinstance(recorded, str) or not recorded:
-        raise SaekitError(f"store {store.location} names no model; give one with --model")
-    if not is_local(store.location):
-        return recorded
-    return resolve_recorded_path(recorded, local_path(store.location))
 
 
 def _load_lm(
@@ -125,7 +104,7 @@ def _load_lm(
 ) -> tuple[LoadedModel, list[str]]:
     """The LM to splice into, checked against the store: its hooks and widths always, its
     weights and tokenizer fingerprints unless `allow_other_model` (then a report warning)."""
-    name = _model_name(request, store)
+    name = request.model or recorded_model(store)
     try:
         model = load_model(name, device)
     except SaekitError as error:
@@ -270,14 +249,7 @@ def _report(
 ) -> dict:
     online_tokens = next(iter(online.values()))["tokens"] if online else 0
     return {
-        "saekit_version": __version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "store": {
-            "location": store.location,
-            "identity": store.spec.identity,
-            "holdout_rows": store.n_rows("holdout"),
-            "rows": store.n_rows_committed,
-        },
+        **report_provenance(store),
         "model": model_name,
         "tokens": {
             "offline": next(iter(offline.values()))["tokens"] if offline else 0,

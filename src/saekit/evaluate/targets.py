@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from saekit.cache_format import ActivationStore
 from saekit.errors import SaekitError
+
+if TYPE_CHECKING:
+    from saekit.train.sparse import Code
 
 
 @dataclass
@@ -49,12 +53,17 @@ class Target:
     def batch_dependent(self) -> bool:
         return self.mode == "batch"
 
+    def code(self, x_BD: Tensor, g_BD: Tensor | None = None) -> Code:
+        """Codes of raw activations in this target's mode, sparse where the variant makes them
+        sparse (`g_BD` is used in grad mode only)."""
+        activation = self.sae.activation
+        if self.mode == "batch":
+            return activation.encode_batch(self.sae, x_BD, None)
+        return activation.encode(self.sae, x_BD, g_BD if self.mode == "grad" else None)
+
     def reconstruct(self, x_BD: Tensor, g_BD: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(codes f, reconstruction x̂) of raw activations in this target's mode."""
-        if self.mode == "batch":
-            f_BF = self.sae.encode_batch(x_BD)
-        else:
-            f_BF = self.sae.encode(x_BD, g_BD if self.mode == "grad" else None)
+        f_BF = self.code(x_BD, g_BD).to_dense()
         return f_BF, self.sae.decode(f_BF)
 
 
@@ -84,12 +93,13 @@ def load_targets(runs: list[str], store: ActivationStore, device: torch.device) 
             )
         for sae_dir in sae_dirs:
             sae = load_sae(sae_dir, device)
-            _check_against_store(sae, store, sae_dir)
+            check_against_store(sae, store, sae_dir)
             targets += [Target(directory.name, sae, mode) for mode in modes_of(sae)]
     return targets
 
 
-def _check_against_store(sae: torch.nn.Module, store: ActivationStore, where: Path) -> None:
+def check_against_store(sae: torch.nn.Module, store: ActivationStore, where: Path) -> None:
+    """Refuse an SAE whose hook the store lacks or whose input width differs from the store's."""
     cfg = sae.cfg
     if cfg.hook not in store.spec.hooks:
         raise SaekitError(

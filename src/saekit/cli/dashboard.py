@@ -1,0 +1,69 @@
+"""`sae inspect`: latent dashboards (a static site) built from the store, without the LM."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from saekit.cli.common import StorageOptions, console, parse_storage_options
+from saekit.cli.evaluate import EvalBar
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(name="inspect")
+    def inspect_saes(
+        saes: Annotated[
+            list[str],
+            typer.Argument(help="Runs (all their SAEs) or SAE directories (RUN/saes/NAME)."),
+        ],
+        out: Annotated[str, typer.Option(help="Directory of the site (index.html and data/).")],
+        store: Annotated[
+            str | None,
+            typer.Option(help="Store path or URL (default: the store the SAEs were trained on)."),
+        ] = None,
+        latents: Annotated[
+            str, typer.Option(help="all, N (the first N latents) or a list i,j,k (one latent: i,).")
+        ] = "all",
+        tokens: Annotated[
+            int | None, typer.Option(help="Rows to read at most (default: the whole split).")
+        ] = None,
+        split: Annotated[str, typer.Option(help="holdout, train or all.")] = "holdout",
+        model: Annotated[
+            str | None,
+            typer.Option(help="The LM's tokenizer and unembedding (default: the store's model)."),
+        ] = None,
+        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+        batch_size: Annotated[int, typer.Option(help="Rows per SAE encode.")] = 4096,
+        top: Annotated[int, typer.Option(help="Top activations shown per latent.")] = 20,
+        per_band: Annotated[
+            int, typer.Option(help="Random firings shown per activation decile.")
+        ] = 3,
+        before: Annotated[int, typer.Option(help="Context tokens before the firing one.")] = 16,
+        after: Annotated[int, typer.Option(help="Context tokens after the firing one.")] = 4,
+        seed: Annotated[int, typer.Option(help="Seed of the random samples.")] = 0,
+        storage_options: StorageOptions = None,
+    ) -> None:
+        """Build latent dashboards: density, histograms, top and typical contexts, logit effects."""
+        from saekit.dashboard import InspectRequest, build_dashboard
+
+        request = InspectRequest(
+            saes=tuple(saes),
+            out=out,
+            store=store,
+            storage_options=parse_storage_options(storage_options),
+            latents=latents,
+            tokens=tokens,
+            split=split,
+            model=model,
+            device=device,
+            batch_size=batch_size,
+            top=top,
+            per_band=per_band,
+            before=before,
+            after=after,
+            seed=seed,
+        )
+        with EvalBar() as bar:
+            index = build_dashboard(request, bar)
+        console.print(f"dashboards: {index}")
