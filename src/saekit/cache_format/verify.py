@@ -39,10 +39,12 @@ def _value_problem(path: str, values: np.ndarray) -> str | None:
         return "infinite loss values" if np.isinf(values).any() else None
     if values.dtype == np.uint16:  # bfloat16 bits: NaN when the exponent is all ones
         return "NaN values (unwritten rows?)" if ((values & 0x7F80) == 0x7F80).any() else None
+    if values.dtype == np.uint8:  # float8_e4m3fn bits: NaN when exponent and mantissa are ones
+        return "NaN values (unwritten rows?)" if ((values & 0x7F) == 0x7F).any() else None
     if not np.isfinite(values).all():
         return "NaN or Inf values (unwritten rows?)"
-    if name == schema.GRADIENT_SCALE and (values <= 0).any():
-        return "non-positive gradient scales"
+    if name in schema.SCALE_ARRAYS.values() and (values <= 0).any():
+        return f"non-positive {name.replace('_', ' ')}s"
     return None
 
 
