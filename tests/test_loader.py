@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from saekit.cache_format import ActivationStore, ShuffledLoader
+from saekit.cache_format import ActivationStore, LoaderThreads, ShuffledLoader
 from saekit.errors import SaekitError
 from saekit.synthetic import synthetic_spec, write_synthetic_store
 
@@ -116,7 +116,7 @@ def test_memory_stays_bounded_by_the_buffer(tmp_path):
         fields=("activations", "gradients"),
         batch_size=256,
         buffer_rows=4096,
-        read_threads=2,
+        threads=LoaderThreads(read=2),
         prefetch_batches=2,
     )
     tracemalloc.start()

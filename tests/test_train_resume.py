@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from kill_switch import KILLED, child_command, count_events
 from saekit.synthetic import synthetic_spec, write_synthetic_store
 from saekit.train.checkpoint import Checkpoints
-from saekit.train.metrics import read_metrics
+from saekit.train.metrics import TIMING_KEYS, read_metrics
 
 SPECS = ["topk:k=8,latents=256", "gsae:k=8,latents=256,beta_eff=0.5"]
 SETTINGS = ["--tokens", 400 * 128, "--batch-size", 128, "--checkpoint-every", 20 * 128]
@@ -40,7 +40,7 @@ def run_killed(store, out, resume, kill_at) -> int:
 def outputs(out):
     saes = {d.name: load_file(d / "sae.safetensors") for d in sorted((out / "saes").iterdir())}
     metrics = [
-        {k: v for k, v in record.items() if k != "tokens_per_s"}
+        {k: v for k, v in record.items() if k not in TIMING_KEYS}
         for record in read_metrics(out / "metrics.jsonl")
     ]
     config = json.loads((out / "config.json").read_text())

@@ -13,7 +13,7 @@ from saekit.cache_format import ActivationStore, HookSpec
 from saekit.synthetic import synthetic_spec, write_synthetic_store
 from saekit.train import TrainRequest, TrainSettings, load_sae, parse_spec, train
 from saekit.train.checkpoint import Checkpoints
-from saekit.train.metrics import read_metrics
+from saekit.train.metrics import TIMING_KEYS, read_metrics
 from saekit.train.spec import ResolvedSpec
 from saekit.train.variants import VARIANTS
 from train_helpers import ALL_VARIANTS
@@ -80,8 +80,9 @@ def test_a_run_writes_config_metrics_checkpoint_and_saes(all_variants_run):
     assert len(records) == 7 * 4  # steps 10, 20, 30 and the last, 31
     assert [r["step"] for r in records[::7]] == [10, 20, 30, 31]
     assert {r["epoch"] for r in records} == {0, 1, 2}, "2.4 epochs"
-    for key in ("loss", "nmse", "l0", "l0_p50", "l0_zero", "dead_fraction", "tokens_per_s", "lr"):
+    for key in ("loss", "nmse", "l0", "l0_p50", "l0_zero", "dead_fraction", "lr", *TIMING_KEYS):
         assert all(key in r for r in records), key
+    assert all(0 <= r["data_wait_fraction"] <= 1 for r in records)
     topk = [r for r in records if r["sae"] == "topk-k4-96"]
     assert all(r["l0"] == 4 for r in topk) and "loss/auxk" in topk[0]
     assert topk[-1]["nmse"] < topk[0]["nmse"], "training reduces the reconstruction error"

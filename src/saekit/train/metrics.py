@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
+# Keys that measure the machine rather than the training: they differ between identical runs.
+TIMING_KEYS = ("tokens_per_s", "data_wait_fraction")
 
 
 class MetricsLog:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +24,7 @@ import numpy as np
 import torch
 
 from saekit import __version__
-from saekit.cache_format import ActivationStore, ShuffledLoader
-from saekit.cache_format.location import is_local
+from saekit.cache_format import ActivationStore, LoaderThreads, ShuffledLoader
 from saekit.errors import SaekitError
 from saekit.train.atomic import write_json
 from saekit.train.calibration import geometric_median, input_scale
@@ -110,8 +108,9 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
             batch_size=settings.batch_size,
             seed=settings.seed,
             epochs=None,
-            device=device,
-            read_threads=read_threads(request.store),
+            encoded=device.type != "cpu",  # the device decodes what the store holds
+            pin_memory=device.type == "cuda",
+            threads=LoaderThreads.for_machine(request.store, device),
         )
         trainer.run(iter(loader), start)
     sae_dirs = {}
@@ -121,19 +120,6 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
         save_sae(member.sae, sae_dirs[member.name], cfg)
     final = {record["sae"]: record for record in read_metrics(request.out / METRICS_FILE)}
     return RunResult(request.out, sae_dirs, plan, final, already_complete)
-
-
-REMOTE_READ_THREADS = 16
-
-
-def read_threads(location: str) -> int:
-    """Loader read threads. Local stores: a quarter of the CPUs, 1 to 4 (on a 2-core machine 4
-    readers preempt the training threads: store/RAM 0.92 with 4, 1.0 with 1 at d = 768). Object
-    storage and HTTP: 16, since each read mostly waits on the network (zarr-store.md §5: keep
-    16–64 chunk reads in flight)."""
-    if not is_local(location):
-        return REMOTE_READ_THREADS
-    return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 def resolve_specs(specs: list[SAESpec], d_in: int, default_lr: float | None) -> list[ResolvedSpec]:
