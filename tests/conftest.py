@@ -63,6 +63,18 @@ def corpus(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("corpus") / "docs.txt", 200, seed=2)
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked `cuda` run where a CUDA device is, and are skipped (saying so) elsewhere."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; this machine has none")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     """Tests never reach the network: Hugging Face libraries fail fast instead of retrying."""
