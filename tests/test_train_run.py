@@ -8,6 +8,7 @@ import torch
 import zarr
 from safetensors.torch import load_file
 
+import saekit.train.trainer as trainer_module
 from helpers import snapshot
 from saekit.cache_format import ActivationStore, HookSpec
 from saekit.synthetic import synthetic_spec, write_synthetic_store
@@ -329,3 +330,44 @@ def test_gradients_are_read_only_when_an_sae_needs_them(tmp_path, run_cli):
     assert topk.exit_code == 0, "a TopK run never reads the gradients"
     gsae = run_cli(*train_args(store, tmp_path / "gsae", "gsae:k=4,latents=64", tokens=3584))
     assert_one_line_error(gsae, "holds NaN or Inf in store rows 3001;", during_training=True)
+
+
+class FakeClock:
+    """A perf_counter that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_throughput_counts_the_time_blocked_on_the_loader(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(trainer_module.time, "perf_counter", clock)
+    throughput = trainer_module.Throughput(torch.device("cpu"))
+    for wait, compute in ((3.0, 1.0), (0.5, 1.5)):  # two steps of 256 rows
+        with throughput.waiting():
+            clock.now += wait
+        clock.now += compute
+        throughput.count(256)
+    assert throughput.lap() == (512 / 6.0, 3.5 / 6.0)
+    clock.now += 2.0  # a lap starts the next interval afresh
+    throughput.count(100)
+    assert throughput.lap() == (50.0, 0.0)
+
+
+@pytest.mark.cuda
+def test_training_on_cuda_decodes_encoded_batches_there(small_store, tmp_path):
+    request = TrainRequest(
+        store=str(small_store),
+        hook=None,
+        out=tmp_path / "run",
+        specs=[parse_spec("topk:k=8,latents=128"), parse_spec("gsae:k=8,latents=128")],
+        settings=TrainSettings(tokens=4096, batch_size=256, log_every=4, device="cuda"),
+    )
+    result = train(request)
+    records = read_metrics(result.run_dir / "metrics.jsonl")
+    topk = [r for r in records if r["sae"] == "topk-k8-128"]
+    assert topk[-1]["nmse"] < topk[0]["nmse"]
+    assert all(0 <= r["data_wait_fraction"] <= 1 for r in records)
