@@ -319,7 +319,8 @@ class ShuffledLoader:
         while the other is served; the rows a group leaves over wait in the carry."""
         rng = np.random.default_rng(self.seed)
         carry = _Carry(self.batch_size, self.layout.row_bytes)
-        group_rows = self.units_per_group * self.store.spec.layout.rows_per_chunk
+        chunks = min(self.units_per_group, len(self.units))
+        group_rows = chunks * self.store.spec.layout.rows_per_chunk
         free = [np.empty((group_rows, self.layout.row_bytes), np.uint8) for _ in range(2)]
         plans = self._unit_groups()
         reading: list[_Group] = []
