@@ -5,7 +5,7 @@ Run:  .venv/bin/python benchmarks/bench_store.py [--rows 524288] [--d 768] [--dt
 
 For each store dtype (the same synthetic rows written as float16 and as float8) and for
 activations only and activations + gradients, one run prints side by side, cold (page cache
-dropped with posix_fadvise before the pass) and warm (the next pass):
+dropped with posix_fadvise before one pass) and warm (the next `--epochs` passes, one loader):
   (a) raw whole-chunk reads: every chunk the loader reads, in random order, into reused buffers,
       with the loader's read threads: what the store delivers with nothing done to the rows;
   (b) the loader delivering encoded batches (the store's bytes, gathered and shuffled); with
@@ -51,6 +51,7 @@ FIELD_SETS = {
     "activations + gradients": ("activations", "gradients"),
 }
 NO_OP_SAES = (1, 4, 16)
+RAW = "(a) raw whole-chunk reads"
 
 
 def drop_page_cache(root: Path) -> None:
@@ -120,12 +121,13 @@ class Bench:
             for path in read.values()
         )
 
-    def loader(self, encoded: bool) -> ShuffledLoader:
+    def loader(self, encoded: bool, epochs: int) -> ShuffledLoader:
         return ShuffledLoader(
             self.store,
             hook=HOOK,
             fields=self.fields,
             batch_size=self.args.batch_size,
+            epochs=epochs,
             encoded=encoded,
             pin_memory=self.device.type == "cuda",
             threads=self.threads,
@@ -138,16 +140,16 @@ class Bench:
             torch.cuda.synchronize(self.device)
         return rows / (time.perf_counter() - began)
 
-    def measurements(self) -> dict[str, Callable[[], float]]:
-        """Label -> a function measuring rows/s of one pass over the store."""
+    def measurements(self) -> dict[str, Callable[[int], float]]:
+        """Label -> a function measuring rows/s of passes over the store (`epochs` of them)."""
         device = self.device
 
-        def raw() -> float:
-            return raw_shuffled_read(self.store, HOOK, self.threads.read, self.fields)[1]
+        def raw(epochs: int) -> float:
+            return raw_shuffled_read(self.store, HOOK, self.threads.read, self.fields, epochs)[1]
 
-        def delivered(encoded: bool) -> float:
+        def delivered(encoded: bool, epochs: int) -> float:
             def measure() -> int:
-                batches = self.loader(encoded)
+                batches = self.loader(encoded, epochs)
                 if device.type != "cpu":  # moved (and decoded) on the device
                     batches = (b.on(device) for b in batches)
                 return sum(
@@ -156,32 +158,49 @@ class Bench:
 
             return self.rows_per_second(measure)
 
-        def fed(n: int) -> float:
+        def fed(n: int, epochs: int) -> float:
             encoded = device.type != "cpu"  # as `sae train` chooses
-            return self.rows_per_second(lambda: consume(self.loader(encoded), device, n))
+            return self.rows_per_second(lambda: consume(self.loader(encoded, epochs), device, n))
 
         return {
-            "(a) raw whole-chunk reads": raw,
-            "(b) loader, encoded batches": lambda: delivered(True),
-            "(c) loader, float32 batches": lambda: delivered(False),
-            **{f"(d) feeding {n:2d} no-op SAEs": lambda n=n: fed(n) for n in NO_OP_SAES},
+            RAW: raw,
+            "(b) loader, encoded batches": lambda epochs: delivered(True, epochs),
+            "(c) loader, float32 batches": lambda epochs: delivered(False, epochs),
+            **{
+                f"(d) feeding {n:2d} no-op SAEs": lambda epochs, n=n: fed(n, epochs)
+                for n in NO_OP_SAES
+            },
         }
 
-    def run(self) -> dict[str, tuple[float, float]]:
-        """Label -> (cold rows/s, warm rows/s), printed as they come."""
-        rates = {}
-        for label, measure in self.measurements().items():
-            drop_page_cache(Path(self.store.location))
-            cold, warm = measure(), measure()
-            rates[label] = cold, warm
-            raw_cold, raw_warm = rates["(a) raw whole-chunk reads"]
-            print(
-                f"  {label:30s} {cold:11,.0f} {cold * self.row_bytes / 1e9:6.2f}"
-                f" {warm:11,.0f} {warm * self.row_bytes / 1e9:6.2f}"
-                f"   {cold / raw_cold:5.2f} {warm / raw_warm:5.2f}",
-                flush=True,
+    def cold_and_warm(self, measure: Callable[[int], float]) -> tuple[float, float]:
+        """rows/s of one pass after dropping the store from the page cache, then of the next
+        `--epochs` passes (one loader: the steady state, pipeline start-up amortised)."""
+        drop_page_cache(Path(self.store.location))
+        return measure(1), measure(self.args.epochs)
+
+
+def compare(benches: dict[str, Bench]) -> None:
+    """Every measurement of every store, the stores alternating so that changes in the
+    machine's load hit them alike; ratios to (a) and between the first two stores."""
+    names = list(benches)
+    header = "".join(f" | {n + ' cold':>12s} {'warm':>9s} {'GB/s':>5s} {'/(a)':>9s}" for n in names)
+    if len(names) == 2:
+        header += f" | {names[1]}/{names[0]}"
+    print(f"  {'rows/s, cold and warm':30s}{header}")
+    rates: dict[str, dict[str, tuple[float, float]]] = {n: {} for n in names}
+    labels = benches[names[0]].measurements()
+    for label in labels:
+        line = f"  {label:30s}"
+        for name, bench in benches.items():
+            cold, warm = rates[name][label] = bench.cold_and_warm(bench.measurements()[label])
+            raw_cold, raw_warm = rates[name][RAW]
+            line += (
+                f" | {cold:12,.0f} {warm:9,.0f} {warm * bench.row_bytes / 1e9:5.2f}"
+                f" {cold / raw_cold:4.2f} {warm / raw_warm:4.2f}"
             )
-        return rates
+        if len(names) == 2:
+            line += f" | x{rates[names[1]][label][1] / rates[names[0]][label][1]:.2f} warm"
+        print(line, flush=True)
 
 
 def main() -> None:
@@ -189,6 +208,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1 << 19)
     parser.add_argument("--d", type=int, default=768)
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--epochs", type=int, default=3, help="passes of a warm measurement")
     parser.add_argument("--dtypes", default="float16,float8")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--read-threads", type=int)
@@ -200,37 +220,28 @@ def main() -> None:
         f"{args.rows:,} rows, d = {args.d}, batches of {args.batch_size}, device {device}, "
         f"{len(os.sched_getaffinity(0))} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
-    results: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
-    bytes_per_row: dict[tuple[str, str], int] = {}
-    for dtype in args.dtypes.split(","):
-        path = args.dir / f"saekit-bench-store-{dtype}.zarr"
-        shutil.rmtree(path, ignore_errors=True)
-        try:
+    dtypes = args.dtypes.split(",")
+    paths = {dtype: args.dir / f"saekit-bench-store-{dtype}.zarr" for dtype in dtypes}
+    try:
+        stores = {}
+        for dtype, path in paths.items():
+            shutil.rmtree(path, ignore_errors=True)
             write_rate = write_store(path, args.rows, args.d, dtype)
-            store = ActivationStore.open(path)
-            print(f"\n{dtype} store: written at {write_rate / 1e6:,.0f} MB/s")
-            for name, fields in FIELD_SETS.items():
-                bench = Bench(store, fields, args, device)
-                bytes_per_row[dtype, name] = bench.row_bytes
-                print(
-                    f"{dtype}, {name}: {bench.row_bytes:,} stored bytes per row; threads: "
-                    f"{bench.threads.read} read, {bench.threads.gather} gather\n"
-                    f"  {'':30s} {'cold rows/s':>11s} {'GB/s':>6s} {'warm rows/s':>11s} "
-                    f"{'GB/s':>6s}   {'/ (a) cold, warm':>11s}"
-                )
-                results[dtype, name] = bench.run()
-        finally:
+            stores[dtype] = ActivationStore.open(path)
+            print(f"{dtype} store written at {write_rate / 1e6:,.0f} MB/s")
+        for name, fields in FIELD_SETS.items():
+            benches = {dtype: Bench(store, fields, args, device) for dtype, store in stores.items()}
+            threads = next(iter(benches.values())).threads
+            sizes = ", ".join(f"{d} {b.row_bytes:,}" for d, b in benches.items())
+            print(
+                f"\n{name}: stored bytes per row {sizes}; "
+                f"threads {threads.read} read, {threads.gather} gather"
+            )
+            compare(benches)
+    finally:
+        for path in paths.values():
             shutil.rmtree(path, ignore_errors=True)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
-    dtypes = args.dtypes.split(",")
-    if len(dtypes) == 2:
-        a, b = dtypes
-        print(f"\n{b} vs {a}, same settings (warm):")
-        for name in FIELD_SETS:
-            print(f"  {name}: bytes per row {bytes_per_row[b, name] / bytes_per_row[a, name]:.3f}")
-            for label in results[a, name]:
-                ratio = results[b, name][label][1] / results[a, name][label][1]
-                print(f"    {label:30s} rows/s x{ratio:.2f}")
 
 
 if __name__ == "__main__":

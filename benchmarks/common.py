@@ -19,12 +19,14 @@ def raw_shuffled_read(
     hook: str,
     threads: int,
     fields: tuple[str, ...] = ("activations", "gradients"),
+    epochs: int = 1,
 ) -> tuple[float, float]:
     """(bytes/s, rows/s) of reading every chunk of the fields' arrays (their scales included) in
-    random order, whole chunks, each thread into its own reused buffers: the rate the store
-    delivers with nothing done to the rows."""
+    random order, whole chunks, each thread into its own reused buffers, `epochs` times: the
+    rate the store delivers with nothing done to the rows."""
     chunk = store.spec.layout.rows_per_chunk
-    starts = np.random.default_rng(0).permutation(range(0, store.n_rows_committed, chunk))
+    chunks = range(0, store.n_rows_committed, chunk)
+    starts = np.concatenate([np.random.default_rng(e).permutation(chunks) for e in range(epochs)])
     layout = store.raw_layout(fields, hook)
     buffers = threading.local()
 
@@ -42,7 +44,7 @@ def raw_shuffled_read(
     with ThreadPoolExecutor(threads) as pool:
         total = sum(pool.map(read, starts))
     seconds = time.perf_counter() - began
-    return total / seconds, store.n_rows_committed / seconds
+    return total / seconds, epochs * store.n_rows_committed / seconds
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:
