@@ -116,10 +116,10 @@ def print_quality(results: dict[tuple[str, int], dict]) -> None:
     seeds = sorted({seed for _, seed in results})
     print(f"\nSAE quality, trained on each store with seeds {seeds}, evaluated on float32 rows")
     print(
-        f"  {'SAE':6s} {'metric':18s} {'float16 mean':>13s} {'float8 mean':>12s} "
+        f"  {'SAE':12s} {'metric':18s} {'float16 mean':>13s} {'float8 mean':>12s} "
         f"{'float8 - 16':>12s} {'noise (sd)':>11s} {'|diff|/noise':>13s}"
     )
-    for name in SAES:
+    for name in sorted(next(iter(results.values()))):  # g-SAE rows: [grad] and [plain] modes
         for label, (section, key) in METRICS.items():
             values = {
                 dtype: [results[dtype, seed][name][section][key] for seed in seeds]
@@ -130,7 +130,7 @@ def print_quality(results: dict[tuple[str, int], dict]) -> None:
             noise = statistics.fmean(spread) if spread else float("nan")
             difference = means["float8"] - means["float16"]
             print(
-                f"  {name:6s} {label:18s} {means['float16']:13.5f} {means['float8']:12.5f} "
+                f"  {name:12s} {label:18s} {means['float16']:13.5f} {means['float8']:12.5f} "
                 f"{difference:12.5f} {noise:11.5f} {abs(difference) / noise:13.2f}"
             )
 

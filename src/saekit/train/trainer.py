@@ -49,8 +49,8 @@ class Throughput:
     """Tokens/s since the last lap, and the fraction of that time spent waiting on the loader.
 
     Work queued on an accelerator runs asynchronously, so the device is synchronised at each lap
-    (the logging steps) and never per step: the trainer's thread runs ahead of the device until
-    its queue is full, and only blocks in `next(batches)` when the loader has no batch ready.
+    (the logging steps) and never per step for timing: the time of the queued work is counted
+    when it runs, and `next(batches)` blocks only when the loader has no batch ready.
     """
 
     def __init__(self, device: torch.device) -> None:
