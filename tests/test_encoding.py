@@ -161,3 +161,15 @@ def test_non_finite_values_are_refused():
 def test_float16_overflow_is_refused_with_advice():
     with pytest.raises(SaekitError, match="--dtype bfloat16"):
         encoding.encode_activations(torch.full((2, 2), 1e5), "float16")
+
+
+def test_float8_decodes_every_bit_pattern_as_torch_converts_it():
+    """The CPU decodes float8 through a table; it must give torch's own (exact) conversion, the
+    one CUDA uses, for all 256 patterns, strided views included."""
+    bits = torch.arange(256).to(torch.uint8).reshape(2, 128)
+    want = bits.view(torch.float8_e4m3fn).float()
+    for stored in (bits, bits[:, 1::2]):  # contiguous, and a strided view as batches give
+        expected = stored.view(torch.float8_e4m3fn).float()
+        got = decode(stored, torch.ones(2), "scaled-float8")
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(want).sum() == 2, "0x7F and 0xFF are NaN, nothing else"

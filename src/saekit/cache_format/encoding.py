@@ -32,6 +32,9 @@ TORCH_DTYPES = {
 SCALED_EXPONENTS = {"float16": 14, "float8_e4m3fn": 7}
 # Torch has no uint16 arithmetic worth the name: the bits of bfloat16 travel as int16.
 _BITS_DTYPES = {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.uint8}
+# The float32 value of every float8_e4m3fn bit pattern: on the CPU a table lookup widens float8
+# ~3x faster than torch's conversion, to the same (exact) values.
+_FLOAT8_VALUES = torch.arange(256).to(torch.uint8).view(torch.float8_e4m3fn).float().numpy()
 
 
 def _check_finite(x_RD: torch.Tensor, what: str) -> None:
@@ -96,8 +99,13 @@ def decode_values(
     """Stored values (any tensor holding the storage dtype's bits) -> contiguous float32 values,
     on the tensor's device. Exact: the element type widens to float32 and the scale is a power
     of two, so every device decodes the same bits to the same floats."""
-    values_RD = stored_RD.view(TORCH_DTYPES[encoding.element])
-    decoded_RD = values_RD.to(torch.float32, memory_format=torch.contiguous_format)
+    element = TORCH_DTYPES[encoding.element]
+    if element == torch.float8_e4m3fn and stored_RD.device.type == "cpu":
+        decoded_RD = torch.from_numpy(np.take(_FLOAT8_VALUES, stored_RD.view(torch.uint8).numpy()))
+    else:
+        decoded_RD = stored_RD.view(element).to(
+            torch.float32, memory_format=torch.contiguous_format
+        )
     if encoding.scaled:
         return decoded_RD.div_(scale_R[:, None])
     return decoded_RD
