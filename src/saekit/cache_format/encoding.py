@@ -107,7 +107,7 @@ def decode_values(
             torch.float32, memory_format=torch.contiguous_format
         )
     if encoding.scaled:
-        return decoded_RD.div_(scale_R[:, None])
+        return decoded_RD.div_(scale_R.contiguous()[:, None])  # strided broadcasts are slow
     return decoded_RD
 
 
