@@ -6,15 +6,17 @@ Run:  .venv/bin/python benchmarks/bench_store.py [--rows 524288] [--d 768] [--dt
 For each store dtype (the same synthetic rows written as float16 and as float8) and for
 activations only and activations + gradients, one run prints side by side, cold (page cache
 dropped with posix_fadvise before one pass) and warm (the next `--epochs` passes, one loader):
-  (a) raw whole-chunk reads: every chunk the loader reads, in random order, into reused buffers,
-      with the loader's read threads: what the store delivers with nothing done to the rows;
+  (a) raw whole-chunk reads: every chunk of the fields' arrays (values and scales), in random
+      order, into reused buffers, with the loader's read threads: what the store delivers with
+      nothing done to the rows (the loader also reads `position`, 4 bytes a row);
   (b) the loader delivering encoded batches (the store's bytes, gathered and shuffled); with
       --device cuda, pinned, copied to the GPU and decoded there;
   (c) the loader delivering float32 batches (decoded on its thread); with --device cuda, copied;
   (d) the loader feeding N = 1, 4, 16 no-op "SAEs" the way `sae train` feeds SAEs on the device:
       the batch is moved and decoded once, scaled once, and handed to each;
-and the ratios (b)/(a), (c)/(a), (d)/(a). The consumer does no arithmetic, so this is the most
-the loader can give a GPU. Threads are sized as `sae train` sizes them for an accelerator
+and the ratios (b)/(a), (c)/(a), (d)/(a), each the best of `--repeats` rounds in which the
+stores alternate. The consumer does no arithmetic, so this is the most the loader can give a
+GPU. Threads are sized as `sae train` sizes them for an accelerator
 (`LoaderThreads.for_machine(..., "cuda")`) unless --read-threads / --gather-threads say
 otherwise. Rates count rows and stored bytes read per row (values and their scales).
 """
@@ -179,20 +181,27 @@ class Bench:
         return measure(1), measure(self.args.epochs)
 
 
-def compare(benches: dict[str, Bench]) -> None:
-    """Every measurement of every store, the stores alternating so that changes in the
-    machine's load hit them alike; ratios to (a) and between the first two stores."""
+def compare(benches: dict[str, Bench], repeats: int) -> None:
+    """Every measurement of every store, best of `repeats` rounds in which the stores alternate
+    (so that a burst of load from elsewhere hits them alike); ratios to (a) and between the
+    first two stores."""
     names = list(benches)
     header = "".join(f" | {n + ' cold':>12s} {'warm':>9s} {'GB/s':>5s} {'/(a)':>9s}" for n in names)
     if len(names) == 2:
         header += f" | {names[1]}/{names[0]}"
     print(f"  {'rows/s, cold and warm':30s}{header}")
     rates: dict[str, dict[str, tuple[float, float]]] = {n: {} for n in names}
-    labels = benches[names[0]].measurements()
-    for label in labels:
+    for label in benches[names[0]].measurements():
+        rounds = [
+            {
+                name: bench.cold_and_warm(bench.measurements()[label])
+                for name, bench in benches.items()
+            }
+            for _ in range(repeats)
+        ]
         line = f"  {label:30s}"
         for name, bench in benches.items():
-            cold, warm = rates[name][label] = bench.cold_and_warm(bench.measurements()[label])
+            cold, warm = rates[name][label] = tuple(max(r[name][i] for r in rounds) for i in (0, 1))
             raw_cold, raw_warm = rates[name][RAW]
             line += (
                 f" | {cold:12,.0f} {warm:9,.0f} {warm * bench.row_bytes / 1e9:5.2f}"
@@ -209,6 +218,7 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=768)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--epochs", type=int, default=3, help="passes of a warm measurement")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds; the best is kept")
     parser.add_argument("--dtypes", default="float16,float8")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--read-threads", type=int)
@@ -237,7 +247,7 @@ def main() -> None:
                 f"\n{name}: stored bytes per row {sizes}; "
                 f"threads {threads.read} read, {threads.gather} gather"
             )
-            compare(benches)
+            compare(benches, args.repeats)
     finally:
         for path in paths.values():
             shutil.rmtree(path, ignore_errors=True)
