@@ -15,10 +15,13 @@ dropped with posix_fadvise before one pass) and warm (the next `--epochs` passes
   (d) the loader feeding N = 1, 4, 16 no-op "SAEs" the way `sae train` feeds SAEs on the device:
       the batch is moved and decoded once, scaled once, and handed to each;
 and the ratios (b)/(a), (c)/(a), (d)/(a), each the best of `--repeats` rounds in which the
-stores alternate. The consumer does no arithmetic, so this is the most the loader can give a
-GPU. Threads are sized as `sae train` sizes them for an accelerator
-(`LoaderThreads.for_machine(..., "cuda")`) unless --read-threads / --gather-threads say
-otherwise. Rates count rows and stored bytes read per row (values and their scales).
+stores alternate. Besides rows/s, the CPU time per row of the whole process (all threads) is
+printed, warm: the ratio of CPU costs is what a CPU-bound loader reaches against raw reads on
+an otherwise idle machine, and it moves far less than wall time when other work shares it.
+The consumer does no arithmetic, so this is the most the loader can give a GPU. Threads are
+sized as `sae train` sizes them for an accelerator (`LoaderThreads.for_machine(..., "cuda")`)
+unless --read-threads / --gather-threads say otherwise. Rates count rows and stored bytes read
+per row (values and their scales).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -54,6 +58,11 @@ FIELD_SETS = {
 }
 NO_OP_SAES = (1, 4, 16)
 RAW = "(a) raw whole-chunk reads"
+
+
+class Rate(NamedTuple):
+    rows_per_s: float
+    cpu_s_per_row: float
 
 
 def drop_page_cache(root: Path) -> None:
@@ -135,34 +144,32 @@ class Bench:
             threads=self.threads,
         )
 
-    def rows_per_second(self, measure: Callable[[], int]) -> float:
-        began = time.perf_counter()
-        rows = measure()
+    def timed(self, measure: Callable[[int], int], epochs: int) -> Rate:
+        """Rows/s and CPU time per row (every thread of this process) of `epochs` passes."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        rows = measure(epochs)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return rows / (time.perf_counter() - began)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        return Rate(rows / wall, cpu / rows)
 
-    def measurements(self) -> dict[str, Callable[[int], float]]:
-        """Label -> a function measuring rows/s of passes over the store (`epochs` of them)."""
+    def measurements(self) -> dict[str, Callable[[int], int]]:
+        """Label -> a function making `epochs` passes over the store; it returns the rows."""
         device = self.device
 
-        def raw(epochs: int) -> float:
-            return raw_shuffled_read(self.store, HOOK, self.threads.read, self.fields, epochs)[1]
+        def raw(epochs: int) -> int:
+            raw_shuffled_read(self.store, HOOK, self.threads.read, self.fields, epochs)
+            return epochs * self.store.n_rows_committed
 
-        def delivered(encoded: bool, epochs: int) -> float:
-            def measure() -> int:
-                batches = self.loader(encoded, epochs)
-                if device.type != "cpu":  # moved (and decoded) on the device
-                    batches = (b.on(device) for b in batches)
-                return sum(
-                    len(b if isinstance(b, EncodedBatch) else b["activations"]) for b in batches
-                )
+        def delivered(encoded: bool, epochs: int) -> int:
+            batches = self.loader(encoded, epochs)
+            if device.type != "cpu":  # moved (and decoded) on the device
+                batches = (b.on(device) for b in batches)
+            return sum(len(b if isinstance(b, EncodedBatch) else b["activations"]) for b in batches)
 
-            return self.rows_per_second(measure)
-
-        def fed(n: int, epochs: int) -> float:
+        def fed(n: int, epochs: int) -> int:
             encoded = device.type != "cpu"  # as `sae train` chooses
-            return self.rows_per_second(lambda: consume(self.loader(encoded, epochs), device, n))
+            return consume(self.loader(encoded, epochs), device, n)
 
         return {
             RAW: raw,
@@ -174,23 +181,29 @@ class Bench:
             },
         }
 
-    def cold_and_warm(self, measure: Callable[[int], float]) -> tuple[float, float]:
-        """rows/s of one pass after dropping the store from the page cache, then of the next
-        `--epochs` passes (one loader: the steady state, pipeline start-up amortised)."""
+    def cold_and_warm(self, measure: Callable[[int], int]) -> tuple[Rate, Rate]:
+        """One pass after dropping the store from the page cache, then the next `--epochs`
+        passes (one loader: the steady state, pipeline start-up amortised)."""
         drop_page_cache(Path(self.store.location))
-        return measure(1), measure(self.args.epochs)
+        return self.timed(measure, 1), self.timed(measure, self.args.epochs)
+
+
+def best(rates: list[Rate]) -> Rate:
+    return Rate(max(r.rows_per_s for r in rates), min(r.cpu_s_per_row for r in rates))
 
 
 def compare(benches: dict[str, Bench], repeats: int) -> None:
     """Every measurement of every store, best of `repeats` rounds in which the stores alternate
-    (so that a burst of load from elsewhere hits them alike); ratios to (a) and between the
-    first two stores."""
+    (so that a burst of load from elsewhere hits them alike); ratios to (a), by wall time and
+    by CPU time per row (the ratio a CPU-bound loader reaches on an otherwise idle machine),
+    and between the first two stores."""
     names = list(benches)
-    header = "".join(f" | {n + ' cold':>12s} {'warm':>9s} {'GB/s':>5s} {'/(a)':>9s}" for n in names)
+    columns = f"{'cold':>8s} {'warm':>9s} {'GB/s':>5s} {'us/row':>6s} {'/(a) cold warm CPU':>18s}"
+    header = "".join(f" | {n:8s}{columns}" for n in names)
     if len(names) == 2:
-        header += f" | {names[1]}/{names[0]}"
-    print(f"  {'rows/s, cold and warm':30s}{header}")
-    rates: dict[str, dict[str, tuple[float, float]]] = {n: {} for n in names}
+        header += f" | {names[1]}/{names[0]} warm"
+    print(f"  {'rows/s; CPU per row (warm)':30s}{header}")
+    rates: dict[str, dict[str, tuple[Rate, Rate]]] = {n: {} for n in names}
     for label in benches[names[0]].measurements():
         rounds = [
             {
@@ -201,14 +214,21 @@ def compare(benches: dict[str, Bench], repeats: int) -> None:
         ]
         line = f"  {label:30s}"
         for name, bench in benches.items():
-            cold, warm = rates[name][label] = tuple(max(r[name][i] for r in rounds) for i in (0, 1))
+            cold = best([r[name][0] for r in rounds])
+            warm = best([r[name][1] for r in rounds])
+            rates[name][label] = cold, warm
             raw_cold, raw_warm = rates[name][RAW]
             line += (
-                f" | {cold:12,.0f} {warm:9,.0f} {warm * bench.row_bytes / 1e9:5.2f}"
-                f" {cold / raw_cold:4.2f} {warm / raw_warm:4.2f}"
+                f" | {cold.rows_per_s:16,.0f} {warm.rows_per_s:9,.0f}"
+                f" {warm.rows_per_s * bench.row_bytes / 1e9:5.2f} {warm.cpu_s_per_row * 1e6:6.2f}"
+                f" {cold.rows_per_s / raw_cold.rows_per_s:6.2f}"
+                f" {warm.rows_per_s / raw_warm.rows_per_s:5.2f}"
+                f" {raw_warm.cpu_s_per_row / warm.cpu_s_per_row:5.2f}"
             )
         if len(names) == 2:
-            line += f" | x{rates[names[1]][label][1] / rates[names[0]][label][1]:.2f} warm"
+            a, b = (rates[n][label][1] for n in names)
+            speed, cost = b.rows_per_s / a.rows_per_s, a.cpu_s_per_row / b.cpu_s_per_row
+            line += f" | x{speed:.2f}, CPU x{cost:.2f}"
         print(line, flush=True)
 
 
