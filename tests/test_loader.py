@@ -212,8 +212,9 @@ def test_encoded_batches_decode_on_cuda_to_the_cpu_values(dtype_store):
 
 @pytest.mark.parametrize("encoded", [False, True])
 def test_held_batches_stay_intact_while_the_loader_reuses_its_buffers(store, encoded):
-    """Two batches kept while the loader serves three more epochs (its two group buffers and
-    its carry are refilled ~45 times) still hold their rows' values."""
+    """Two batches kept while the loader serves three more epochs (its two group buffers, its
+    carry and, for decoded batches, its batch buffer are refilled again and again) still hold
+    their rows' values."""
     batches = iter(
         ShuffledLoader(
             store, fields=FIELDS, batch_size=300, buffer_rows=1024, epochs=3, encoded=encoded

@@ -96,15 +96,15 @@ def encode_gradients(g_RD: torch.Tensor, encoding: str) -> tuple[torch.Tensor, t
 def decode_values(
     stored_RD: torch.Tensor, encoding: FloatEncoding, scale_R: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Stored values (any tensor holding the storage dtype's bits) -> contiguous float32 values,
-    on the tensor's device. Exact: the element type widens to float32 and the scale is a power
-    of two, so every device decodes the same bits to the same floats."""
+    """Stored values (any tensor holding the storage dtype's bits) -> a new contiguous float32
+    tensor on the same device. Exact: the element type widens to float32 and the scale is a
+    power of two, so every device decodes the same bits to the same floats."""
     element = TORCH_DTYPES[encoding.element]
     if element == torch.float8_e4m3fn and stored_RD.device.type == "cpu":
         decoded_RD = torch.from_numpy(np.take(_FLOAT8_VALUES, stored_RD.view(torch.uint8).numpy()))
     else:
         decoded_RD = stored_RD.view(element).to(
-            torch.float32, memory_format=torch.contiguous_format
+            torch.float32, memory_format=torch.contiguous_format, copy=True
         )
     if encoding.scaled:
         return decoded_RD.div_(scale_R.contiguous()[:, None])  # strided broadcasts are slow
@@ -113,7 +113,7 @@ def decode_values(
 
 def decode_fields(raw: Mapping[str, torch.Tensor], spec: StoreSpec) -> dict[str, torch.Tensor]:
     """Raw fields of rows (storage dtypes, scales included) -> float32 activations and gradients
-    (descaled), other fields as they are, scales dropped."""
+    (descaled, new tensors), other fields as they are, scales dropped."""
     out: dict[str, torch.Tensor] = {}
     for name, tensor in raw.items():
         if name in schema.SCALE_ARRAYS:

@@ -8,12 +8,13 @@ Two levels of shuffling on top of the harvest-time permutation inside each block
 
 A row's fields (activations, gradients, their scales, ...) sit side by side in one *row record*
 of bytes, in the store's encoding. Chunks are read straight into the records of a group buffer;
-a batch is one vectorised gather of whole records from the group buffer into a new batch buffer
-(pinned on request), so every field of a row shares one permutation and each row is copied once.
-The batch is handed out as it is (`EncodedBatch`: one copy to a device moves all of it, and the
-device decodes it) or decoded to float32 on the loader's thread (`Batch`). Reads, gathers and
-decoding all run off the consumer's thread. Memory stays below two group buffers, one batch of
-carried-over rows and the batches in flight, whatever the store's size.
+a batch is one vectorised gather of whole records from the group buffer into a batch buffer, so
+every field of a row shares one permutation and each row is copied once. The batch is handed out
+as it is (`EncodedBatch`, in a buffer of its own, pinned on request: one copy to a device moves
+all of it, and the device decodes it) or decoded to float32 on the loader's thread (`Batch`,
+from one reused buffer). Reads, gathers and decoding all run off the consumer's thread. Memory
+stays below two group buffers, one batch of carried-over rows and the batches in flight,
+whatever the store's size.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import itertools
 import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -130,9 +131,18 @@ class EncodedBatch:
         return EncodedBatch(records, self.layout, self.spec, self.fields, self.epoch)
 
     def decode(self) -> Batch:
-        """The fields asked for, where the records are: activations and gradients as float32."""
-        decoded = encoding.decode_fields(self.raw(), self.spec)
-        return Batch({name: decoded[name].contiguous() for name in self.fields}, self.epoch)
+        """The fields asked for, where the records are: activations and gradients as float32.
+        Every tensor is new: the batch shares no memory with the records."""
+        decoded = encoding.decode_fields(self.raw(), self.spec)  # floats: new tensors
+        return Batch(
+            {
+                name: decoded[name]
+                if name in schema.SCALE_ARRAYS
+                else decoded[name].clone(memory_format=torch.contiguous_format)
+                for name in self.fields
+            },
+            self.epoch,
+        )
 
     def on(self, device: str | torch.device) -> Batch:
         """The decoded batch on `device`: the copy moves the stored bytes, the device decodes."""
@@ -192,19 +202,64 @@ class _Group:
         return self.buffer_RB[: self.n_rows]
 
 
-class _Carry:
-    """Rows of the previous group that did not fill a batch (fewer than one batch), so that its
-    buffer can be refilled while they wait for the next group's rows."""
+class _Batcher:
+    """Cuts one iteration's shuffled group rows into batches: whole records gathered (split
+    between the gather threads) into batch buffers. Rows that do not fill a batch wait in a
+    carry (fewer than one batch), so that their group's buffer can be refilled meanwhile."""
 
-    def __init__(self, batch_size: int, row_bytes: int) -> None:
-        self.records_RB = np.empty((batch_size, row_bytes), np.uint8)
-        self.n_rows = 0
+    def __init__(
+        self,
+        batch_size: int,
+        row_bytes: int,
+        new_batch: Callable[[int], torch.Tensor],
+        gather: ThreadPoolExecutor,
+        gather_threads: int,
+    ) -> None:
+        self.batch_size = batch_size
+        self.new_batch = new_batch
+        self.gather, self.gather_threads = gather, gather_threads
+        self.carry_RB = np.empty((batch_size, row_bytes), np.uint8)
+        self.carried = 0
 
-    def take(self, into_RB: np.ndarray) -> int:
-        """Move every carried row to the head of `into_RB`; return how many."""
-        n, self.n_rows = self.n_rows, 0
-        into_RB[:n] = self.records_RB[:n]
-        return n
+    def serve(self, records_RB: np.ndarray, order: np.ndarray) -> Iterator[torch.Tensor]:
+        """Batches of the carried rows followed by a group's rows in `order`; what does not fill
+        a batch is carried over."""
+        first = 0
+        while self.carried + len(order) - first >= self.batch_size:
+            batch_RB = self.new_batch(self.batch_size)
+            into_RB = batch_RB.numpy()
+            head, self.carried = self.carried, 0
+            into_RB[:head] = self.carry_RB[:head]
+            stop = first + self.batch_size - head
+            self._gather(records_RB, order[first:stop], into_RB[head:])
+            first = stop
+            yield batch_RB
+        rest = order[first:]
+        self._gather(records_RB, rest, self.carry_RB[self.carried : self.carried + len(rest)])
+        self.carried += len(rest)
+
+    def rest(self) -> torch.Tensor | None:
+        """The carried rows as a last, short batch (None when there are none)."""
+        if not self.carried:
+            return None
+        batch_RB = self.new_batch(self.carried)
+        batch_RB.numpy()[:] = self.carry_RB[: self.carried]
+        self.carried = 0
+        return batch_RB
+
+    def _gather(self, records_RB: np.ndarray, index: np.ndarray, into_RB: np.ndarray) -> None:
+        """into[i] = records[index[i]], whole records, split between the gather threads."""
+        n, threads = len(index), self.gather_threads
+        bounds = [n * i // threads for i in range(threads + 1)]
+        windows = [slice(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+
+        def take(window: slice) -> None:
+            np.take(records_RB, index[window], axis=0, out=into_RB[window], mode="clip")
+
+        if len(windows) == 1:
+            take(windows[0])
+        else:
+            list(self.gather.map(take, windows))
 
 
 class ShuffledLoader:
@@ -316,9 +371,8 @@ class ShuffledLoader:
 
     def _batch_records(self) -> Iterator[tuple[torch.Tensor, int]]:
         """(records, epoch) of every batch, in order. Two group buffers take turns: one is read
-        while the other is served; the rows a group leaves over wait in the carry."""
+        while the other is served."""
         rng = np.random.default_rng(self.seed)
-        carry = _Carry(self.batch_size, self.layout.row_bytes)
         chunks = min(self.units_per_group, len(self.units))
         group_rows = chunks * self.store.spec.layout.rows_per_chunk
         free = [np.empty((group_rows, self.layout.row_bytes), np.uint8) for _ in range(2)]
@@ -329,71 +383,42 @@ class ShuffledLoader:
             ThreadPoolExecutor(self.threads.read, thread_name_prefix="saekit-read") as io,
             ThreadPoolExecutor(self.threads.gather, thread_name_prefix="saekit-gather") as gather,
         ):
+            batcher = _Batcher(
+                self.batch_size,
+                self.layout.row_bytes,
+                self._batch_buffers(),
+                gather,
+                self.threads.gather,
+            )
             while free and (plan := next(plans, None)) is not None:
                 reading.append(self._start_group(io, *plan, free.pop()))
             while reading:
                 group = reading.pop(0)
                 records_RB, epoch = group.ready(), group.epoch
                 order = rng.permutation(self._eligible(records_RB))
-                yield from self._serve(records_RB, order, carry, epoch, gather)
+                for batch_RB in batcher.serve(records_RB, order):
+                    yield batch_RB, epoch
                 if (plan := next(plans, None)) is not None:
                     reading.append(self._start_group(io, *plan, group.buffer_RB))
-        if carry.n_rows and not self.drop_last:
-            batch_RB = self._new_batch(carry.n_rows)
-            carry.take(batch_RB.numpy())
-            yield batch_RB, epoch
+            if not self.drop_last and (batch_RB := batcher.rest()) is not None:
+                yield batch_RB, epoch
 
-    def _serve(
-        self,
-        records_RB: np.ndarray,
-        order: np.ndarray,
-        carry: _Carry,
-        epoch: int,
-        gather: ThreadPoolExecutor,
-    ) -> Iterator[tuple[torch.Tensor, int]]:
-        """Batches of the carried rows followed by the group's rows in `order`; what does not
-        fill a batch is carried over."""
-        first = 0
-        while carry.n_rows + len(order) - first >= self.batch_size:
-            batch_RB = self._new_batch(self.batch_size)
-            into_RB = batch_RB.numpy()
-            head = carry.take(into_RB)
-            stop = first + self.batch_size - head
-            self._gather(records_RB, order[first:stop], into_RB[head:], gather)
-            first = stop
-            yield batch_RB, epoch
-        rest = order[first:]
-        self._gather(records_RB, rest, carry.records_RB[carry.n_rows :][: len(rest)], gather)
-        carry.n_rows += len(rest)
-
-    def _gather(
-        self,
-        records_RB: np.ndarray,
-        index: np.ndarray,
-        into_RB: np.ndarray,
-        pool: ThreadPoolExecutor,
-    ) -> None:
-        """into[i] = records[index[i]], whole records, split between the gather threads."""
-        n, threads = len(index), self.threads.gather
-        bounds = [n * i // threads for i in range(threads + 1)]
-        windows = [slice(a, b) for a, b in itertools.pairwise(bounds) if b > a]
-
-        def take(window: slice) -> None:
-            np.take(records_RB, index[window], axis=0, out=into_RB[window], mode="clip")
-
-        if len(windows) == 1:
-            take(windows[0])
-        else:
-            list(pool.map(take, windows))
-
-    def _new_batch(self, n_rows: int) -> torch.Tensor:
-        """A new `[n_rows, row_bytes]` batch buffer. Pinned buffers come from torch's caching
-        host allocator, which hands a block out again only once every tensor using it is gone
-        and the copies from it have finished; a batch never shares memory with the loader's
-        group buffers, so batches stay intact however long they are held."""
+    def _batch_buffers(self) -> Callable[[int], torch.Tensor]:
+        """Where the records of each batch go. A decoded batch never shares memory with its
+        records (decoding copies them) and is decoded before the next is gathered, so one buffer
+        serves every batch. An encoded batch is handed out as it is, in a buffer of its own, so
+        it stays intact however long it is held; pinned buffers come from torch's caching host
+        allocator, which hands a block out again only once every tensor using it is gone and
+        the copies from it have finished."""
+        row_bytes = self.layout.row_bytes
+        if not self.encoded:
+            scratch_RB = torch.from_numpy(np.empty((self.batch_size, row_bytes), np.uint8))
+            return lambda n_rows: scratch_RB[:n_rows]
         if self.pin_memory:
-            return torch.empty((n_rows, self.layout.row_bytes), dtype=torch.uint8, pin_memory=True)
-        return torch.from_numpy(np.empty((n_rows, self.layout.row_bytes), np.uint8))
+            return lambda n_rows: torch.empty(
+                (n_rows, row_bytes), dtype=torch.uint8, pin_memory=True
+            )
+        return lambda n_rows: torch.from_numpy(np.empty((n_rows, row_bytes), np.uint8))
 
     def _start_group(
         self, io: ThreadPoolExecutor, epoch: int, units: list[tuple[int, int]], buffer: np.ndarray
