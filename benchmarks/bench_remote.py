@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from common import raw_shuffled_read, start_moto
-from saekit.cache_format import ActivationStore, HookSpec, ShuffledLoader
+from saekit.cache_format import ActivationStore, HookSpec, LoaderThreads, ShuffledLoader
 from saekit.demo import build_tiny_lm, generate_documents, write_corpus
 from saekit.synthetic import synthetic_spec, write_synthetic_store
 
@@ -31,7 +31,11 @@ HOOK = "blocks.7.hook_resid_post"
 
 def loader_rows_s(store: ActivationStore, threads: int = 8) -> float:
     loader = ShuffledLoader(
-        store, hook=HOOK, fields=("activations", "gradients"), batch_size=4096, read_threads=threads
+        store,
+        hook=HOOK,
+        fields=("activations", "gradients"),
+        batch_size=4096,
+        threads=LoaderThreads(read=threads),
     )
     began, rows = time.perf_counter(), 0
     for batch in loader:
@@ -63,7 +67,7 @@ def read_comparison(work: Path, rows: int) -> None:
         }
         print(f"store: {rows:,} rows, d=768, float16 activations + gradients, 12.6 MB chunks")
         for name, store in stores.items():
-            raw = raw_shuffled_read(store, HOOK, threads=8)
+            raw = raw_shuffled_read(store, HOOK, threads=8)[0] / 1e6
             rate = loader_rows_s(store)
             print(
                 f"  {name:22s} raw shuffled chunk reads {raw:7.0f} MB/s   "

@@ -33,12 +33,18 @@ import torch
 
 import saekit.train.sparse as sparse_module
 from common import synchronize
-from saekit.cache_format import ActivationStore, Batch, HookSpec, ShuffledLoader
+from saekit.cache_format import (
+    ActivationStore,
+    Batch,
+    EncodedBatch,
+    HookSpec,
+    LoaderThreads,
+    ShuffledLoader,
+)
 from saekit.devices import resolve_device
 from saekit.synthetic import synthetic_spec, write_synthetic_store
 from saekit.train.calibration import input_scale
 from saekit.train.member import Member
-from saekit.train.run import read_threads
 from saekit.train.schedule import Plan
 from saekit.train.spec import parse_spec
 
@@ -110,7 +116,11 @@ def make_members(texts: list[str], d: int, plan: Plan, x_BD, g_BD, device) -> li
 
 
 def tokens_per_second(
-    members: list[Member], batches: Iterable[Batch], steps: int, warmup: int, scale: float
+    members: list[Member],
+    batches: Iterable[Batch | EncodedBatch],
+    steps: int,
+    warmup: int,
+    scale: float,
 ) -> float:
     """The trainer's per-batch work for `steps` timed batches after `warmup` untimed ones."""
     needs_gradients = any(m.needs_gradients for m in members)
@@ -122,6 +132,7 @@ def tokens_per_second(
             started = time.perf_counter()
         if i == warmup + steps:
             break
+        batch = batch.on(device)
         x_BD = batch["activations"] * scale
         g_BD = batch["gradients"] / scale if needs_gradients else None
         batch_size = len(x_BD)
@@ -137,7 +148,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, store: ActivationStore, device) -> None:
         self.args, self.store, self.device = args, store, device
         self.plan = Plan.make(10**9, args.batch_size, store.n_rows("train"), 0.0, 0.0)
-        sample = next(iter(self.loader(("activations", "gradients"), epochs=1)))
+        sample = next(iter(self.loader(("activations", "gradients"), epochs=1))).on(device)
         self.scale = input_scale(sample["activations"])
         self.x_BD = (sample["activations"] * self.scale).to(device)
         self.g_BD = (sample["gradients"] / self.scale).to(device)
@@ -149,8 +160,9 @@ class Bench:
             fields=fields,
             batch_size=self.args.batch_size,
             epochs=epochs,
-            device=self.device,
-            read_threads=read_threads(self.store.location),  # as `sae train` does
+            encoded=self.device.type != "cpu",  # as `sae train` does
+            pin_device=self.device if self.device.type == "cuda" else None,
+            threads=LoaderThreads.for_machine(self.store.location, self.device),
         )
 
     def specs(self, *variants: str) -> list[str]:
@@ -170,7 +182,10 @@ class Bench:
         return self.rate(texts, lambda: iter(self.loader(fields)))
 
     def in_ram(self, texts: list[str]) -> float:
-        batches = [b for _, b in zip(range(self.args.steps + 1), self.loader(), strict=False)]
+        loader = self.loader()
+        batches = [
+            b.on(self.device) for _, b in zip(range(self.args.steps + 1), loader, strict=False)
+        ]
         return self.rate(texts, lambda: iter(batches))
 
 

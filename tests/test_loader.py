@@ -1,4 +1,5 @@
-"""The shuffled loader: exactly-once epochs, determinism, mixing, splits and bounded memory."""
+"""The shuffled loader: exactly-once epochs, determinism, mixing, splits, bounded memory, and
+encoded batches that decode to exactly the float32 batches, held batches that stay intact."""
 
 import tracemalloc
 
@@ -6,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from saekit.cache_format import ActivationStore, ShuffledLoader
+from saekit.cache_format import (
+    ActivationStore,
+    EncodedBatch,
+    LoaderThreads,
+    ShuffledLoader,
+    encoding,
+)
 from saekit.errors import SaekitError
 from saekit.synthetic import synthetic_spec, write_synthetic_store
 
@@ -106,7 +113,8 @@ def test_endless_loader_can_be_abandoned(store):
     assert seen > 3 * 15000
 
 
-def test_memory_stays_bounded_by_the_buffer(tmp_path):
+@pytest.mark.parametrize("encoded", [False, True])
+def test_memory_stays_bounded_by_the_buffer(tmp_path, encoded):
     """A store ~60 MB in size streams with a few MB of buffers."""
     path = tmp_path / "big.zarr"
     write_synthetic_store(path, synthetic_spec(1 << 17, rows_per_chunk=1024, chunks_per_block=8))
@@ -116,11 +124,12 @@ def test_memory_stays_bounded_by_the_buffer(tmp_path):
         fields=("activations", "gradients"),
         batch_size=256,
         buffer_rows=4096,
-        read_threads=2,
+        threads=LoaderThreads(read=2),
         prefetch_batches=2,
+        encoded=encoded,
     )
-    tracemalloc.start()
-    rows = sum(len(b["activations"]) for b in loader)
+    tracemalloc.start()  # numpy's buffers are traced: the group buffers, the carry, the batches
+    rows = sum(len(b) if encoded else len(b["activations"]) for b in loader)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     store_bytes = store.n_rows_committed * 64 * 2 * 2
@@ -136,3 +145,121 @@ def test_gradients_from_a_store_without_them(tmp_path):
     write_synthetic_store(tmp_path / "s", synthetic_spec(1024, hooks={"h": HookSpec(8, False)}))
     with pytest.raises(SaekitError, match="no gradients"):
         ShuffledLoader(ActivationStore.open(tmp_path / "s"), fields=("activations", "gradients"))
+
+
+DTYPES = ("float16", "bfloat16", "float32", "float8")
+FIELDS = ("row", "activations", "gradients", "tokens", "position")
+
+
+@pytest.fixture(scope="module", params=DTYPES)
+def dtype_store(request, tmp_path_factory):
+    """6144 rows (512 held out) in the given activation dtype."""
+    path = tmp_path_factory.mktemp(request.param) / "store.zarr"
+    spec = synthetic_spec(6144, holdout_rows=512, activation_dtype=request.param)
+    write_synthetic_store(path, spec)
+    return ActivationStore.open(path)
+
+
+def small_batches(store, **options):
+    """Batches that straddle groups (300 rows; groups of 1024 rows hold 960 servable ones)."""
+    return ShuffledLoader(
+        store, fields=FIELDS, batch_size=300, buffer_rows=1024, drop_last=False, **options
+    )
+
+
+def assert_rows_of_the_store(store, batch):
+    """The batch holds exactly the store's (decoded) values of the rows it names."""
+    truth = store.read_tensors(FIELDS[1:], 0, store.n_rows_committed)
+    for name in FIELDS[1:]:
+        assert torch.equal(batch[name], truth[name][batch["row"]]), name
+
+
+def test_encoded_batches_decode_to_exactly_the_float32_batches(dtype_store):
+    """Same seed, same rows in the same batches; an encoded batch holds the stored bits and
+    decodes on the CPU to the float32 batch bit for bit."""
+    decoded = list(small_batches(dtype_store))
+    encoded = list(small_batches(dtype_store, encoded=True))
+    assert len(decoded) == len(encoded) == -(-(5632 - 5632 // CONTEXT) // 300)
+    stored = dtype_store.read(["activations"], 0, dtype_store.n_rows_committed)["activations"]
+    for plain, packed in zip(decoded, encoded, strict=True):
+        assert isinstance(packed, EncodedBatch) and packed.epoch == plain.epoch
+        raw = packed.raw()
+        assert raw["activations"].dtype == encoding.torch_dtype(stored.dtype), "not decoded"
+        np.testing.assert_array_equal(
+            encoding.as_numpy(raw["activations"]), stored[plain["row"].numpy()]
+        )
+        on_cpu = packed.on("cpu")
+        assert set(on_cpu) == set(plain) == set(FIELDS)
+        for name in FIELDS:
+            assert on_cpu[name].dtype == plain[name].dtype
+            assert torch.equal(on_cpu[name], plain[name]), name
+    assert plain["activations"].dtype == torch.float32
+    for batch in decoded[:3] + decoded[-1:]:
+        assert_rows_of_the_store(dtype_store, batch)
+
+
+@pytest.mark.cuda
+def test_encoded_batches_decode_on_cuda_to_the_cpu_values(dtype_store):
+    decoded = list(small_batches(dtype_store))
+    encoded = list(small_batches(dtype_store, encoded=True, pin_device="cuda"))
+    for plain, packed in zip(decoded, encoded, strict=True):
+        assert packed.records_RB.is_pinned()
+        on_device = packed.on("cuda")
+        for name in FIELDS:
+            assert on_device[name].device.type == "cuda"
+            assert torch.equal(on_device[name].cpu(), plain[name]), name
+
+
+@pytest.mark.parametrize("encoded", [False, True])
+def test_held_batches_stay_intact_while_the_loader_reuses_its_buffers(store, encoded):
+    """Two batches kept while the loader serves three more epochs (its two group buffers, its
+    carry and, for decoded batches, its batch buffer are refilled again and again) still hold
+    their rows' values."""
+    batches = iter(
+        ShuffledLoader(
+            store, fields=FIELDS, batch_size=300, buffer_rows=1024, epochs=3, encoded=encoded
+        )
+    )
+    held = [batch for i, batch in zip(range(7), batches, strict=False) if i in (3, 6)]
+    rows = [as_float32(batch)["row"].clone() for batch in held]
+    assert sum(1 for _ in batches) > 100
+    for batch, rows_then in zip(held, rows, strict=True):
+        # batches 3 and 6 each take the carry of one group and rows of the next
+        assert torch.equal(as_float32(batch)["row"], rows_then)
+        assert_rows_of_the_store(store, as_float32(batch))
+
+
+def as_float32(batch):
+    return batch.on("cpu") if isinstance(batch, EncodedBatch) else batch
+
+
+def test_gather_threads_do_not_change_the_batches(store):
+    def batches(threads):
+        loader = ShuffledLoader(store, fields=FIELDS, batch_size=500, threads=threads)
+        return list(loader)
+
+    one, three = batches(LoaderThreads(read=1, gather=1)), batches(LoaderThreads(read=3, gather=3))
+    assert len(one) == len(three) > 20
+    for a, b in zip(one, three, strict=True):
+        assert all(torch.equal(a[name], b[name]) for name in FIELDS)
+
+
+def test_record_fields_are_aligned_and_disjoint(dtype_store):
+    fields = (*FIELDS, "loss", "sequence")
+    layout = ShuffledLoader(dtype_store, fields=fields).layout
+    assert layout.row_bytes % 8 == 0
+    taken = np.zeros(layout.row_bytes, bool)
+    for field in layout.fields.values():
+        assert field.offset % field.dtype.itemsize == 0
+        assert not taken[field.offset : field.offset + field.nbytes].any()
+        taken[field.offset : field.offset + field.nbytes] = True
+    assert layout.row_bytes - taken.sum() < 8, "no more padding than the alignment needs"
+
+
+def test_threads_are_sized_from_the_machine():
+    local = "/data/store.zarr"
+    assert LoaderThreads.for_machine(local, "cpu", cpus=2) == LoaderThreads(read=1, gather=1)
+    assert LoaderThreads.for_machine(local, "cpu", cpus=64) == LoaderThreads(read=4, gather=1)
+    assert LoaderThreads.for_machine(local, "cuda", cpus=16) == LoaderThreads(read=12, gather=4)
+    assert LoaderThreads.for_machine(local, "cuda", cpus=2) == LoaderThreads(read=2, gather=1)
+    assert LoaderThreads.for_machine("s3://bucket/store.zarr", "cpu", cpus=2).read == 16

@@ -15,7 +15,7 @@ from saekit.synthetic import synthetic_spec, write_synthetic_store
 from saekit.train import parse_spec
 from saekit.train.checkpoint import Checkpoints
 from saekit.train.member import Member
-from saekit.train.metrics import read_metrics
+from saekit.train.metrics import TIMING_KEYS, read_metrics
 from saekit.train.schedule import Plan
 
 SPECS = ["topk:k=8,latents=256", "gsae:k=8,latents=256,beta_eff=0.5"]
@@ -44,7 +44,7 @@ def run_killed(store, out, resume, kill_at) -> int:
 def outputs(out):
     saes = {d.name: load_file(d / "sae.safetensors") for d in sorted((out / "saes").iterdir())}
     metrics = [
-        {k: v for k, v in record.items() if k != "tokens_per_s"}
+        {k: v for k, v in record.items() if k not in TIMING_KEYS}
         for record in read_metrics(out / "metrics.jsonl")
     ]
     config = json.loads((out / "config.json").read_text())

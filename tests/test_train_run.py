@@ -8,12 +8,13 @@ import torch
 import zarr
 from safetensors.torch import load_file
 
+import saekit.train.trainer as trainer_module
 from helpers import snapshot
 from saekit.cache_format import ActivationStore, HookSpec
 from saekit.synthetic import synthetic_spec, write_synthetic_store
 from saekit.train import TrainRequest, TrainSettings, load_sae, parse_spec, train
 from saekit.train.checkpoint import Checkpoints
-from saekit.train.metrics import read_metrics
+from saekit.train.metrics import TIMING_KEYS, read_metrics
 from saekit.train.spec import ResolvedSpec
 from saekit.train.variants import VARIANTS
 from train_helpers import ALL_VARIANTS
@@ -80,8 +81,9 @@ def test_a_run_writes_config_metrics_checkpoint_and_saes(all_variants_run):
     assert len(records) == 7 * 4  # steps 10, 20, 30 and the last, 31
     assert [r["step"] for r in records[::7]] == [10, 20, 30, 31]
     assert {r["epoch"] for r in records} == {0, 1, 2}, "2.4 epochs"
-    for key in ("loss", "nmse", "l0", "l0_p50", "l0_zero", "dead_fraction", "tokens_per_s", "lr"):
+    for key in ("loss", "nmse", "l0", "l0_p50", "l0_zero", "dead_fraction", "lr", *TIMING_KEYS):
         assert all(key in r for r in records), key
+    assert all(0 <= r["data_wait_fraction"] <= 1 for r in records)
     topk = [r for r in records if r["sae"] == "topk-k4-96"]
     assert all(r["l0"] == 4 for r in topk) and "loss/auxk" in topk[0]
     assert topk[-1]["nmse"] < topk[0]["nmse"], "training reduces the reconstruction error"
@@ -330,3 +332,44 @@ def test_gradients_are_read_only_when_an_sae_needs_them(tmp_path, run_cli):
     assert_one_line_error(
         gsae, "holds NaN or Inf in store rows 3001;", during_training=True, exit_code=1
     )
+
+
+class FakeClock:
+    """A perf_counter that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_throughput_counts_the_time_blocked_on_the_loader(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(trainer_module.time, "perf_counter", clock)
+    throughput = trainer_module.Throughput(torch.device("cpu"))
+    for wait, compute in ((3.0, 1.0), (0.5, 1.5)):  # two steps of 256 rows
+        with throughput.waiting():
+            clock.now += wait
+        clock.now += compute
+        throughput.count(256)
+    assert throughput.lap() == (512 / 6.0, 3.5 / 6.0)
+    clock.now += 2.0  # a lap starts the next interval afresh
+    throughput.count(100)
+    assert throughput.lap() == (50.0, 0.0)
+
+
+@pytest.mark.cuda
+def test_training_on_cuda_decodes_encoded_batches_there(small_store, tmp_path):
+    request = TrainRequest(
+        store=str(small_store),
+        hook=None,
+        out=tmp_path / "run",
+        specs=[parse_spec("topk:k=8,latents=128"), parse_spec("gsae:k=8,latents=128")],
+        settings=TrainSettings(tokens=4096, batch_size=256, log_every=4, device="cuda"),
+    )
+    result = train(request)
+    records = read_metrics(result.run_dir / "metrics.jsonl")
+    topk = [r for r in records if r["sae"] == "topk-k8-128"]
+    assert topk[-1]["nmse"] < topk[0]["nmse"]
+    assert all(0 <= r["data_wait_fraction"] <= 1 for r in records)

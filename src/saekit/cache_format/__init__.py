@@ -1,9 +1,9 @@
-"""The activation store: the on-disk contract between harvest, train and eval (format v1).
+"""The activation store: the on-disk contract between harvest, train and eval.
 
 See docs/cache-format.md for the specification.
 """
 
-from saekit.cache_format.loader import Batch, ShuffledLoader
+from saekit.cache_format.loader import Batch, EncodedBatch, LoaderThreads, ShuffledLoader
 from saekit.cache_format.reader import SPLITS, ActivationStore, Split
 from saekit.cache_format.schema import (
     FORMAT_NAME,
@@ -22,7 +22,9 @@ __all__ = [
     "ActivationStore",
     "Batch",
     "Block",
+    "EncodedBatch",
     "HookSpec",
+    "LoaderThreads",
     "RowBlock",
     "ShuffledLoader",
     "Split",

@@ -26,10 +26,11 @@ if TYPE_CHECKING:
 MAX_ROWS_NAMED = 10
 
 
-def finite_rows(values_RD: np.ndarray, logical_dtype: str) -> np.ndarray:
-    """[R] bool: which rows of stored values (any storage dtype, e.g. bfloat16 bits) are all
-    finite. Reads the bits only: ~15x faster than `np.isfinite` on float16."""
-    unsigned, mask = encoding.nonfinite_bits(logical_dtype)
+def finite_rows(values_RD: np.ndarray, element: str) -> np.ndarray:
+    """[R] bool: which rows of stored values (any storage dtype, e.g. bfloat16 or float8 bits)
+    are all finite; `element` is the encoding's value type. Reads the bits only: ~15x faster
+    than `np.isfinite` on float16."""
+    unsigned, mask = encoding.nonfinite_bits(element)
     bits = values_RD.view(unsigned) & unsigned.type(mask)
     special = bits == unsigned.type(mask)
     return ~special.any(axis=tuple(range(1, values_RD.ndim)))
@@ -37,15 +38,13 @@ def finite_rows(values_RD: np.ndarray, logical_dtype: str) -> np.ndarray:
 
 def nonfinite_index(raw: Mapping[str, np.ndarray], spec: schema.StoreSpec) -> np.ndarray:
     """Positions of the rows of raw stored values (named as `ActivationStore.read` names them)
-    with NaN or Inf in their activations or gradients, or a gradient scale that is not a
-    positive finite number."""
+    with NaN or Inf in their activations or gradients, or a scale that is not a positive finite
+    number."""
     good: np.ndarray | None = None
     for name, values in raw.items():
-        if name == schema.ACTIVATIONS:
-            ok = finite_rows(values, spec.activation_dtype)
-        elif name == schema.GRADIENTS:
-            ok = finite_rows(values, str(values.dtype))
-        elif name == schema.GRADIENT_SCALE:
+        if name in schema.SCALE_ARRAYS:
+            ok = finite_rows(values, spec.encoding(name).element)
+        elif name in schema.SCALE_ARRAYS.values():
             ok = np.isfinite(values) & (values > 0)
         else:
             continue

@@ -174,13 +174,14 @@ class ActivationStore:
         return layout
 
     def _hook_paths(self, name: str, hook: str | None) -> dict[str, str]:
+        """The arrays of a hook field: its values, and its per-row scale when it has one."""
         hook = self.resolve_hook(hook)
-        if name == schema.ACTIVATIONS:
-            return {name: schema.hook_array_path(hook, name)}
-        self.require_gradients(hook)
+        if name == schema.GRADIENTS:
+            self.require_gradients(hook)
         paths = {name: schema.hook_array_path(hook, name)}
-        if self.spec.gradient_encoding == "scaled-float16":
-            paths[schema.GRADIENT_SCALE] = schema.hook_array_path(hook, schema.GRADIENT_SCALE)
+        if self.spec.encoding(name).scaled:
+            scale = schema.SCALE_ARRAYS[name]
+            paths[scale] = schema.hook_array_path(hook, scale)
         return paths
 
     def decode(
@@ -191,15 +192,7 @@ class ActivationStore:
             name: (encoding.as_torch(v) if isinstance(v, np.ndarray) else v).to(device)
             for name, v in raw.items()
         }
-        out: dict[str, torch.Tensor] = {}
-        for name, tensor in tensors.items():
-            if name == schema.ACTIVATIONS:
-                out[name] = encoding.decode_activations(tensor, self.spec.activation_dtype)
-            elif name == schema.GRADIENTS:
-                out[name] = encoding.decode_gradients(tensor, tensors.get(schema.GRADIENT_SCALE))
-            elif name != schema.GRADIENT_SCALE:
-                out[name] = tensor
-        return out
+        return encoding.decode_fields(tensors, self.spec)
 
     def read_tensors(
         self,

@@ -1,4 +1,4 @@
-"""The store's names, attributes and geometry: format v1 in one place.
+"""The store's names, attributes and geometry: the store format in one place.
 
 A store is a Zarr v3 group. Every row array has one row per token, the same length and the same
 chunk length. Rows are written and committed in *blocks* of whole chunks; rows inside a block are
@@ -18,7 +18,9 @@ import numpy as np
 from saekit.errors import IntegrityError, SaekitError
 
 FORMAT_NAME = "saekit.activation-store"
-FORMAT_VERSION = 1
+# The newest format version this saekit reads. A store carries the lowest version that describes
+# it (`StoreSpec.format_version`), so that older readers refuse only stores they would misread.
+FORMAT_VERSION = 2
 MAX_SHARDS = 100_000  # shard numbers have five digits in their keys (`shard-00003`)
 
 # Per-row arrays at the root of the group: name -> (numpy dtype, fill value of unwritten rows).
@@ -37,11 +39,59 @@ ROW_COLUMNS: dict[str, tuple[str, int | float]] = {
 ACTIVATIONS = "activations"
 GRADIENTS = "gradients"
 GRADIENT_SCALE = "gradient_scale"
+ACTIVATION_SCALE = "activation_scale"  # float8 stores scale activations too
 
-ACTIVATION_DTYPES = ("float16", "bfloat16", "float32")
-# zarr has no bfloat16: bfloat16 activations are kept as their raw bits in a uint16 array.
-ACTIVATION_STORAGE_DTYPES = {"float16": "float16", "bfloat16": "uint16", "float32": "float32"}
+
+@dataclass(frozen=True)
+class FloatEncoding:
+    """How rows of float values are kept in a zarr array.
+
+    `element` is the value type (the arrays' `logical_dtype` attribute); `storage_dtype` the
+    zarr array's dtype: zarr has no bfloat16 or float8 dtype, so those are kept as their raw bits
+    in unsigned integer arrays. `fill` marks unwritten rows (NaN, or the bits of a NaN). A
+    `scaled` encoding multiplies each row by a power of two kept in a float32 scale array
+    (`value = stored / scale`).
+    """
+
+    name: str
+    element: str
+    storage_dtype: str
+    fill: float | int
+    scaled: bool
+
+
 BFLOAT16_NAN_BITS = 0x7FC0
+FLOAT8_NAN_BITS = 0x7F  # float8_e4m3fn has no infinities; S.1111.111 is NaN
+FLOAT_ENCODINGS = {
+    encoding.name: encoding
+    for encoding in (
+        FloatEncoding("float16", "float16", "float16", float("nan"), scaled=False),
+        FloatEncoding("bfloat16", "bfloat16", "uint16", BFLOAT16_NAN_BITS, scaled=False),
+        FloatEncoding("float32", "float32", "float32", float("nan"), scaled=False),
+        FloatEncoding("scaled-float16", "float16", "float16", float("nan"), scaled=True),
+        FloatEncoding("scaled-float8", "float8_e4m3fn", "uint8", FLOAT8_NAN_BITS, scaled=True),
+    )
+}
+# A store's activation dtype fixes the encoding of its activations and of its gradients.
+ACTIVATION_ENCODINGS = {
+    "float16": "float16",
+    "bfloat16": "bfloat16",
+    "float32": "float32",
+    "float8": "scaled-float8",
+}
+GRADIENT_ENCODINGS = {
+    "float16": "scaled-float16",
+    "bfloat16": "scaled-float16",
+    "float32": "float32",
+    "float8": "scaled-float8",
+}
+ACTIVATION_DTYPES = tuple(ACTIVATION_ENCODINGS)
+# The format version that introduced each activation dtype: saekit before float8 knew version 1
+# and refuses newer versions with "upgrade saekit" instead of misreading uint8 bits.
+ACTIVATION_DTYPE_FORMAT_VERSIONS = {"float16": 1, "bfloat16": 1, "float32": 1, "float8": 2}
+# The per-hook float arrays and the scale array each one has when its encoding is scaled.
+SCALE_ARRAYS = {ACTIVATIONS: ACTIVATION_SCALE, GRADIENTS: GRADIENT_SCALE}
+SCALE_MEANING = "power of two the row was multiplied by"
 
 ROW_SHUFFLE_RULE = (
     "rows of each block are permuted, the held-out part and the training part separately, "
@@ -192,9 +242,25 @@ class StoreSpec:
             raise ValueError("a store needs at least one hook")
 
     @property
+    def activation_encoding(self) -> FloatEncoding:
+        return FLOAT_ENCODINGS[ACTIVATION_ENCODINGS[self.activation_dtype]]
+
+    @property
     def gradient_encoding(self) -> str:
-        """float32 stores keep float32 gradients; the others keep float16 scaled per row."""
-        return "float32" if self.activation_dtype == "float32" else "scaled-float16"
+        """float32 stores keep float32 gradients, float8 stores scaled float8, the others scaled
+        float16."""
+        return GRADIENT_ENCODINGS[self.activation_dtype]
+
+    def encoding(self, array: str) -> FloatEncoding:
+        """The encoding of a per-hook float array (`activations` or `gradients`)."""
+        if array == ACTIVATIONS:
+            return self.activation_encoding
+        return FLOAT_ENCODINGS[self.gradient_encoding]
+
+    @property
+    def format_version(self) -> int:
+        """The format version this store is written with."""
+        return ACTIVATION_DTYPE_FORMAT_VERSIONS[self.activation_dtype]
 
     def fixed_attrs(self) -> dict[str, Any]:
         """The attributes that must match for a writer to resume this store."""
@@ -249,30 +315,24 @@ class ArrayPlan:
 def array_plan(spec: StoreSpec) -> dict[str, ArrayPlan]:
     """Every array a store with this spec holds, by path."""
     plan = {name: ArrayPlan((), dtype, fill) for name, (dtype, fill) in ROW_COLUMNS.items()}
-    bf16 = spec.activation_dtype == "bfloat16"
-    scaled = spec.gradient_encoding == "scaled-float16"
     for hook, hook_spec in spec.hooks.items():
-        plan[hook_array_path(hook, ACTIVATIONS)] = ArrayPlan(
-            (hook_spec.d,),
-            ACTIVATION_STORAGE_DTYPES[spec.activation_dtype],
-            BFLOAT16_NAN_BITS if bf16 else float("nan"),
-            {"logical_dtype": spec.activation_dtype},
-        )
-        if not hook_spec.gradients:
-            continue
-        plan[hook_array_path(hook, GRADIENTS)] = ArrayPlan(
-            (hook_spec.d,),
-            "float16" if scaled else "float32",
-            float("nan"),
-            {
-                "encoding": spec.gradient_encoding,
-                "decode": "gradients / gradient_scale[:, None]" if scaled else "gradients",
-            },
-        )
-        if scaled:
-            plan[hook_array_path(hook, GRADIENT_SCALE)] = ArrayPlan(
-                (), "float32", float("nan"), {"meaning": "power of two the row was multiplied by"}
+        arrays = (ACTIVATIONS, GRADIENTS) if hook_spec.gradients else (ACTIVATIONS,)
+        for array in arrays:
+            encoding, scale = spec.encoding(array), SCALE_ARRAYS[array]
+            plan[hook_array_path(hook, array)] = ArrayPlan(
+                (hook_spec.d,),
+                encoding.storage_dtype,
+                encoding.fill,
+                {
+                    "logical_dtype": encoding.element,
+                    "encoding": encoding.name,
+                    "decode": f"{array} / {scale}[:, None]" if encoding.scaled else array,
+                },
             )
+            if encoding.scaled:
+                plan[hook_array_path(hook, scale)] = ArrayPlan(
+                    (), "float32", float("nan"), {"meaning": SCALE_MEANING}
+                )
     return plan
 
 

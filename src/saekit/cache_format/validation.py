@@ -112,6 +112,15 @@ def root_problems(attrs: dict[str, Any]) -> list[str]:
         f"one of {', '.join(schema.ACTIVATION_DTYPES)}",
         attrs.get("activation_dtype"),
     )
+    dtype, version = attrs.get("activation_dtype"), attrs.get("format_version")
+    needed = schema.ACTIVATION_DTYPE_FORMAT_VERSIONS.get(dtype) if isinstance(dtype, str) else None
+    if needed is not None and _is_int(version):
+        found.need(
+            version >= needed,
+            "format_version",
+            f"at least {needed} for activation_dtype {attrs['activation_dtype']}",
+            version,
+        )
     hooks = attrs.get("hooks")
     if found.need(isinstance(hooks, dict) and bool(hooks), "hooks", "a non-empty object", hooks):
         for name, hook in hooks.items():
@@ -249,10 +258,14 @@ def _array_problems(
         problems.append(
             f"{where} is chunked by {array.chunks[0]} rows but layout.rows_per_chunk is {chunk}"
         )
+    attributes = array.metadata.attributes
+    if not isinstance(attributes, dict):
+        problems.append(f"{where} has attributes {_shown(attributes)}, not an object")
+        attributes = {}
     for key in DECODING_ATTRS:
-        if key in plan.attrs and array.attrs.get(key) != plan.attrs[key]:
+        if key in plan.attrs and attributes.get(key) != plan.attrs[key]:
             problems.append(
-                f"{where} has {key} {_shown(array.attrs.get(key))} but the root attributes "
+                f"{where} has {key} {_shown(attributes.get(key))} but the root attributes "
                 f"mean {plan.attrs[key]!r}"
             )
     if array.shape[0] < committed_end:

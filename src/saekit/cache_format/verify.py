@@ -40,11 +40,12 @@ def _value_problem(path: str, first_row: int, values: np.ndarray, spec: StoreSpe
         bad_R, what = values < 0, "negative values (unwritten rows?)"
     elif name == schema.LOSS:  # NaN is legitimate: the last position predicts nothing
         bad_R, what = np.isinf(values), "infinite loss values"
-    elif name == schema.GRADIENT_SCALE:
-        bad_R, what = ~(np.isfinite(values) & (values > 0)), "gradient scales that are not > 0"
+    elif name in schema.SCALE_ARRAYS.values():
+        bad_R = ~(np.isfinite(values) & (values > 0))
+        what = f"non-positive or non-finite {name.replace('_', ' ')}s"
     else:
-        logical = spec.activation_dtype if name == schema.ACTIVATIONS else str(values.dtype)
-        bad_R, what = ~finite_rows(values, logical), "NaN or Inf values (unwritten rows?)"
+        element = spec.encoding(name).element
+        bad_R, what = ~finite_rows(values, element), "NaN or Inf values (unwritten rows?)"
     rows = first_row + np.flatnonzero(bad_R)
     if not len(rows):
         return None

@@ -78,18 +78,20 @@ def encode_rows(rows: RowBlock, spec: StoreSpec, check: bool = True) -> dict[str
         x_RD = torch.as_tensor(rows.activations[hook])
         if x_RD.shape != (rows.n_rows, hook_spec.d):
             raise ValueError(f"activations of {hook} have shape {tuple(x_RD.shape)}")
-        encoded[schema.hook_array_path(hook, schema.ACTIVATIONS)] = encoding.encode_activations(
-            x_RD, spec.activation_dtype, check
-        )
+        stored = {
+            schema.ACTIVATIONS: encoding.encode_activations(x_RD, spec.activation_dtype, check)
+        }
         if hook_spec.gradients != (hook in rows.gradients):
             raise ValueError(f"gradients of {hook} must be given iff the store keeps them")
         if hook_spec.gradients:
-            values, scale = encoding.encode_gradients(
-                torch.as_tensor(rows.gradients[hook]), spec.gradient_encoding, check
+            g_RD = torch.as_tensor(rows.gradients[hook])
+            stored[schema.GRADIENTS] = encoding.encode_gradients(
+                g_RD, spec.gradient_encoding, check
             )
-            encoded[schema.hook_array_path(hook, schema.GRADIENTS)] = values
+        for array, (values, scale) in stored.items():
+            encoded[schema.hook_array_path(hook, array)] = values
             if scale is not None:
-                encoded[schema.hook_array_path(hook, schema.GRADIENT_SCALE)] = scale
+                encoded[schema.hook_array_path(hook, schema.SCALE_ARRAYS[array])] = scale
     return encoded
 
 
@@ -171,7 +173,7 @@ def _create_or_open(target: StoreTarget, spec: StoreSpec, attrs: dict | None) ->
             zarr_format=3,
             attributes={
                 "format": schema.FORMAT_NAME,
-                "format_version": schema.FORMAT_VERSION,
+                "format_version": spec.format_version,
                 "saekit_version": __version__,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 **spec.fixed_attrs(),

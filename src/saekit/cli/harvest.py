@@ -73,7 +73,8 @@ def register(app: typer.Typer) -> None:
         context_size: Annotated[int, typer.Option(help="Tokens per context (BOS included).")] = 128,
         batch_size: Annotated[int, typer.Option(help="Contexts per forward/backward pass.")] = 16,
         dtype: Annotated[
-            str, typer.Option(help="Activation storage dtype: float16, bfloat16 or float32.")
+            str,
+            typer.Option(help="Activation storage dtype: float16, bfloat16, float32 or float8."),
         ] = "float16",
         gradients: Annotated[
             bool,

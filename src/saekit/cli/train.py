@@ -62,7 +62,8 @@ class ProgressReporter(Observer):
         self.bar.console.print(f"epoch {epoch + 1} of {math.ceil(plan.epochs)}", soft_wrap=True)
 
     def logged(self, step: int, records: list[dict[str, Any]]) -> None:
-        self.bar.update(self.task, rate=f"{records[0]['tokens_per_s']:,.0f} tok/s")
+        tokens_per_s, waiting = records[0]["tokens_per_s"], records[0]["data_wait_fraction"]
+        self.bar.update(self.task, rate=f"{tokens_per_s:,.0f} tok/s, {waiting:.0%} waiting on data")
 
     def __enter__(self) -> ProgressReporter:
         return self

@@ -9,6 +9,8 @@ from typing import Any
 from saekit.errors import SaekitError
 
 METRICS_FILE = "metrics.jsonl"
+# Keys that measure the machine rather than the training: they differ between identical runs.
+TIMING_KEYS = ("tokens_per_s", "data_wait_fraction")
 
 
 class MetricsLog:

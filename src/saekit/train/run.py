@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +24,8 @@ import numpy as np
 import torch
 
 from saekit import __version__
-from saekit.cache_format import ActivationStore, ShuffledLoader
-from saekit.cache_format.location import absolute_location, enclosing_store, is_local
+from saekit.cache_format import ActivationStore, LoaderThreads, ShuffledLoader
+from saekit.cache_format.location import absolute_location, enclosing_store
 from saekit.cache_format.nonfinite import NonFinitePolicy
 from saekit.devices import resolve_device
 from saekit.errors import IntegrityError, SaekitError
@@ -124,8 +123,9 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
             batch_size=settings.batch_size,
             seed=settings.seed,
             epochs=None,
-            device=device,
-            read_threads=read_threads(request.store),
+            encoded=device.type != "cpu",  # the device decodes what the store holds
+            pin_device=device if device.type == "cuda" else None,
+            threads=LoaderThreads.for_machine(request.store, device),
         )
         trainer.run(iter(loader), start)
     final = {record["sae"]: record for record in read_metrics(request.out / METRICS_FILE)}
@@ -148,19 +148,6 @@ def restore(trainer: Trainer, checkpoint: Checkpoint, checkpoints: Checkpoints) 
             f"the checkpoint in {checkpoints.root} does not fit this run ({reason}); the run's "
             "checkpoints are damaged, start a new run in another --out"
         ) from None
-
-
-REMOTE_READ_THREADS = 16
-
-
-def read_threads(location: str) -> int:
-    """Loader read threads. Local stores: a quarter of the CPUs, 1 to 4 (on a 2-core machine 4
-    readers preempt the training threads: store/RAM 0.92 with 4, 1.0 with 1 at d = 768). Object
-    storage and HTTP: 16, since each read mostly waits on the network (zarr-store.md §5: keep
-    16–64 chunk reads in flight)."""
-    if not is_local(location):
-        return REMOTE_READ_THREADS
-    return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 def resolve_specs(specs: list[SAESpec], d_in: int, default_lr: float | None) -> list[ResolvedSpec]:

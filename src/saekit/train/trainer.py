@@ -1,14 +1,16 @@
 """The training loop: several SAEs trained on each batch of one stream of rows.
 
-Every batch is read once and handed to every SAE (activations scaled by c, gradients by 1/c,
-read only when some SAE needs them). Rows holding NaN or Inf stop the run with the offending
-store rows named, or are left out and counted (`--skip-nonfinite`); metrics go to
-`metrics.jsonl` every `log_every` steps; checkpoints are written every `checkpoint_every` tokens
-and at the end.
+Every batch is read once, moved to the device (an encoded batch is copied as stored and decoded
+there) and handed to every SAE (activations scaled by c, gradients by 1/c, read only when some
+SAE needs them). Rows holding NaN or Inf stop the run with the offending store rows named, or
+are left out and counted (`--skip-nonfinite`); metrics go to `metrics.jsonl` every `log_every`
+steps, with the throughput and the fraction of the time the trainer waited on the loader;
+checkpoints are written every `checkpoint_every` tokens and at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -16,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from saekit.cache_format import Batch
+from saekit.cache_format import Batch, EncodedBatch
 from saekit.cache_format.nonfinite import NonFinitePolicy, NonFiniteRows
 from saekit.errors import SaekitError
 from saekit.train.checkpoint import Checkpoints
@@ -41,6 +44,45 @@ class Observer:
     def checkpointed(self, step: int) -> None: ...
 
 
+class Throughput:
+    """Tokens/s since the last lap, and the fraction of that time spent waiting on the loader.
+
+    Work queued on an accelerator runs asynchronously, so the device is synchronised at each lap
+    (the logging steps) and never per step for timing: the time of the queued work is counted
+    when it runs, and `next(batches)` blocks only when the loader has no batch ready.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._restart()
+
+    def _restart(self) -> None:
+        self._started = time.perf_counter()
+        self._waited = 0.0
+        self._tokens = 0
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Time spent inside this block counts as waiting on data."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._waited += time.perf_counter() - began
+
+    def count(self, tokens: int) -> None:
+        self._tokens += tokens
+
+    def lap(self) -> tuple[float, float]:
+        """(tokens/s, fraction of the time waiting on data) since the last lap."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - self._started
+        result = self._tokens / elapsed, self._waited / elapsed
+        self._restart()
+        return result
+
+
 @dataclass(frozen=True)
 class Cadence:
     log_every: int  # steps between metric lines
@@ -61,6 +103,7 @@ class Trainer:
         nonfinite: NonFinitePolicy | None = None,
     ) -> None:
         self.members = members
+        self.device = members[0].sae.W_dec.device  # where the SAEs live: batches go there
         self.plan = plan
         self.cadence = cadence
         self.input_scale = input_scale
@@ -82,7 +125,7 @@ class Trainer:
         self.nonfinite.skipped = trainer_state.get("nonfinite_rows_skipped", 0)
         return trainer_state["step"]
 
-    def run(self, batches: Iterator[Batch], start_step: int = 0) -> None:
+    def run(self, batches: Iterator[Batch] | Iterator[EncodedBatch], start_step: int = 0) -> None:
         """Train from `start_step` to the end of the plan; `batches` starts at batch 0."""
         self.metrics = MetricsLog(self.run_dir / METRICS_FILE, self._metrics_offset)
         try:
@@ -93,23 +136,22 @@ class Trainer:
         finally:
             self.metrics.close()
 
-    def _loop(self, batches: Iterator[Batch], start_step: int) -> None:
-        timer, timed_tokens = time.perf_counter(), 0
+    def _loop(self, batches: Iterator[Batch] | Iterator[EncodedBatch], start_step: int) -> None:
+        throughput = Throughput(self.device)
         for step in range(start_step, self.plan.steps):
-            batch = next(batches)
-            x_BD, gradients_BD = self._inputs(batch, step)
+            with throughput.waiting():
+                batch = next(batches)
+            x_BD, gradients_BD = self._inputs(batch.on(self.device), step)
             for member in self.members:
                 member.step(x_BD, gradients_BD, step)
             done = step + 1
-            timed_tokens += len(x_BD)
+            throughput.count(len(x_BD))
             if batch.epoch != self.epoch:
                 self.epoch = batch.epoch
                 self.observer.epoch_started(self.epoch, self.plan)
             self.observer.stepped(done, self.epoch)
             if done % self.cadence.log_every == 0 or done == self.plan.steps:
-                rate = timed_tokens / (time.perf_counter() - timer)
-                self._log(done, rate)
-                timer, timed_tokens = time.perf_counter(), 0
+                self._log(done, *throughput.lap())
             if self._checkpoint_due(done) and done < self.plan.steps:
                 self.checkpoint(done)
         self.checkpoint(self.plan.steps, complete=True)
@@ -138,7 +180,7 @@ class Trainer:
         scaled_g = None if gradients_BD is None else gradients_BD / self.input_scale
         return x_BD * self.input_scale, scaled_g
 
-    def _log(self, step: int, tokens_per_s: float) -> None:
+    def _log(self, step: int, tokens_per_s: float, data_wait_fraction: float) -> None:
         assert self.metrics is not None
         records = []
         for member in self.members:
@@ -158,6 +200,7 @@ class Trainer:
                     "lr": member.base_lr * self.plan.lr_factor(step - 1),
                     **metrics,
                     "tokens_per_s": tokens_per_s,
+                    "data_wait_fraction": data_wait_fraction,
                     **(
                         {"nonfinite_rows_skipped": self.nonfinite.skipped}
                         if self.nonfinite.skip
