@@ -14,7 +14,10 @@ Steps, each timed with the device synchronised, with its peak GPU memory:
    and the fraction of the time the trainer's thread was blocked waiting for the loader;
 4. `sae eval` online on a few batches of held-out contexts;
 5. a sharded harvest on a LocalCluster of 2 workers (`--cluster local:2`), each worker seeing
-   its own GPU where there are two.
+   its own GPU where there are two;
+6. the loader benchmark (`bench_store.py`, one round): raw reads against encoded batches copied
+   and decoded on the device, float32 batches and N no-op SAEs, float16 and float8 stores
+   (its table in OUT/bench_store.txt).
 Writes OUT/summary.json (every figure) and OUT/summary.md (the table for docs/benchmarks.md)
 after every step, so a run cut short still leaves what it measured. Exit code 1 if a step failed.
 """
@@ -67,17 +70,21 @@ class Sizes:
     eval_tokens: int
     eval_batch: int  # contexts
     shard_tokens: int
+    loader_rows: int  # of bench_store's synthetic stores
+    loader_d: int
 
 
 GPU = Sizes(
     layers=12, d=768, heads=12, vocab=50257, positions=1024, documents=20000, context=128,
     harvest_batch=64, harvest_tokens=524_288, latents=16384, k=32, train_batch=4096,
     train_tokens=1_048_576, eval_tokens=16384, eval_batch=16, shard_tokens=65536,
+    loader_rows=262_144, loader_d=768,
 )  # fmt: skip
 CPU = Sizes(
     layers=2, d=64, heads=4, vocab=512, positions=64, documents=300, context=64,
     harvest_batch=16, harvest_tokens=8192, latents=256, k=8, train_batch=512,
     train_tokens=4096, eval_tokens=1024, eval_batch=8, shard_tokens=4096,
+    loader_rows=16384, loader_d=64,
 )  # fmt: skip
 
 
@@ -367,6 +374,25 @@ def run_steps(check: Check, work: Path, sizes: Sizes, hook: str) -> None:
         if check.ok("train 4 SAEs in one pass"):
             eval_step(check, work, run, sizes)
     sharded_step(check, work, work / "model", corpus, sizes, hook)
+    loader_step(check, work, sizes)
+
+
+def loader_step(check: Check, work: Path, sizes: Sizes) -> None:
+    """benchmarks/bench_store.py on this device (one round): raw reads against the loader's
+    encoded and float32 batches and N no-op SAEs, float16 and float8 stores; its table is
+    written to OUT/bench_store.txt."""
+    command = [
+        sys.executable, str(REPO / "benchmarks" / "bench_store.py"), "--device", str(check.device),
+        "--rows", str(sizes.loader_rows), "--d", str(sizes.loader_d), "--repeats", "1",
+        "--dir", str(work),
+    ]  # fmt: skip
+    with check.step("loader benchmark") as figures:
+        figures["peak_gpu_memory_gb"] = "n/a (child process)"
+        result = subprocess.run(command, capture_output=True, text=True)
+        (check.out / "bench_store.txt").write_text(result.stdout + result.stderr)
+        figures["table"] = "bench_store.txt"
+        if result.returncode != 0:
+            raise RuntimeError(f"bench_store.py failed:\n{result.stderr[-4000:]}")
 
 
 def model_parameters(directory: Path) -> float:

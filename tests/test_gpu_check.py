@@ -16,6 +16,7 @@ STEPS = [
     "train 4 SAEs in one pass",
     "eval online",
     "sharded harvest, LocalCluster of 2 workers",
+    "loader benchmark",
 ]
 
 
@@ -40,5 +41,8 @@ def test_the_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
     assert all(math.isfinite(value) for value in loss_added.values())
     sharded = steps["sharded harvest, LocalCluster of 2 workers"]
     assert sharded["tokens"] == sizes["shard_tokens"] and sharded["worker_gpus"] == [None, None]
+    loader = (out / "bench_store.txt").read_text()
+    for measurement in ("(a) raw whole-chunk reads", "(b) loader, encoded batches"):
+        assert loader.count(measurement) == 2, "activations, and activations + gradients"
     table = (out / "summary.md").read_text()
     assert all(f"| {name} | ok |" in table for name in STEPS)

@@ -21,7 +21,9 @@ import zarr
 from safetensors.torch import load_file, save_file
 
 from helpers import harvest_small_store, snapshot
+from saekit.errors import SaekitError
 from saekit.train import TrainRequest, TrainSettings, parse_spec, train
+from saekit.train.metrics import METRICS_FILE, MetricsLog
 
 HOOK = "blocks.1.hook_resid_post"
 ACTIVATIONS = f"hooks/{HOOK}/activations"
@@ -683,3 +685,25 @@ def test_errors_print_no_stray_lines(world, run_cli):
     assert result.exit_code == 2
     assert result.stderr.startswith("error: --sae 'topk:k=400,latents=64': k=400 is more")
     assert result.stderr.count("\n") == 1
+
+
+def test_eval_replaces_links_planted_in_its_report_and_never_writes_through_them(world, run_cli):
+    report = world.root / "report"
+    assert run_cli(*world.eval()).exit_code == 0
+    for name in ("report.json", "report.md", "l0_vs_nmse.png"):
+        (report / name).unlink()
+        (report / name).symlink_to(world.mine / "notes.txt")
+    assert run_cli(*world.eval()).exit_code == 0
+    assert (world.mine / "notes.txt").read_text() == "mine, not saekit's"
+    assert not any((report / name).is_symlink() for name in ("report.json", "report.md"))
+    assert json.loads((report / "report.json").read_text())["rows"]
+    assert (report / "l0_vs_nmse.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_training_never_appends_through_a_link_planted_for_its_metrics(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    (tmp_path / METRICS_FILE).symlink_to(victim)
+    with pytest.raises(SaekitError, match="never writes through links in a run"):
+        MetricsLog(tmp_path / METRICS_FILE)
+    assert victim.read_text() == "mine"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -11,6 +12,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # (after the backend is chosen)
+from matplotlib.figure import Figure
+
+from saekit.train.atomic import write_atomically, write_text
 
 INSPECT_SITE = "inspect/index.html"  # where `sae eval --inspect` builds the latent dashboards
 PLOTS = {
@@ -150,8 +154,7 @@ def _scatter(rows: list[dict], y_key: str, y_source: str, y_label: str, title: s
     axes.legend(fontsize=8, loc="best")
     figure.tight_layout()
     _label_points(axes, points)
-    figure.savefig(path)
-    plt.close(figure)
+    _save_figure(figure, path)
 
 
 def _dead_bars(rows: list[dict], path: Path) -> None:
@@ -170,8 +173,15 @@ def _dead_bars(rows: list[dict], path: Path) -> None:
     axes.grid(True, axis="x", alpha=0.3)
     axes.legend(fontsize=8, loc="best")
     figure.tight_layout()
-    figure.savefig(path)
+    _save_figure(figure, path)
+
+
+def _save_figure(figure: Figure, path: Path) -> None:
+    """PNG bytes written atomically: a link planted at `path` is replaced, never followed."""
+    image = io.BytesIO()
+    figure.savefig(image, format="png")
     plt.close(figure)
+    write_atomically(path, lambda file: file.write(image.getvalue()))
 
 
 def inspect_link(out: Path) -> str | None:
@@ -183,8 +193,8 @@ def link_inspect_site(out: Path) -> None:
     """Point the report in `out` at the dashboards just built beside it (`sae eval --inspect`)."""
     report = json.loads((out / "report.json").read_text())
     report["inspect"] = inspect_link(out)
-    (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=True))
-    (out / "report.md").write_text(markdown(report))
+    write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=True))
+    write_text(out / "report.md", markdown(report))
 
 
 def write_report(report: dict, out: Path) -> dict[str, Path]:
@@ -193,8 +203,8 @@ def write_report(report: dict, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     report = {**report, "inspect": inspect_link(out)}
     files = {"json": out / "report.json", "markdown": out / "report.md"}
-    files["json"].write_text(json.dumps(report, indent=2, allow_nan=True))
-    files["markdown"].write_text(markdown(report))
+    write_text(files["json"], json.dumps(report, indent=2, allow_nan=True))
+    write_text(files["markdown"], markdown(report))
     rows = report["rows"]
     _scatter(
         rows,

@@ -33,6 +33,10 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     _fsync_directory(path.parent)
 
 
+def write_text(path: Path, text: str) -> None:
+    write_atomically(path, lambda file: file.write(text.encode()))
+
+
 def write_json(path: Path, value: Any) -> None:
     text = json.dumps(value, indent=2, allow_nan=True) + "\n"
     write_atomically(path, lambda file: file.write(text.encode()))

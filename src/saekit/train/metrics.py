@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,14 @@ class MetricsLog:
 
     def __init__(self, path: Path, resume_offset: int = 0) -> None:
         self.path = path
-        self._file = open(path, "ab")  # noqa: SIM115  (closed by close())
+        try:  # never through a link planted in the run: it would append elsewhere
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+        except OSError as error:
+            raise SaekitError(
+                f"cannot open {path} ({error.strerror}: a symbolic link or not a file); saekit "
+                "never writes through links in a run, remove it or train into another --out"
+            ) from None
+        self._file = os.fdopen(fd, "ab")
         self._file.truncate(resume_offset)
         self._file.seek(resume_offset)
 
