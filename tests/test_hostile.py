@@ -184,9 +184,9 @@ def _(w):
     return w.eval()
 
 
-@case("format-version-newer", 2, "newer than the 1 this saekit reads; upgrade saekit")
+@case("format-version-newer", 2, "newer than the 2 this saekit reads; upgrade saekit")
 def _(w):
-    edit_attrs(w, format_version=2)
+    edit_attrs(w, format_version=3)
     return ["verify", w.store]
 
 
