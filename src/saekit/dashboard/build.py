@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from saekit.cache_format import SPLITS, ActivationStore, Split
-from saekit.cache_format.location import enclosing_store
 from saekit.devices import resolve_device
 from saekit.errors import SaekitError
 from saekit.evaluate.offline import DENSE_THRESHOLD
+from saekit.evaluate.output_dir import check_output_dir
 from saekit.evaluate.provenance import recorded_model, recorded_store, report_provenance
 from saekit.train.export import CFG_FILE
 
@@ -160,25 +160,12 @@ def _store_location(request: InspectRequest) -> str:
 
 
 def _check_out(request: InspectRequest) -> None:
-    out = Path(request.out).resolve()
-    for path in request.saes:
-        for directory in sae_directories(path):
-            run = directory.parent.parent if directory.parent.name == "saes" else directory
-            if out == run.resolve() or run.resolve() in out.parents:
-                raise SaekitError(
-                    f"--out {request.out} is inside {run}; inspect never writes into a run, "
-                    "choose another directory"
-                )
-    store = enclosing_store(out)
-    if store is not None:
-        raise SaekitError(
-            f"--out {request.out} lies inside the store {store}; inspect never writes into a "
-            "store, choose another directory"
-        )
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_site(out))):
-        raise SaekitError(
-            f"--out {request.out} exists and is not an inspect site; choose a new directory"
-        )
+    runs = [
+        directory.parent.parent if directory.parent.name == "saes" else directory
+        for path in request.saes
+        for directory in sae_directories(path)
+    ]
+    check_output_dir(request.out, runs, "inspect", "an inspect site", is_site)
 
 
 def _manifest(

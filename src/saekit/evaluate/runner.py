@@ -9,15 +9,13 @@ from typing import Any, Protocol
 import torch
 
 from saekit.cache_format import ActivationStore
-from saekit.cache_format.location import (
-    enclosing_store,
-)
 from saekit.cache_format.nonfinite import NonFinitePolicy, named_rows
 from saekit.devices import resolve_device
 from saekit.errors import SaekitError
 from saekit.evaluate.heldout import check_holdout, heldout_contexts, holdout_batches, training_mean
 from saekit.evaluate.offline import offline_metrics
 from saekit.evaluate.online import online_metrics
+from saekit.evaluate.output_dir import check_output_dir
 from saekit.evaluate.provenance import recorded_model, recorded_store, report_provenance
 from saekit.evaluate.report import write_report
 from saekit.evaluate.steering import steering_metrics
@@ -57,30 +55,18 @@ class Progress(Protocol):
 
 
 def _check_runs_and_out(request: EvalRequest) -> None:
-    out = Path(request.out).resolve()
     for run in request.runs:
-        run_path = Path(run)
-        if not run_path.is_dir():
+        if not Path(run).is_dir():
             raise SaekitError(
                 f"run {run} is not a directory; give directories written by sae train"
             )
-        if out == run_path.resolve() or run_path.resolve() in out.parents:
-            raise SaekitError(
-                f"--out {request.out} is inside run {run}; eval never writes into "
-                "a run, choose another directory"
-            )
-    store = enclosing_store(out)
-    if store is not None:
-        raise SaekitError(
-            f"--out {request.out} lies inside the store {store}; eval never writes into a "
-            "store, choose another directory"
-        )
-    if out.exists() and (
-        not out.is_dir() or (any(out.iterdir()) and not (out / "report.json").exists())
-    ):
-        raise SaekitError(
-            f"--out {request.out} exists and is not an eval report; choose a new directory"
-        )
+    check_output_dir(
+        request.out,
+        [Path(run) for run in request.runs],
+        "eval",
+        "an eval report",
+        lambda out: (out / "report.json").exists(),
+    )
     if request.tokens is not None and request.tokens <= 0:
         raise SaekitError(f"--tokens must be positive, not {request.tokens}")
     if request.batch_size <= 0:
