@@ -90,12 +90,8 @@ def offline_metrics(
     results: dict[str, dict] = {}
     groups: dict[tuple[str, bool, int], list[Target]] = {}
     for target in targets:
-        batch_rows = (
-            int(target.sae.cfg.training.get("batch_size", 4096))
-            if (target.batch_dependent)
-            else 4096
-        )
-        groups.setdefault((target.hook, target.needs_gradients, batch_rows), []).append(target)
+        key = (target.hook, target.needs_gradients, target.batch_rows)
+        groups.setdefault(key, []).append(target)
     for (hook, gradients, batch_rows), group in groups.items():
         stats = {t.label: ReconstructionStats(t.sae.d_sae, means[hook]) for t in group}
         fields = ("activations", "gradients") if gradients else ("activations",)

@@ -14,7 +14,13 @@ from saekit import __version__
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.location import is_local, local_path
 from saekit.errors import SaekitError
-from saekit.evaluate.heldout import check_holdout, heldout_contexts, holdout_batches, training_mean
+from saekit.evaluate.heldout import (
+    check_holdout,
+    heldout_contexts,
+    heldout_row_slots,
+    holdout_batches,
+    training_mean,
+)
 from saekit.evaluate.offline import offline_metrics
 from saekit.evaluate.online import online_metrics
 from saekit.evaluate.report import write_report
@@ -140,6 +146,7 @@ def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str
             request.batch_size,
             device,
             on_batch=progress.advance if progress else lambda n: None,
+            row_slots=heldout_row_slots(store, request.tokens),
         )
         if request.steering:
             steering = _steering(request, store, model, targets, contexts)

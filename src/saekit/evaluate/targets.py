@@ -11,6 +11,8 @@ from torch import Tensor
 from saekit.cache_format import ActivationStore
 from saekit.errors import SaekitError
 
+DEFAULT_BATCH_ROWS = 4096
+
 
 @dataclass
 class Target:
@@ -48,6 +50,14 @@ class Target:
     @property
     def batch_dependent(self) -> bool:
         return self.mode == "batch"
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows per selection: the training batch size in batch mode (else any batching gives
+        the same codes; 4096 then)."""
+        if self.batch_dependent:
+            return int(self.sae.cfg.training.get("batch_size", DEFAULT_BATCH_ROWS))
+        return DEFAULT_BATCH_ROWS
 
     def reconstruct(self, x_BD: Tensor, g_BD: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(codes f, reconstruction x̂) of raw activations in this target's mode."""
