@@ -122,10 +122,12 @@ def test_offline_metrics_match_a_hand_computation(tmp_path):
         "l0_zero_fraction": (l0 == 0).mean(),
         "dead_fraction": ((f != 0).sum(0) == 0).mean(),
         "dense_fraction": ((f != 0).mean(0) > 0.1).mean(),
+        "underused_fraction": ((f != 0).mean(0) < 0.1 * l0.mean() / 4).mean(),
         "relative_reconstruction_bias": (x_hat**2).sum() / (x * x_hat).sum(),
         "cosine": ((x * x_hat).sum(1) / np.linalg.norm(x, axis=1)
                    / np.linalg.norm(x_hat, axis=1)).mean(),
     }  # fmt: skip
+    assert got["l0_histogram"] == np.bincount(l0).tolist()
     assert got["dead_fraction"] == 0.25, "latent 3 never fires (its bias is −1 on a zero row)"
     for name, value in expected.items():
         assert got[name] == pytest.approx(value, rel=1e-5), name

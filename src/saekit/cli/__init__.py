@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from saekit.cli import demo, evaluate, harvest, store, train
+from saekit.cli import demo, evaluate, harvest, recipe, store, train
 from saekit.cli.common import set_invocation
 from saekit.errors import SaekitError
 
@@ -21,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (harvest, train, evaluate, store, demo):
+for module in (harvest, train, evaluate, store, demo, recipe):
     module.register(app)
 
 

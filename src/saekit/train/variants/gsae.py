@@ -131,6 +131,12 @@ class GradientTopK(TopK):
         ratio_F = self.code_moment.value / torch.where(known_F, plain_F, 1.0)
         return torch.where(known_F, ratio_F, 1.0)
 
+    @torch.no_grad()
+    def forget_plain_gain_(self) -> None:
+        """Drop the learnt gains: plain mode becomes TopK on z (β = 0), as without them."""
+        for moment in (self.code_moment, self.plain_moment):
+            moment.observations.zero_()
+
     def step_metrics(self) -> dict[str, Tensor]:
         return {"beta_eff_measured": self.last_beta_eff}
 
