@@ -28,8 +28,8 @@ demo: $(VENV)/.installed
 	$(BIN)/sae demo --out $(DEMO_OUT)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff format --check src tests benchmarks experiments
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -133,11 +133,7 @@ class ChoiceRecipe(Recipe):
     def _usage(
         self, results: Results, context: AnalysisContext, analysis: Analysis, lines: list[Series]
     ) -> None:
-        k0 = (
-            context.preset.headline_k
-            if context.preset.headline_k in context.preset.choice_k
-            else context.preset.choice_k[len(context.preset.choice_k) // 2]
-        )
+        k0 = context.preset.choice_k[len(context.preset.choice_k) // 2]  # the middle L0
 
         def at(series, metric):
             return 100 * _mean(results.values(series, metric, lambda r: r.options["k"] == k0))
