@@ -80,6 +80,7 @@ class Recipe:
     title: ClassVar[str]
     paper: ClassVar[str]
     needs_gradients: ClassVar[bool] = False
+    steered_per_seed: ClassVar[int] = 0  # SAEs per seed with a steering sweep (cost estimate)
 
     def stages(self, preset: Preset) -> list[Stage]:
         raise NotImplementedError

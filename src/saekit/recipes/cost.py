@@ -63,7 +63,7 @@ def estimate(
                     evaluate += modes * preset.online_tokens * 2 * lm_params
                     saes += 1
         evaluate += (
-            4  # the steered SAEs per seed, about
+            recipe.steered_per_seed
             * len(preset.seeds)
             * preset.steering_latents
             * len(preset.steering_alphas)

@@ -48,6 +48,7 @@ class GSAERecipe(Recipe):
     title = "g-SAE vs TopK"
     paper = "Olmo et al., Features that Make a Difference (arXiv 2411.10397), Fig. 4 and 5"
     needs_gradients = True
+    steered_per_seed = 2  # TopK and g-SAE at the headline L0
 
     def stages(self, preset: Preset) -> list[Stage]:
         return [Stage("main", self.specs)]
