@@ -13,21 +13,23 @@ from saekit.recipes import SMALL, RecipeRequest, run_recipes
 from saekit.recipes.claims import FAILS, HOLDS, INCONCLUSIVE
 from saekit.synthetic import synthetic_spec, write_synthetic_store
 
-# The small preset, shrunk: a 12k-token store, 2·d latents, 8k training tokens, two seeds.
+# The small preset, shrunk: an 8k-token store, 2·d latents, 4k training tokens, two seeds, the
+# sweeps cut to two points each.
 FAST = dataclasses.replace(
     SMALL,
     context_size=32,
-    harvest_tokens=12_288,
+    harvest_tokens=8192,
     holdout_tokens=1024,
     harvest_batch=16,
     expansion=2,
-    train_tokens=8192,
+    train_tokens=4096,
     batch_size=256,
-    online_tokens=512,
+    online_tokens=256,
     eval_batch=8,
     gsae_k=(4, 8),
     headline_k=4,
     latents_factors=(0.5, 1.0),
+    beta_effs=(0.3,),
     choice_k=(4, 8),
     l1_grid=(2.0, 8.0),
     steering_latents=4,
