@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common import synchronize
 from saekit.harvest import HarvestConfig, plan_harvest, run_batch, run_harvest
 from saekit.harvest.contexts import Packing, context_stream
 from saekit.harvest.sources import resolve_source
@@ -55,11 +56,14 @@ def rate(tokens: int, seconds: float) -> float:
     return tokens / seconds
 
 
-def bare_rate(bridge, batches: list[torch.Tensor]) -> float:
-    run_batch(bridge, batches[0], [HOOK])  # warm-up
+def bare_rate(bridge, batches: list[torch.Tensor], hook: str = HOOK) -> float:
+    """Tokens/s of saekit's forward + backward alone (`run_batch`) on pre-tokenised batches."""
+    run_batch(bridge, batches[0], [hook])  # warm-up
+    synchronize(batches[0].device)
     started = time.perf_counter()
     for tokens in batches:
-        run_batch(bridge, tokens, [HOOK])
+        run_batch(bridge, tokens, [hook])
+    synchronize(batches[0].device)
     return rate(sum(t.numel() for t in batches), time.perf_counter() - started)
 
 
@@ -82,9 +86,11 @@ def hf_rate(model_dir: Path, batches: list[torch.Tensor], device: torch.device) 
         torch.autograd.grad(ce, [captured["x"]])
 
     step(batches[0])
+    synchronize(device)
     started = time.perf_counter()
     for tokens in batches:
         step(tokens)
+    synchronize(device)
     return rate(sum(t.numel() for t in batches), time.perf_counter() - started)
 
 
@@ -131,8 +137,10 @@ def main() -> None:
         ]
         bare = bare_rate(bridge, batches)
         hf = hf_rate(work / "gpt2-small", batches, device)
+        synchronize(device)
         started = time.perf_counter()
-        result = run_harvest(plan)
+        result = run_harvest(plan)  # returns once every block is committed (the copies landed)
+        synchronize(device)
         harvest = rate(result.rows, time.perf_counter() - started)
         size = sum(p.stat().st_size for p in (work / "store.zarr").rglob("*") if p.is_file())
         print(

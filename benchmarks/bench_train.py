@@ -32,7 +32,9 @@ from pathlib import Path
 import torch
 
 import saekit.train.sparse as sparse_module
+from common import synchronize
 from saekit.cache_format import ActivationStore, Batch, HookSpec, ShuffledLoader
+from saekit.devices import resolve_device
 from saekit.synthetic import synthetic_spec, write_synthetic_store
 from saekit.train.calibration import input_scale
 from saekit.train.member import Member
@@ -107,11 +109,6 @@ def make_members(texts: list[str], d: int, plan: Plan, x_BD, g_BD, device) -> li
     return members
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def tokens_per_second(
     members: list[Member], batches: Iterable[Batch], steps: int, warmup: int, scale: float
 ) -> float:
@@ -121,7 +118,7 @@ def tokens_per_second(
     batch_size = 0
     for i, batch in enumerate(batches):
         if i == warmup:
-            sync(device)
+            synchronize(device)
             started = time.perf_counter()
         if i == warmup + steps:
             break
@@ -130,7 +127,7 @@ def tokens_per_second(
         batch_size = len(x_BD)
         for member in members:
             member.step(x_BD, g_BD, i)
-    sync(device)
+    synchronize(device)
     return steps * batch_size / (time.perf_counter() - started)
 
 
@@ -255,13 +252,13 @@ def main() -> None:
     parser.add_argument("--n-saes", type=int, default=3, help="SAEs per pass to compare")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the comparisons")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--saelens-python", type=Path)
     parser.add_argument("--sparsify-python", type=Path)
     parser.add_argument("--no-install", action="store_true", help="skip missing libraries")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     path = args.dir / "saekit-bench-train.zarr"
     shutil.rmtree(path, ignore_errors=True)
     try:

@@ -9,8 +9,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 
 from saekit.cache_format import ActivationStore
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for every kernel queued on `device`: on CUDA a timed region must start and end with
+    this, or it times the launches, not the work (a no-op on the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def raw_shuffled_read(store: ActivationStore, hook: str, threads: int) -> float:

@@ -59,3 +59,9 @@ def harvest_small_store(tiny_lm, corpus, out, **overrides):
     )
     harvest(HarvestConfig(**{**settings, **overrides}))
     return out
+
+
+def small_corpus(corpus, path, documents=12):
+    """The first documents of the corpus (about 1,500 tokens of the tiny LM) in a new file."""
+    path.write_text("\n\n".join(corpus.read_text().split("\n\n")[:documents]) + "\n")
+    return path

@@ -82,7 +82,17 @@ def test_newer_format_version(run_cli, small_store, tmp_path):
 def test_missing_array(run_cli, small_store):
     shutil.rmtree(small_store / "hooks/synthetic.hook_resid/gradients")
     before = snapshot(small_store)
-    assert_one_line_error(run_cli("verify", small_store), "has no array", "gradients")
+    verify = run_cli("verify", small_store)
+    assert verify.exit_code == 1
+    assert (
+        verify.stderr
+        == "corrupt: metadata: array 'hooks/synthetic.hook_resid/gradients' is missing\n"
+    )
+    info = run_cli("info", small_store)
+    assert info.exit_code == 1 and info.stderr.count("\n") == 1
+    assert (
+        "damaged metadata: array 'hooks/synthetic.hook_resid/gradients' is missing" in info.stderr
+    )
     assert snapshot(small_store) == before
 
 

@@ -17,7 +17,8 @@ from saekit.evaluate.targets import Target
 from saekit.harvest import run_batch
 from saekit.harvest.model import load_model
 from saekit.synthetic import synthetic_spec, write_synthetic_store
-from saekit.train.export import SAEConfig, save_sae
+from saekit.train.export import save_sae
+from saekit.train.sae_config import SAEConfig
 from saekit.train.spec import parse_spec
 
 HOOK = "blocks.1.hook_resid_post"

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import torch
 
-from helpers import assert_one_line_error, assert_same_store, snapshot
+from helpers import assert_one_line_error, assert_same_store, small_corpus, snapshot
 from kill_switch import KILLED, child_command, count_events
 from saekit.cache_format import ActivationStore
 
@@ -84,7 +84,8 @@ def test_a_different_configuration_is_refused(run_cli, tiny_lm, corpus, tmp_path
         ({"--out": "{tmp}/a_file.txt"}, ["is a file"]),
         ({"--out": "{tmp}/photos"}, ["not a saekit activation store"]),
         ({"--dtype": "int8"}, ["--dtype must be one of"]),
-        ({"--device": "tpu"}, ["--device must be auto, cpu or cuda"]),
+        ({"--device": "tpu"}, ["--device must be auto, cpu, cuda (the current GPU) or cuda:N"]),
+        ({"--device": "cuda:x"}, ["--device must be auto, cpu, cuda"]),
     ],
 )
 def test_bad_inputs(run_cli, tiny_lm, corpus, tmp_path, change, fragments):
@@ -112,3 +113,27 @@ def test_cuda_where_there_is_none(run_cli, tiny_lm, corpus, tmp_path):
     args = harvest_args(tiny_lm, corpus, tmp_path / "new.zarr", "--device", "cuda")
     assert_one_line_error(run_cli(*args), "no CUDA GPU")
     assert not (tmp_path / "new.zarr").exists()
+
+
+def test_a_dataset_smaller_than_tokens_finishes_the_store_and_a_rerun_changes_nothing(
+    run_cli, tiny_lm, corpus, tmp_path
+):
+    out = tmp_path / "s.zarr"
+    args = harvest_args(tiny_lm, small_corpus(corpus, tmp_path / "few.txt"), out)
+    args[args.index("--tokens") + 1] = str(10**15)
+    args[args.index("--holdout-tokens") + 1] = "240"
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.stderr
+    assert "(the dataset ran out first)" in result.stdout
+    store = ActivationStore.open(out)
+    assert store.complete and 240 < store.n_rows_committed < 3000
+    assert {store.array(p).shape[0] for p in store.array_paths} == {store.n_rows_committed}
+    assert store.spec.layout.capacity_rows == -(-(10**15) // 24) * 24, "whole contexts asked for"
+    chunks = len(list((out / "tokens" / "c").iterdir()))
+    assert chunks == -(-store.n_rows_committed // 128), "no chunk beyond the rows written"
+    assert run_cli("verify", out).exit_code == 0
+
+    before = {k: v for k, v in snapshot(out).items() if not k.startswith("locks")}
+    again = run_cli(*args)
+    assert again.exit_code == 0, again.stderr
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith("locks")} == before

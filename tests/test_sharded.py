@@ -10,6 +10,14 @@ from helpers import snapshot
 from kill_switch import count_events
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.locking import local_lock
+from saekit.errors import SaekitError
+from saekit.harvest.distributed import (
+    HARVEST_RESOURCE,
+    _local_cluster,
+    check_harvest_workers,
+    gpu_assignments,
+    worker_device,
+)
 
 distributed = pytest.importorskip("distributed")
 
@@ -133,7 +141,12 @@ def test_killed_worker_is_resumed_without_duplicates(tiny_lm, corpus, tmp_path, 
     reference, writes = single_harvest
     out = tmp_path / "s.zarr"
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            resources={HARVEST_RESOURCE: 1},
+            dashboard_address=None,
+        ) as cluster,
         Client(cluster) as client,
     ):
         pids = list(client.run(os.getpid).values())
@@ -155,3 +168,83 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# -- placement on GPUs ---------------------------------------------------------------------------
+
+ADDRESS = "tcp://10.0.0.5:40123"  # how `dask worker ADDRESS` names a worker
+
+
+@pytest.mark.parametrize(
+    ("requested", "name", "environ", "gpus", "expected"),
+    [
+        ("auto", ADDRESS, {"CUDA_VISIBLE_DEVICES": "3"}, 1, "cuda:0"),  # its own GPU, by env
+        ("cuda", 2, {"CUDA_VISIBLE_DEVICES": "1"}, 1, "cuda:0"),  # dask-cuda: no second rotation
+        ("auto", 3, {}, 2, "cuda:1"),  # a plain LocalCluster's integer names
+        ("auto", ADDRESS, {}, 1, "cuda:0"),  # the only GPU
+        ("auto", ADDRESS, {}, 0, "auto"),  # no GPU: the resolver makes it the CPU
+        ("cpu", 1, {}, 4, "cpu"),
+        ("cuda:1", ADDRESS, {}, 4, "cuda:1"),  # as asked
+        ("auto", ADDRESS, {"CUDA_VISIBLE_DEVICES": " "}, 1, "cuda:0"),
+    ],
+)
+def test_each_worker_uses_its_own_gpu(requested, name, environ, gpus, expected):
+    assert worker_device(requested, name, environ, gpus) == expected
+
+
+def test_a_worker_that_cannot_tell_its_gpu_is_refused():
+    with pytest.raises(SaekitError) as error:
+        worker_device("auto", ADDRESS, {}, 4)
+    assert "CUDA_VISIBLE_DEVICES=i dask worker" in str(error.value)
+    assert "--resources saekit-harvest=1" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("workers", "environ", "gpus", "expected"),
+    [
+        (2, {}, 2, ["0", "1"]),
+        (3, {}, 2, ["0", "1", "0"]),
+        (2, {"CUDA_VISIBLE_DEVICES": "5,7"}, 2, ["5", "7"]),  # this process's own GPU list
+        (2, {"CUDA_VISIBLE_DEVICES": "GPU-aa, GPU-bb"}, 2, ["GPU-aa", "GPU-bb"]),
+        (2, {}, 0, [None, None]),
+    ],
+)
+def test_local_workers_get_one_gpu_each(workers, environ, gpus, expected):
+    assert gpu_assignments(workers, environ, gpus) == expected
+
+
+def test_workers_must_offer_the_harvest_resource():
+    check_harvest_workers({}, ADDRESS)  # no worker yet: the tasks wait for one
+    with_resource = {"a": {"resources": {HARVEST_RESOURCE: 1}}, "b": {"resources": {}}}
+    check_harvest_workers(with_resource, ADDRESS)
+    with pytest.raises(SaekitError, match="--resources saekit-harvest=1"):
+        check_harvest_workers({"a": {"resources": {}}, "b": {}}, ADDRESS)
+
+
+def test_a_local_cluster_gives_each_worker_its_gpu_and_a_harvest_resource(monkeypatch):
+    """On a (pretend) machine of two GPUs, each worker process sees only its own."""
+    from distributed import Client
+
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)  # in this process only
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    with _local_cluster(None) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2, timeout=120)
+        seen = client.run(
+            lambda dask_worker: (dask_worker.name, os.environ["CUDA_VISIBLE_DEVICES"])
+        )
+        resources = [w["resources"] for w in client.scheduler_info()["workers"].values()]
+    assert sorted(seen.values()) == [(0, "5"), (1, "7")]
+    assert resources == [{HARVEST_RESOURCE: 1}] * 2
+
+
+def test_an_external_cluster_without_the_resource_is_refused(run_cli, tiny_lm, corpus, tmp_path):
+    from distributed import LocalCluster
+
+    out = tmp_path / "s.zarr"
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        result = run_cli(
+            *args(tiny_lm, corpus, out, "--shards", "2", "--cluster", cluster.scheduler_address)
+        )
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"dask worker {cluster.scheduler_address} --resources saekit-harvest=1" in result.stderr
+    assert not out.exists()

@@ -7,8 +7,10 @@ import fsspec
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from saekit.cache_format import ActivationStore, HookSpec, StoreLayout, StoreWriter, schema
+from saekit.cache_format.writer import trim
 from saekit.errors import SaekitError
 from saekit.synthetic import synthetic_rows, synthetic_spec, write_synthetic_store
 
@@ -142,3 +144,17 @@ def test_readers_refuse_unknown_hooks_and_missing_gradients(tmp_path):
     with pytest.raises(SaekitError, match="has no hook 'nope'"):
         store.read(["activations"], 0, 10, hook="nope")
     assert schema.hook_array_path("h.acts_only", "gradients") not in store.array_paths
+
+
+def test_trimming_a_huge_array_touches_only_the_chunks_that_exist(tmp_path):
+    """Finishing a store asked for 10^15 rows must not enumerate 10^12 chunk keys (zarr's
+    resize does, and ran out of memory); only the chunk objects past the end are deleted."""
+    group = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3)
+    array = group.create_array("x", shape=(10**15,), chunks=(256,), dtype="int32", fill_value=-1)
+    array[:1000] = np.arange(1000)
+    (tmp_path / "s.zarr/x/c/3.torn.partial").write_bytes(b"half")  # a killed writer's leftover
+    trim(array, 600)
+    assert array.shape == (600,)
+    left = sorted(p.name for p in (tmp_path / "s.zarr/x/c").iterdir())
+    assert left == ["0", "1", "2", "3.torn.partial"], "chunk 3 (rows 768-1023) is gone"
+    np.testing.assert_array_equal(array[:], np.arange(600))

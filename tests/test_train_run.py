@@ -50,7 +50,7 @@ def trained_space_sae(run_dir, name):
     (entry,) = [s for s in config["run"]["saes"] if s["name"] == name]
     options = VARIANTS[entry["variant"]].options_type(**entry["options"])
     sae = ResolvedSpec(name, entry["variant"], options).build(64)
-    checkpoint = Checkpoints(run_dir).load([name], torch.device("cpu"))
+    checkpoint = Checkpoints(run_dir).load([name])
     sae.load_state_dict(checkpoint.members[name]["sae"])
     return sae.eval(), config["calibration"]["input_scale"]
 
@@ -231,10 +231,10 @@ def write_store_with_bad_rows(path, nan_activation_rows=(), inf_gradient_rows=()
     assert np.all(positions[[*nan_activation_rows, *inf_gradient_rows]] != 0)
 
 
-def assert_one_line_error(result, *fragments, during_training=False):
-    """Exit code 2 and one `error:` line; before training nothing else is printed, during
-    training the progress lines come before it."""
-    assert result.exit_code == 2, result.stderr
+def assert_one_line_error(result, *fragments, during_training=False, exit_code=2):
+    """Exit code 2 (1 for damaged data) and one `error:` line; before training nothing else is
+    printed, during training the progress lines come before it."""
+    assert result.exit_code == exit_code, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 or during_training, result.stderr
     assert lines[-1].startswith("error: ") and result.stderr.count("error:") == 1, result.stderr
@@ -313,7 +313,7 @@ def test_nan_or_inf_in_a_batch_stops_with_the_rows_named_and_a_checkpoint(tmp_pa
     before = snapshot(store)
     result = run_cli(*train_args(store, out, "gsae:k=4,latents=64", tokens=3584 * 2))
     assert_one_line_error(
-        result, "holds NaN or Inf in store rows", "--resume", during_training=True
+        result, "holds NaN or Inf in store rows", "--resume", during_training=True, exit_code=1
     )
     assert named_rows(result) <= {*NAN_ACTIVATION_ROWS, *INF_GRADIENT_ROWS}
     latest = Checkpoints(out).latest()
@@ -327,4 +327,6 @@ def test_gradients_are_read_only_when_an_sae_needs_them(tmp_path, run_cli):
     topk = run_cli(*train_args(store, tmp_path / "topk", "topk:k=4,latents=64", tokens=3584))
     assert topk.exit_code == 0, "a TopK run never reads the gradients"
     gsae = run_cli(*train_args(store, tmp_path / "gsae", "gsae:k=4,latents=64", tokens=3584))
-    assert_one_line_error(gsae, "holds NaN or Inf in store rows 3001;", during_training=True)
+    assert_one_line_error(
+        gsae, "holds NaN or Inf in store rows 3001;", during_training=True, exit_code=1
+    )

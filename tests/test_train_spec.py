@@ -114,5 +114,5 @@ def test_bad_config_files_say_what_is_wrong(tmp_path, text, message):
 def test_bad_settings_are_refused():
     with pytest.raises(SaekitError, match="--batch-size must be positive"):
         TrainSettings(batch_size=0)
-    with pytest.raises(SaekitError, match="--device must be auto, cpu or cuda"):
+    with pytest.raises(SaekitError, match="--device must be auto, cpu, cuda"):
         TrainSettings(device="tpu")

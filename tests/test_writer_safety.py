@@ -86,3 +86,24 @@ def test_writer_errors_surface_and_keep_committed_rows(tmp_path):
     assert store.n_rows_committed == 2048 and not store.complete
     write_synthetic_store(path, spec)  # resuming continues after the committed rows
     assert ActivationStore.open(path).complete
+
+
+def test_no_chunk_is_written_through_a_link_inside_the_store(tmp_path):
+    spec = synthetic_spec(4096)
+    path = tmp_path / "s"
+    with StoreWriter.open(path, spec) as writer:
+        block = next(writer.pending_blocks())
+        writer.write(block, synthetic_rows(spec, block, 16, 0))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    chunk_dir = path / "hooks/synthetic.hook_resid/activations/c/5"  # block 1's rows
+    chunk_dir.symlink_to(elsewhere, target_is_directory=True)
+    with (
+        pytest.raises(SaekitError, match="c/5 is a symbolic link; saekit never writes through"),
+        StoreWriter.open(path, spec) as writer,
+    ):
+        for block in writer.pending_blocks():
+            writer.write(block, synthetic_rows(spec, block, 16, 0))
+        writer.finish()
+    assert not list(elsewhere.iterdir()), "nothing written where the link points"
+    assert ActivationStore.open(path).n_rows_committed == 1024

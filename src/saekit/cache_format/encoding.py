@@ -10,6 +10,8 @@ keeps every row at full float16 precision.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -21,25 +23,53 @@ _TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32"
 _SCALED_EXPONENT = 14
 
 
-def _check_finite(x_RD: torch.Tensor, what: str) -> None:
-    if not bool(torch.isfinite(x_RD).all()):
-        bad = (~torch.isfinite(x_RD)).any(dim=-1).nonzero().flatten()[:5].tolist()
-        raise SaekitError(
-            f"{what} contain NaN or Inf (rows {bad} of the block); nothing was written"
-        )
+# What is wrong with a row, as bit flags of a uint8 (0: nothing). Computed on the rows' device
+# without reading anything back, so a harvest checks a whole block at once (`raise_for_problems`).
+NONFINITE_ACTIVATIONS, NONFINITE_GRADIENTS, FLOAT16_OVERFLOW = 1, 2, 4
+_PROBLEMS = (
+    (NONFINITE_ACTIVATIONS, "activations contain NaN or Inf"),
+    (FLOAT16_OVERFLOW, "activations exceed the float16 range (65504)"),
+    (NONFINITE_GRADIENTS, "gradients contain NaN or Inf"),
+)
 
 
-def encode_activations(x_RD: torch.Tensor, logical_dtype: str) -> torch.Tensor:
+def activation_problems(x_RD: torch.Tensor, logical_dtype: str) -> torch.Tensor:
+    """Per-row flags: NONFINITE_ACTIVATIONS, and FLOAT16_OVERFLOW for a float16 store."""
+    flags_R = (~torch.isfinite(x_RD).all(dim=-1)).to(torch.uint8) * NONFINITE_ACTIVATIONS
+    if logical_dtype == "float16":
+        flags_R |= (x_RD.abs().amax(dim=-1) > FLOAT16_MAX).to(torch.uint8) * FLOAT16_OVERFLOW
+    return flags_R
+
+
+def gradient_problems(g_RD: torch.Tensor) -> torch.Tensor:
+    """Per-row flags: NONFINITE_GRADIENTS."""
+    return (~torch.isfinite(g_RD).all(dim=-1)).to(torch.uint8) * NONFINITE_GRADIENTS
+
+
+def raise_for_problems(flags_R: torch.Tensor) -> None:
+    """One line for the first kind of problem any row has (reads the flags on the host)."""
+    if not bool(flags_R.any()):
+        return
+    for flag, what in _PROBLEMS:
+        rows = ((flags_R & flag) != 0).nonzero().flatten()
+        if len(rows) and flag == FLOAT16_OVERFLOW:
+            raise SaekitError(
+                f"{what}; harvest into a new store with --dtype bfloat16 or --dtype float32"
+            )
+        if len(rows):
+            raise SaekitError(
+                f"{what} (rows {rows[:5].tolist()} of the block); nothing was written"
+            )
+
+
+def encode_activations(x_RD: torch.Tensor, logical_dtype: str, check: bool = True) -> torch.Tensor:
     """Activations of any float dtype -> the storage dtype, on the same device.
 
     bfloat16 comes back as int16 holding the bfloat16 bits (`as_numpy` makes them uint16).
+    `check=False` leaves the checks (`activation_problems`) to the caller.
     """
-    _check_finite(x_RD, "activations")
-    if logical_dtype == "float16" and float(x_RD.abs().max()) > FLOAT16_MAX:
-        raise SaekitError(
-            "activations exceed the float16 range (65504); harvest into a new store with "
-            "--dtype bfloat16 or --dtype float32"
-        )
+    if check:
+        raise_for_problems(activation_problems(x_RD, logical_dtype))
     converted = x_RD.detach().to(_TORCH_DTYPES[logical_dtype])
     return converted.view(torch.int16) if logical_dtype == "bfloat16" else converted
 
@@ -64,9 +94,13 @@ def as_numpy(tensor: torch.Tensor) -> np.ndarray:
     return array.view(np.uint16) if array.dtype == np.int16 else array
 
 
-def encode_gradients(g_RD: torch.Tensor, encoding: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Gradients -> (stored values, per-row scale or None for float32), on the same device."""
-    _check_finite(g_RD, "gradients")
+def encode_gradients(
+    g_RD: torch.Tensor, encoding: str, check: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients -> (stored values, per-row scale or None for float32), on the same device.
+    `check=False` leaves the check (`gradient_problems`) to the caller."""
+    if check:
+        raise_for_problems(gradient_problems(g_RD))
     g_RD = g_RD.detach().float()
     if encoding == "float32":
         return g_RD, None
@@ -82,3 +116,17 @@ def decode_gradients(values_RD: torch.Tensor, scale_R: torch.Tensor | None) -> t
     if scale_R is None:
         return values_RD.float()
     return values_RD.float() / scale_R[:, None]
+
+
+def nonfinite_bits(logical_dtype: str) -> tuple[np.dtype, int]:
+    """(unsigned dtype of the same width, bit mask): a stored value of `logical_dtype` is NaN or
+    Inf exactly when every bit of the mask is set. Derived from the dtype: the exponent bits of
+    IEEE formats; every bit but the sign for formats without infinities (torch's `...fn`)."""
+    dtype = _TORCH_DTYPES[logical_dtype]
+    info = torch.finfo(dtype)
+    mantissa_bits = -round(math.log2(info.eps))
+    if str(dtype).endswith("fn"):
+        mask = (1 << (info.bits - 1)) - 1
+    else:
+        mask = ((1 << (info.bits - 1 - mantissa_bits)) - 1) << mantissa_bits
+    return np.dtype(f"uint{info.bits}"), mask

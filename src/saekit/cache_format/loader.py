@@ -24,17 +24,36 @@ import numpy as np
 import torch
 
 from saekit.cache_format import encoding, schema
+from saekit.cache_format.nonfinite import nonfinite_index
 from saekit.cache_format.reader import ROW_INDEX, ActivationStore, Split
 
 RawRows = dict[str, np.ndarray]
+_NO_ROWS = np.empty(0, dtype=np.int64)
 
 
 class Batch(dict[str, torch.Tensor]):
-    """Tensors of one batch by field name (`activations`, `gradients`, ...), plus its epoch."""
+    """Tensors of one batch by field name (`activations`, `gradients`, ...), plus its epoch and
+    its rows holding NaN or Inf (`nonfinite_index` in the batch, `nonfinite_rows` in the store;
+    see `nonfinite.NonFinitePolicy`)."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], epoch: int) -> None:
+    def __init__(
+        self,
+        tensors: dict[str, torch.Tensor],
+        epoch: int,
+        nonfinite_index: np.ndarray = _NO_ROWS,
+        nonfinite_rows: np.ndarray = _NO_ROWS,
+    ) -> None:
         super().__init__(tensors)
         self.epoch = epoch
+        self.nonfinite_index = nonfinite_index
+        self.nonfinite_rows = nonfinite_rows
+
+    def without_nonfinite(self) -> Batch:
+        """The batch without its non-finite rows."""
+        keep_B = np.ones(len(next(iter(self.values()))), dtype=bool)
+        keep_B[self.nonfinite_index] = False
+        keep = torch.from_numpy(keep_B)
+        return Batch({name: v[keep.to(v.device)] for name, v in self.items()}, self.epoch)
 
 
 def chunk_units(ranges: Sequence[tuple[int, int]], rows_per_chunk: int) -> list[tuple[int, int]]:
@@ -132,7 +151,8 @@ class ShuffledLoader:
         chunk = store.spec.layout.rows_per_chunk
         self.units = chunk_units(store.ranges(split), chunk)
         self.units_per_group = max(1, buffer_rows // chunk)
-        read_fields = set(self.fields) | ({schema.POSITION} if exclude_position_zero else set())
+        read_fields = set(self.fields) | {ROW_INDEX}  # store rows name non-finite rows
+        read_fields |= {schema.POSITION} if exclude_position_zero else set()
         self._read_fields = sorted(read_fields)
         self._raw_layout = store.raw_layout(self._read_fields, self.hook)
 
@@ -169,6 +189,8 @@ class ShuffledLoader:
                     continue
             return False
 
+        if self.device.type == "cuda":  # pinning and copies of this thread use the batches' GPU
+            torch.cuda.set_device(self.device)
         try:
             for batch in self._batches():
                 if not put(batch):
@@ -232,10 +254,14 @@ class ShuffledLoader:
         return eligible
 
     def _to_batch(self, raw: RawRows, epoch: int) -> Batch:
+        bad = nonfinite_index(raw, self.store.spec)
+        bad_rows = raw[ROW_INDEX][bad]
+        if ROW_INDEX not in self.fields:
+            raw = {name: values for name, values in raw.items() if name != ROW_INDEX}
         tensors: dict[str, np.ndarray | torch.Tensor] = dict(raw)
         if self.device.type == "cuda":  # pinned host memory makes the copy asynchronous
             tensors = {
                 name: encoding.as_torch(v).pin_memory().to(self.device, non_blocking=True)
                 for name, v in raw.items()
             }
-        return Batch(self.store.decode(tensors, self.device), epoch)
+        return Batch(self.store.decode(tensors, self.device), epoch, bad, bad_rows)

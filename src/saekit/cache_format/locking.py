@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import platform
+import re
 import threading
 import time
 import uuid
@@ -25,7 +27,9 @@ from typing import Any
 from saekit.errors import SaekitError
 
 LOCK_DIR = "locks"
+LOCK_FILE = re.compile(r"(create|shard-\d{5})\.lock")
 LEASE_TTL_SECONDS = 120.0
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
 
 
 def new_owner() -> str:
@@ -33,11 +37,35 @@ def new_owner() -> str:
     return uuid.uuid4().hex
 
 
+def is_lock_name(name: str) -> bool:
+    """Whether `name` is one of saekit's local lock files (`create.lock`, `shard-00003.lock`)."""
+    return LOCK_FILE.fullmatch(name) is not None
+
+
 @contextlib.contextmanager
 def local_lock(root: Path, name: str) -> Iterator[None]:
-    """Hold `<root>/locks/<name>.lock`, or refuse at once if another process holds it."""
-    (root / LOCK_DIR).mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / LOCK_DIR / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    """Hold `<root>/locks/<name>.lock`, or refuse at once if another process holds it.
+
+    Neither the lock directory nor the lock file may be a symbolic link: they are opened with
+    `O_NOFOLLOW`, so a planted link can never make a writer truncate the file it points to."""
+    lock_dir = root / LOCK_DIR
+    try:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        dir_fd = os.open(lock_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as error:
+        raise SaekitError(
+            f"cannot create the lock directory {lock_dir}: {_reason(error)}; choose an --out "
+            "you can write to (a symbolic link there is refused too)"
+        ) from None
+    try:
+        fd = os.open(f"{name}.lock", _LOCK_FLAGS, 0o644, dir_fd=dir_fd)
+    except OSError as error:
+        raise SaekitError(
+            f"cannot open the lock file {lock_dir / name}.lock: {_reason(error)}; remove it "
+            "if it is not saekit's (links are never followed)"
+        ) from None
+    finally:
+        os.close(dir_fd)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -52,6 +80,14 @@ def local_lock(root: Path, name: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _reason(error: OSError) -> str:
+    if error.errno in (errno.ELOOP, errno.ENOTDIR):
+        return "it is a symbolic link or not a directory"
+    if error.errno == errno.EEXIST:
+        return "a file of that name is in the way"
+    return error.strerror or str(error)
 
 
 class ObjectLease:

@@ -13,10 +13,9 @@ import zarr.errors
 from zarr.core.buffer.cpu import NDBuffer
 
 from saekit.cache_format import encoding, schema
-from saekit.cache_format.location import zarr_store
-from saekit.cache_format.progress import committed_ranges
-from saekit.cache_format.schema import StoreSpec
-from saekit.errors import SaekitError
+from saekit.cache_format.location import is_local, remote_error, zarr_store
+from saekit.cache_format.validation import StoreMetadataError, ValidStore, validate
+from saekit.errors import IntegrityError, SaekitError
 
 Split = Literal["train", "holdout", "all"]
 SPLITS: tuple[Split, ...] = ("train", "holdout", "all")
@@ -26,30 +25,19 @@ ROW_INDEX = "row"  # a field computed on read: the row's index in the store
 
 
 class ActivationStore:
-    """A store opened read-only. Only committed rows are visible; nothing is ever written."""
+    """A store opened read-only. Only committed rows are visible; nothing is ever written.
 
-    def __init__(self, location: str | Path, group: zarr.Group, attrs: dict[str, Any]) -> None:
+    Opening validates the metadata every reader relies on (`validation.validate`); a damaged
+    store is refused with one line naming the problem.
+    """
+
+    def __init__(self, location: str | Path, attrs: dict[str, Any], valid: ValidStore) -> None:
         self.location = str(location)
         self.attrs = attrs
-        self.spec = StoreSpec.from_attrs(attrs)
-        self.committed = committed_ranges(attrs, group.store, self.spec)
+        self.spec = valid.spec
+        self.committed = valid.committed
         self.n_rows_committed = sum(stop - start for start, stop in self.committed)
-        end = self.committed[-1][1] if self.committed else 0
-        self._arrays: dict[str, zarr.Array] = {}
-        for path in schema.array_plan(self.spec):
-            try:
-                array = group[path]
-            except KeyError:
-                raise SaekitError(
-                    f"store {location} has no array '{path}'; the store is damaged, "
-                    "harvest it again"
-                ) from None
-            if array.shape[0] < end:
-                raise SaekitError(
-                    f"array '{path}' of {location} holds {array.shape[0]} rows but rows up to "
-                    f"{end} are committed; the store is damaged"
-                )
-            self._arrays[path] = array
+        self._arrays: dict[str, zarr.Array] = valid.arrays
 
     @classmethod
     def open(
@@ -57,21 +45,20 @@ class ActivationStore:
     ) -> ActivationStore:
         """Open a store read-only (local path, file://, memory://, http(s)://, s3://, gs://...)."""
         try:
-            store = zarr_store(location, read_only=True, storage_options=storage_options)
-            group = zarr.open_group(store, mode="r", zarr_format=3)
-        except (FileNotFoundError, NotADirectoryError, zarr.errors.BaseZarrError, ValueError):
-            raise SaekitError(
-                f"{location} is not a saekit activation store; check the path"
-            ) from None
-        except ImportError as error:  # fsspec names the package a protocol needs
-            raise SaekitError(f"cannot open {location}: {error}") from None
-        attrs = schema.check_format(dict(group.attrs), location)
-        if not attrs.get("initialized"):
-            raise SaekitError(
-                f"store {location} was interrupted while being created; re-run the command "
-                "that writes it"
-            )
-        return cls(location, group, attrs)
+            group = _open_group(location, storage_options)
+            attrs = schema.check_format(dict(group.attrs), location)
+            if not attrs.get("initialized"):
+                raise SaekitError(
+                    f"store {location} was interrupted while being created; re-run the command "
+                    "that writes it"
+                )
+            return cls(location, attrs, validate(group, attrs, location))
+        except SaekitError:
+            raise
+        except Exception as error:  # network, credentials, permissions: one line, no trace
+            if is_local(location) and not isinstance(error, OSError):
+                raise
+            raise remote_error(str(location), error) from None
 
     # -- description -------------------------------------------------------------------------
 
@@ -155,15 +142,28 @@ class ActivationStore:
         if ROW_INDEX in fields:
             result[ROW_INDEX] = np.arange(start, stop, dtype=np.int64)
         for name, path in self.fields_to_arrays(fields, hook).items():
-            array = self._arrays[path]
-            if out is None:
-                result[name] = array[start:stop]
-            else:
-                array.get_basic_selection(
-                    slice(start, stop), out=NDBuffer.from_numpy_array(out[name])
-                )
-                result[name] = out[name]
+            result[name] = self._read_array(path, start, stop, None if out is None else out[name])
         return result
+
+    def _read_array(self, path: str, start: int, stop: int, out: np.ndarray | None) -> np.ndarray:
+        """Rows [start, stop) of one array; a chunk that cannot be read or decoded (checksum
+        mismatch, truncated file) is refused in one line pointing at `sae verify`."""
+        array = self._arrays[path]
+        try:
+            if out is None:
+                return array[start:stop]
+            array.get_basic_selection(slice(start, stop), out=NDBuffer.from_numpy_array(out))
+            return out
+        except OSError as error:
+            if not is_local(self.location):
+                raise remote_error(self.location, error) from None
+            reason = error.strerror or str(error)
+        except (ValueError, RuntimeError, TypeError) as error:  # checksum or decoding failure
+            reason = "checksum mismatch" if "checksum" in str(error) else str(error)
+        raise IntegrityError(
+            f"store {self.location}: rows {start}-{stop - 1} of '{path}' cannot be read "
+            f"({reason}); the store is damaged, run sae verify on it"
+        )
 
     def raw_layout(self, fields: Sequence[str], hook: str | None = None) -> dict[str, tuple]:
         """Raw output name -> (row shape, numpy dtype) of what `read(fields)` returns."""
@@ -211,3 +211,25 @@ class ActivationStore:
     ) -> dict[str, torch.Tensor]:
         """Rows [start, stop) as tensors, activations and gradients decoded to float32."""
         return self.decode(self.read(fields, start, stop, hook), device)
+
+
+def _open_group(location: str | Path, storage_options: dict[str, Any] | None) -> zarr.Group:
+    """The store's root group; a missing or damaged root `zarr.json` is refused in one line."""
+    try:
+        store = zarr_store(location, read_only=True, storage_options=storage_options)
+        group = zarr.open_group(store, mode="r", zarr_format=3)
+    except (
+        FileNotFoundError,
+        NotADirectoryError,
+        zarr.errors.GroupNotFoundError,
+        zarr.errors.ContainsArrayError,
+    ):
+        raise SaekitError(f"{location} is not a saekit activation store; check the path") from None
+    except ImportError as error:  # fsspec names the package a protocol needs
+        raise SaekitError(f"cannot open {location}: {error}") from None
+    except (ValueError, TypeError, KeyError, zarr.errors.BaseZarrError) as error:
+        problem = f"the root zarr.json cannot be read ({error})"
+        raise StoreMetadataError(location, [problem]) from None
+    if not isinstance(group, zarr.Group):
+        raise SaekitError(f"{location} is not a saekit activation store; check the path")
+    return group

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from saekit.errors import SaekitError
+from saekit.errors import IntegrityError, SaekitError
 
 FORMAT_NAME = "saekit.activation-store"
 FORMAT_VERSION = 1
+MAX_SHARDS = 100_000  # shard numbers have five digits in their keys (`shard-00003`)
 
 # Per-row arrays at the root of the group: name -> (numpy dtype, fill value of unwritten rows).
 TOKENS = "tokens"
@@ -99,8 +100,8 @@ class StoreLayout:
             raise ValueError("holdout_rows must be >= 0")
         if self.capacity_rows is not None and self.capacity_rows < self.holdout_rows:
             raise ValueError("capacity_rows must be at least holdout_rows")
-        if self.shards < 1 or (self.shards > 1 and self.capacity_rows is None):
-            raise ValueError("a sharded store needs shards >= 1 and a known capacity")
+        if not 1 <= self.shards <= MAX_SHARDS or (self.shards > 1 and self.capacity_rows is None):
+            raise ValueError(f"a sharded store needs 1 to {MAX_SHARDS} shards and a known capacity")
 
     @property
     def rows_per_block(self) -> int:
@@ -283,7 +284,12 @@ def check_format(attrs: dict | None, location: str | Path) -> dict:
             "attribute); check the path"
         )
     version = attrs.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise IntegrityError(
+            f"store {location} has damaged metadata: format_version must be a positive "
+            f"integer, not {version!r}; restore the store from a copy or harvest it again"
+        )
+    if version > FORMAT_VERSION:
         raise SaekitError(
             f"{location} uses store format version {version}, newer than the {FORMAT_VERSION} "
             "this saekit reads; upgrade saekit"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,16 @@ import fsspec
 from zarr.abc.store import Store
 
 from saekit.cache_format import schema
-from saekit.cache_format.location import is_local, local_path, remote_error, zarr_store
-from saekit.cache_format.locking import LOCK_DIR, local_lock, object_lock
+from saekit.cache_format.location import (
+    enclosing_store,
+    is_local,
+    local_path,
+    refuse_links,
+    remote_error,
+    zarr_store,
+)
+from saekit.cache_format.locking import LOCK_DIR, is_lock_name, local_lock, object_lock
+from saekit.cache_format.progress import progress_key
 from saekit.errors import SaekitError
 
 
@@ -32,8 +41,8 @@ class StoreTarget:
             except (ImportError, ValueError) as error:
                 raise SaekitError(f"cannot write to {location}: {error}") from None
 
-    def zarr_store(self) -> Store:
-        return zarr_store(self.location, read_only=False, storage_options=self.storage_options)
+    def zarr_store(self, read_only: bool = False) -> Store:
+        return zarr_store(self.location, read_only=read_only, storage_options=self.storage_options)
 
     def _root_attrs(self) -> dict | None:
         try:
@@ -56,7 +65,7 @@ class StoreTarget:
                 raise SaekitError(
                     f"{self.path} is a file, not a store directory; choose another output path"
                 )
-            return all(p.name == LOCK_DIR for p in self.path.iterdir())
+            return all(p.name == LOCK_DIR and _holds_only_locks(p) for p in self.path.iterdir())
         try:
             if not self.fs.exists(self.root):
                 self._check_bucket()
@@ -82,10 +91,32 @@ class StoreTarget:
                 )
 
     def existing_attrs(self) -> dict | None:
-        """Refuse, touching nothing, a file or a foreign directory; return a store's attributes."""
+        """Refuse, touching nothing, a file, a foreign directory or a place inside another store;
+        return the attributes of the store already there, or None for a new store."""
+        if self.local:
+            real = Path(os.path.realpath(self.path))
+            outer = enclosing_store(real.parent)
+            if outer is not None:
+                raise SaekitError(
+                    f"{self.location} lies inside the store {outer}, which only its writer may "
+                    "change; choose an output path outside it"
+                )
+            existing = next(p for p in (real, *real.parents) if p.exists())
+            if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+                raise SaekitError(
+                    f"cannot write to {self.location}: {existing} is not writable; choose an "
+                    "output path you can write to"
+                )
         if self._is_empty():
             return None
         return schema.check_format(self._root_attrs(), self.location)
+
+    def refuse_links(self, keys: list[str]) -> None:
+        """Refuse, before writing anything, a local store where one of these keys' directories
+        is a symbolic link (chunk writes check their own paths too)."""
+        if self.local:
+            for key in [*keys, progress_key(0)]:
+                refuse_links(Path(os.path.realpath(self.path)), key)
 
     @contextlib.contextmanager
     def lock(self, name: str, owner: str) -> Iterator[None]:
@@ -103,3 +134,12 @@ class StoreTarget:
         if self.local:
             for stray in self.path.rglob("*.partial"):
                 stray.unlink()
+
+
+def _holds_only_locks(directory: Path) -> bool:
+    """A real `locks/` directory holding nothing but saekit's own lock files."""
+    if directory.is_symlink() or not directory.is_dir():
+        return False
+    return all(
+        is_lock_name(p.name) and p.is_file() and not p.is_symlink() for p in directory.iterdir()
+    )

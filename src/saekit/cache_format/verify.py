@@ -11,7 +11,9 @@ import zarr
 from zarr.core.sync import sync
 
 from saekit.cache_format import schema
+from saekit.cache_format.nonfinite import finite_rows, named_rows
 from saekit.cache_format.reader import ActivationStore
+from saekit.cache_format.schema import StoreSpec
 
 
 @dataclass(frozen=True)
@@ -30,20 +32,23 @@ class Problem:
         )
 
 
-def _value_problem(path: str, values: np.ndarray) -> str | None:
-    """What is impossible about a committed chunk's values, or None. Fill values mean unwritten."""
+def _value_problem(path: str, first_row: int, values: np.ndarray, spec: StoreSpec) -> str | None:
+    """What is impossible about a committed chunk's values (how many rows, and which), or None.
+    Fill values (NaN, -1) mean rows never written."""
     name = path.rsplit("/", 1)[-1]
     if name in (schema.TOKENS, schema.SEQUENCE, schema.POSITION):
-        return "negative values (unwritten rows?)" if (values < 0).any() else None
-    if name == schema.LOSS:  # NaN is legitimate: the last position predicts nothing
-        return "infinite loss values" if np.isinf(values).any() else None
-    if values.dtype == np.uint16:  # bfloat16 bits: NaN when the exponent is all ones
-        return "NaN values (unwritten rows?)" if ((values & 0x7F80) == 0x7F80).any() else None
-    if not np.isfinite(values).all():
-        return "NaN or Inf values (unwritten rows?)"
-    if name == schema.GRADIENT_SCALE and (values <= 0).any():
-        return "non-positive gradient scales"
-    return None
+        bad_R, what = values < 0, "negative values (unwritten rows?)"
+    elif name == schema.LOSS:  # NaN is legitimate: the last position predicts nothing
+        bad_R, what = np.isinf(values), "infinite loss values"
+    elif name == schema.GRADIENT_SCALE:
+        bad_R, what = ~(np.isfinite(values) & (values > 0)), "gradient scales that are not > 0"
+    else:
+        logical = spec.activation_dtype if name == schema.ACTIVATIONS else str(values.dtype)
+        bad_R, what = ~finite_rows(values, logical), "NaN or Inf values (unwritten rows?)"
+    rows = first_row + np.flatnonzero(bad_R)
+    if not len(rows):
+        return None
+    return f"{len(rows)} rows with {what}: rows {named_rows(rows)}"
 
 
 def _chunk_exists(array: zarr.Array, index: int) -> bool:
@@ -72,7 +77,7 @@ def verify_store(
         array = store.array(path)
         try:
             if _chunk_exists(array, index):
-                message = _value_problem(path, array[start:stop])
+                message = _value_problem(path, start, array[start:stop], store.spec)
             else:
                 message = "chunk is missing"
         except Exception as error:  # a checksum mismatch or an undecodable chunk

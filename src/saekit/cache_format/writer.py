@@ -23,13 +23,16 @@ import numpy as np
 import torch
 import zarr
 from zarr.codecs import Crc32cCodec
+from zarr.core.sync import sync
 
 from saekit import __version__
 from saekit.cache_format import encoding, schema
+from saekit.cache_format.location import remote_error
 from saekit.cache_format.locking import new_owner
 from saekit.cache_format.progress import ShardProgress, committed_ranges
 from saekit.cache_format.schema import Block, StoreSpec
 from saekit.cache_format.target import StoreTarget
+from saekit.cache_format.validation import validate
 from saekit.errors import IntegrityError, SaekitError
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -52,8 +55,11 @@ class RowBlock:
         return len(self.tokens)
 
 
-def encode_rows(rows: RowBlock, spec: StoreSpec) -> dict[str, torch.Tensor]:
-    """Encode rows into the storage dtypes, keyed by array path, on the rows' device."""
+def encode_rows(rows: RowBlock, spec: StoreSpec, check: bool = True) -> dict[str, torch.Tensor]:
+    """Encode rows into the storage dtypes, keyed by array path, on the rows' device.
+
+    Non-finite values (and values beyond float16 in a float16 store) are refused; with
+    `check=False` they are left to the caller, who finds them with `row_problems`."""
     columns = {
         schema.TOKENS: rows.tokens,
         schema.SEQUENCE: rows.sequence,
@@ -73,18 +79,29 @@ def encode_rows(rows: RowBlock, spec: StoreSpec) -> dict[str, torch.Tensor]:
         if x_RD.shape != (rows.n_rows, hook_spec.d):
             raise ValueError(f"activations of {hook} have shape {tuple(x_RD.shape)}")
         encoded[schema.hook_array_path(hook, schema.ACTIVATIONS)] = encoding.encode_activations(
-            x_RD, spec.activation_dtype
+            x_RD, spec.activation_dtype, check
         )
         if hook_spec.gradients != (hook in rows.gradients):
             raise ValueError(f"gradients of {hook} must be given iff the store keeps them")
         if hook_spec.gradients:
             values, scale = encoding.encode_gradients(
-                torch.as_tensor(rows.gradients[hook]), spec.gradient_encoding
+                torch.as_tensor(rows.gradients[hook]), spec.gradient_encoding, check
             )
             encoded[schema.hook_array_path(hook, schema.GRADIENTS)] = values
             if scale is not None:
                 encoded[schema.hook_array_path(hook, schema.GRADIENT_SCALE)] = scale
     return encoded
+
+
+def row_problems(rows: RowBlock, spec: StoreSpec) -> torch.Tensor:
+    """What `encode_rows` would refuse, as per-row flags on the rows' device (see `encoding`);
+    nothing is read back to the host."""
+    flags_R = torch.zeros(rows.n_rows, dtype=torch.uint8, device=torch.as_tensor(rows.loss).device)
+    for hook in spec.hooks:
+        flags_R |= encoding.activation_problems(rows.activations[hook], spec.activation_dtype)
+        if hook in rows.gradients:
+            flags_R |= encoding.gradient_problems(rows.gradients[hook])
+    return flags_R
 
 
 def encode_block(rows: RowBlock, spec: StoreSpec) -> EncodedBlock:
@@ -119,11 +136,17 @@ def check_resumable(
             f"store {target.location} was made with other settings: {'; '.join(diffs)}; "
             "re-run with the original settings or choose a new output path"
         )
+    if attrs.get("initialized"):  # resume only a store whose metadata is sound
+        group = zarr.open_group(target.zarr_store(read_only=True), mode="r", zarr_format=3)
+        validate(group, attrs, target.location)
     return attrs
 
 
 def _create_arrays(group: zarr.Group, spec: StoreSpec) -> None:
-    rows = spec.layout.capacity_rows or 0
+    """Every planned array: empty (grown block by block as rows are committed) in a store with
+    one writer, preallocated to the capacity in a sharded one (whose writers must not resize
+    arrays others write), so that no capacity is ever allocated for rows never written."""
+    rows = (spec.layout.capacity_rows or 0) if spec.layout.shards > 1 else 0
     chunk = spec.layout.rows_per_chunk
     for path, plan in schema.array_plan(spec).items():
         group.create_array(
@@ -222,13 +245,15 @@ class StoreWriter:
         """
         target = StoreTarget(location, storage_options)
         check_resumable(target, spec)  # refuse early, before any lock is taken
+        target.refuse_links([f"{path}/c" for path in schema.array_plan(spec)])
         owner = owner or new_owner()
-        with target.lock("create", owner):
+        with target.lock("create", owner), write_errors(target):
             group = _create_or_open(target, spec, check_resumable(target, spec))
         with target.lock(f"shard-{shard:05d}", owner):
-            if spec.layout.shards == 1:
-                target.remove_partial_writes()
-            writer = cls(target, group, spec, shard, owner, queue_blocks)
+            with write_errors(target):
+                if spec.layout.shards == 1:
+                    target.remove_partial_writes()
+                writer = cls(target, group, spec, shard, owner, queue_blocks)
             try:
                 yield writer
             finally:
@@ -298,7 +323,8 @@ class StoreWriter:
         while (item := self._queue.get()) is not None:
             try:
                 if self._error is None:
-                    self._commit(*item)
+                    with write_errors(self._target):
+                        self._commit(*item)
             except BaseException as error:  # re-raised in the producer's thread
                 self._error = error
             finally:
@@ -332,11 +358,45 @@ def finish_store(target: StoreTarget, group: zarr.Group, spec: StoreSpec, owner:
         n_rows = rows[-1][1] if rows else 0
         if rows and rows != [(0, n_rows)]:
             raise IntegrityError(f"store {target.location} has gaps between shards: {rows}")
-        for path in schema.array_plan(spec):
-            array = group[path]
-            if array.shape[0] != n_rows:
-                array.resize((n_rows, *array.shape[1:]))
         if spec.layout.shards > 1:
             target.remove_partial_writes()
+        for path in schema.array_plan(spec):
+            trim(group[path], n_rows)
         group.attrs.update({"n_rows_committed": n_rows, "complete": True})
         return True
+
+
+def trim(array: zarr.Array, n_rows: int) -> None:
+    """Cut an array to `n_rows` rows, deleting the chunk objects past them that exist. Unlike
+    zarr's resize, it never enumerates the chunk grid of the old shape, which may be huge
+    (a capacity of 10^15 rows) while few chunks were written."""
+    if array.shape[0] == n_rows:
+        return
+    sync(array._async_array.resize((n_rows, *array.shape[1:]), delete_outside_chunks=False))
+    first_gone = -(-n_rows // array.chunks[0])
+    store = array.store_path.store
+    prefix = f"{array.path}/c/"
+    for key in sync(_list(store, prefix)):
+        index = key[len(prefix) :].split("/", 1)[0]
+        if index.isdigit() and int(index) >= first_gone:  # not a torn temporary file
+            sync(store.delete(key))
+
+
+async def _list(store: Any, prefix: str) -> list[str]:
+    return [key async for key in store.list_prefix(prefix)]
+
+
+@contextlib.contextmanager
+def write_errors(target: StoreTarget) -> Iterator[None]:
+    """A failed write (full disk, file-size limit, permissions, network) as one line; the
+    committed rows stay intact, so re-running the command resumes the store."""
+    try:
+        yield
+    except OSError as error:
+        if not target.local:
+            raise remote_error(target.location, error) from None
+        raise SaekitError(
+            f"cannot write to store {target.location}: {error.strerror or error}; fix that "
+            "(free space, permissions) and re-run the same command: it resumes after the last "
+            "committed block"
+        ) from None

@@ -1,18 +1,23 @@
 """The `sae` command line: parse, validate, call the library, print.
 
 Every command lives in its own module; this one assembles them and turns errors into one line on
-stderr with the documented exit code (0 success, 1 integrity failure, 2 bad input).
+stderr with the documented exit code: 0 success, 1 damaged data, 2 bad input, 3 an internal error
+(a bug: the line says so; `--debug` or `SAEKIT_DEBUG=1` adds the traceback), 130 interrupted.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 import typer
 
 from saekit.cli import demo, evaluate, harvest, recipe, store, train
 from saekit.cli.common import set_invocation
 from saekit.errors import SaekitError
+
+INTERNAL_ERROR_EXIT = 3
 
 app = typer.Typer(
     name="sae",
@@ -30,14 +35,20 @@ def _fail(message: str, exit_code: int) -> None:
     sys.exit(exit_code)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point of `sae`."""
     argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or os.environ.get("SAEKIT_DEBUG", "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
     set_invocation(argv)
     try:
         code = app(args=argv, prog_name="sae", standalone_mode=False)
     except SaekitError as error:
-        _fail(str(error), error.exit_code)
+        _fail(_one_line(str(error)), error.exit_code)
     except typer.TyperException as error:  # usage errors found by the parser
         message = error.format_message()
         if message:
@@ -46,4 +57,18 @@ def main(argv: list[str] | None = None) -> None:
         code = error.exit_code
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)
+    except MemoryError:
+        _fail(
+            "out of memory; use smaller settings (--batch-size, latents=..., --tokens) or a "
+            "machine with more memory",
+            2,
+        )
+    except Exception as error:  # a safety net: every failure a user can cause has its own line
+        if debug:
+            traceback.print_exc()
+        _fail(
+            f"internal error: {type(error).__name__}: {_one_line(str(error))}; please report "
+            "it with the command (add --debug for the traceback)",
+            INTERNAL_ERROR_EXIT,
+        )
     sys.exit(code or 0)

@@ -85,8 +85,19 @@ class LateProgressBar:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self.task is not None:
-            self.bar.stop()
+        stop_bar(self.bar, started=self.task is not None, vanish=exc_info[0] is not None)
+
+
+def stop_bar(bar: Progress, *, started: bool = True, vanish: bool = False) -> None:
+    """Stop a progress bar that was started; a vanishing one leaves nothing on stderr (after a
+    failure, so that the error is the one line left)."""
+    if not started:
+        return  # an unstarted bar's stop() would print an empty line
+    if vanish:  # Progress.stop() would also print an empty line on a pipe
+        bar.live.transient = True
+        bar.live.stop()
+    else:
+        bar.stop()
 
 
 def parse_storage_options(text: str | None) -> dict[str, Any] | None:
@@ -109,3 +120,4 @@ StorageOptions = Annotated[
     str | None,
     typer.Option(help="JSON object of fsspec options for remote stores, e.g. an endpoint."),
 ]
+DEVICE_HELP = "auto (the current GPU if any, else cpu), cpu, cuda (the current GPU) or cuda:N."

@@ -53,11 +53,8 @@ def register(app: typer.Typer) -> None:
             raise IntegrityError(f"the demo store failed verification: {problems[0]}")
         console.print("verified: every checksum and value is sound")
         console.rule("3. train 7 SAE variants on the same batches (the LM is not loaded)")
-        bar = progress_bar(TextColumn("{task.fields[rate]}"))
-        try:
-            print_result(train(train_request(paths), ProgressReporter(bar)))
-        finally:
-            bar.stop()
+        with ProgressReporter(progress_bar(TextColumn("{task.fields[rate]}"))) as reporter:
+            print_result(train(train_request(paths), reporter))
         console.rule("4. evaluate: held-out rows, splicing into the LM, steering")
         with EvalBar() as eval_bar:
             files = evaluate(eval_request(paths), eval_bar)

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from saekit.cli.common import (
+    DEVICE_HELP,
     LateProgressBar,
     StorageOptions,
     console,
@@ -55,6 +56,8 @@ def print_report_summary(files: dict[str, Path]) -> None:
             number(online.get("kl"), ".3f"),
         )
     print_table(table)
+    for warning in report.get("warnings", []):
+        console.print(f"warning: {warning}", markup=False)
     console.print(f"report: {files['markdown']}")
     for name in ("l0_vs_nmse", "l0_vs_loss_added", "dead_latents"):
         console.print(f"plot:   {files[name]}")
@@ -80,10 +83,26 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="LM for online eval (default: the model named in the store)."),
         ] = None,
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+        device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
         batch_size: Annotated[int, typer.Option(help="Contexts per LM forward pass.")] = 8,
         steering: Annotated[
             bool, typer.Option("--steering", help="Also measure logit steering (g-SAE paper).")
+        ] = False,
+        skip_nonfinite: Annotated[
+            bool,
+            typer.Option(
+                "--skip-nonfinite",
+                help="Leave store rows holding NaN or Inf out (the report counts them) instead "
+                "of stopping.",
+            ),
+        ] = False,
+        allow_other_model: Annotated[
+            bool,
+            typer.Option(
+                "--allow-other-model",
+                help="Evaluate online with a model whose weights or tokenizer differ from the "
+                "store's (the report says so).",
+            ),
         ] = False,
         storage_options: StorageOptions = None,
     ) -> None:
@@ -101,6 +120,8 @@ def register(app: typer.Typer) -> None:
             device=device,
             batch_size=batch_size,
             steering=steering,
+            skip_nonfinite=skip_nonfinite,
+            allow_other_model=allow_other_model,
         )
         with EvalBar() as bar:
             files = evaluate(request, bar)

@@ -10,6 +10,7 @@ from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
 from saekit.cli.common import (
+    DEVICE_HELP,
     LateProgressBar,
     StorageOptions,
     console,
@@ -87,7 +88,7 @@ def register(app: typer.Typer) -> None:
                 "default 5% of --tokens, or 65536."
             ),
         ] = None,
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+        device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
         seed: Annotated[
             int, typer.Option(help="Seed of the document order and the row shuffle.")
         ] = 0,

@@ -14,6 +14,7 @@ from rich.progress import TextColumn
 from rich.table import Table
 
 from saekit.cli.common import (
+    DEVICE_HELP,
     StorageOptions,
     console,
     invocation,
@@ -77,7 +78,7 @@ def register(app: typer.Typer) -> None:
         preset: Annotated[
             str, typer.Option(help="small (CPU, tiny LM) or paper (the papers' settings, GPU).")
         ] = "small",
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+        device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
         storage_options: StorageOptions = None,
     ) -> None:
         """Run a paper's headline comparison: harvest, train the sweep, evaluate, report."""

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.summary import describe
+from saekit.cache_format.validation import StoreMetadataError
 from saekit.cache_format.verify import chunks_to_check, verify_store
 from saekit.cli.common import (
     StorageOptions,
@@ -19,17 +20,9 @@ from saekit.cli.common import (
     parse_storage_options,
     print_table,
     progress_bar,
+    stop_bar,
 )
-
-
-def _human_bytes(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1000
-    raise AssertionError("unreachable")
+from saekit.units import human_bytes
 
 
 def print_store_summary(info: dict) -> None:
@@ -66,7 +59,7 @@ def print_store_summary(info: dict) -> None:
     per_row = info["bytes_per_row"]
     table.add_row(
         "size",
-        _human_bytes(info["bytes"]) + (f" ({per_row:,.0f} bytes per row)" if per_row else ""),
+        human_bytes(info["bytes"]) + (f" ({per_row:,.0f} bytes per row)" if per_row else ""),
     )
     for key, value in {**info["identity"], **info["provenance"]}.items():
         table.add_row(key, value if isinstance(value, str) else json.dumps(value))
@@ -93,12 +86,22 @@ def register(app: typer.Typer) -> None:
         store: StoreArgument,
         storage_options: StorageOptions = None,
     ) -> None:
-        """Check every committed chunk (checksums and values). Exit 0 if sound, 1 if corrupt."""
-        opened = ActivationStore.open(store, parse_storage_options(storage_options))
+        """Check the metadata and every committed chunk (checksums, NaN/Inf and other
+        impossible values). Exit 0 if sound, 1 if damaged."""
+        try:
+            opened = ActivationStore.open(store, parse_storage_options(storage_options))
+        except StoreMetadataError as error:
+            for problem in error.problems:
+                err_console.print(f"corrupt: metadata: {problem}", markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
         total = sum(1 for _ in chunks_to_check(opened))
-        with progress_bar() as bar:
+        bar = progress_bar()
+        bar.start()
+        try:
             task = bar.add_task("verifying chunks", total=total)
             problems = verify_store(opened, on_chunk=lambda: bar.advance(task))
+        finally:
+            stop_bar(bar, vanish=True)  # what is left on stderr is one line per problem
         for problem in problems:
             err_console.print(f"corrupt: {problem}", markup=False, soft_wrap=True)
         if problems:

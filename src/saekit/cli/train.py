@@ -11,11 +11,13 @@ from rich.progress import Progress, TextColumn
 from rich.table import Table
 
 from saekit.cli.common import (
+    DEVICE_HELP,
     StorageOptions,
     console,
     parse_storage_options,
     print_table,
     progress_bar,
+    stop_bar,
 )
 from saekit.train import (
     Observer,
@@ -62,6 +64,12 @@ class ProgressReporter(Observer):
     def logged(self, step: int, records: list[dict[str, Any]]) -> None:
         self.bar.update(self.task, rate=f"{records[0]['tokens_per_s']:,.0f} tok/s")
 
+    def __enter__(self) -> ProgressReporter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        stop_bar(self.bar, started=self.task is not None, vanish=exc_info[0] is not None)
+
 
 def print_result(result: RunResult) -> None:
     if result.already_complete:
@@ -79,6 +87,10 @@ def print_result(result: RunResult) -> None:
             str(directory),
         )
     print_table(table)
+    metrics = result.final_metrics.values()
+    skipped = max((record.get("nonfinite_rows_skipped", 0) for record in metrics), default=0)
+    if skipped:
+        console.print(f"warning: {skipped:,} rows holding NaN or Inf were left out of training")
 
 
 def register(app: typer.Typer) -> None:
@@ -108,9 +120,7 @@ def register(app: typer.Typer) -> None:
                 help="Learning rate of SAEs without an lr key (default 2e-4·sqrt(16384/F))."
             ),
         ] = None,
-        device: Annotated[
-            str | None, typer.Option(help="auto, cpu or cuda (default auto).")
-        ] = None,
+        device: Annotated[str | None, typer.Option(help=f"{DEVICE_HELP} Default auto.")] = None,
         seed: Annotated[int | None, typer.Option(help="Shuffle and init seed (default 0).")] = None,
         config: Annotated[
             Path | None, typer.Option(help="TOML file of settings and SAE tables (docs/cli.md).")
@@ -122,6 +132,14 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(help="Tokens between checkpoints; 0: only at the end (default 5e6)."),
         ] = None,
+        skip_nonfinite: Annotated[
+            bool,
+            typer.Option(
+                "--skip-nonfinite",
+                help="Leave store rows holding NaN or Inf out of training (counted in the "
+                "metrics) instead of stopping.",
+            ),
+        ] = False,
         storage_options: StorageOptions = None,
     ) -> None:
         """Train SAEs on shuffled rows streamed from a store (several SAEs per pass)."""
@@ -133,6 +151,7 @@ def register(app: typer.Typer) -> None:
             "device": device,
             "seed": seed,
             "checkpoint_every": checkpoint_every,
+            "skip_nonfinite": skip_nonfinite or None,
         }
         settings = TrainSettings(
             **{**file_settings, **{k: v for k, v in given.items() if v is not None}}
@@ -147,9 +166,6 @@ def register(app: typer.Typer) -> None:
             resume=resume,
             storage_options=parse_storage_options(storage_options),
         )
-        bar = progress_bar(TextColumn("{task.fields[rate]}"))
-        try:
-            result = train(request, ProgressReporter(bar))
-        finally:
-            bar.stop()
+        with ProgressReporter(progress_bar(TextColumn("{task.fields[rate]}"))) as reporter:
+            result = train(request, reporter)
         print_result(result)

@@ -8,9 +8,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saekit.cache_format import ActivationStore
+from saekit.cache_format import ActivationStore, Batch
 from saekit.cache_format.loader import chunk_units
-from saekit.errors import SaekitError
+from saekit.cache_format.nonfinite import NonFinitePolicy, nonfinite_index
+from saekit.cache_format.reader import ROW_INDEX
+from saekit.errors import IntegrityError, SaekitError
 
 MEAN_SAMPLE_ROWS = 1 << 18
 
@@ -23,22 +25,47 @@ def check_holdout(store: ActivationStore) -> None:
         )
 
 
+NONFINITE_ADVICE = (
+    "no report was written; run sae verify on the store, or pass --skip-nonfinite to leave such "
+    "rows out (the report counts them)"
+)
+
+
+def read_rows(
+    store: ActivationStore,
+    hook: str,
+    fields: tuple[str, ...],
+    unit: tuple[int, int],
+    policy: NonFinitePolicy,
+    what: str,
+) -> Batch:
+    """The rows of `unit` except those at position 0, decoded, after the non-finite policy
+    (`what` names the rows in its message, e.g. "held-out rows")."""
+    start, stop = unit
+    raw = store.read([*fields, "position", ROW_INDEX], start, stop, hook)
+    used = raw.pop("position") != 0
+    raw = {name: values[used] for name, values in raw.items()}
+    rows = raw.pop(ROW_INDEX)
+    bad = nonfinite_index(raw, store.spec)
+    batch = Batch(store.decode(raw), 0, bad, rows[bad])
+    return policy.apply(batch, f"{what} of store {store.location}", NONFINITE_ADVICE)
+
+
 def holdout_batches(
     store: ActivationStore,
     hook: str,
     fields: tuple[str, ...],
     max_rows: int | None,
     batch_rows: int,
+    policy: NonFinitePolicy,
 ) -> Iterator[dict[str, Tensor]]:
     """Held-out rows (position 0 excluded) in store order, in batches of `batch_rows` (the last
     may be shorter), `max_rows` at most. Rows of a block are stored shuffled, so consecutive
-    rows mix many contexts."""
+    rows mix many contexts. Rows with NaN or Inf stop the reading or are left out (`policy`)."""
     budget = max_rows if max_rows is not None else store.n_rows("holdout")
     pending: dict[str, Tensor] | None = None
-    for start, stop in chunk_units(store.ranges("holdout"), store.spec.layout.rows_per_chunk):
-        rows = store.read_tensors([*fields, "position"], start, stop, hook)
-        keep = rows.pop("position") != 0
-        rows = {name: values[keep] for name, values in rows.items()}
+    for unit in chunk_units(store.ranges("holdout"), store.spec.layout.rows_per_chunk):
+        rows = dict(read_rows(store, hook, fields, unit, policy, "held-out rows"))
         pending = rows if pending is None else {k: torch.cat([pending[k], rows[k]]) for k in rows}
         while len(next(iter(pending.values()))) >= min(batch_rows, budget) > 0:
             take = min(batch_rows, budget)
@@ -51,8 +78,14 @@ def holdout_batches(
         yield {name: values[:budget] for name, values in pending.items()}
 
 
-def training_mean(store: ActivationStore, hook: str, max_rows: int = MEAN_SAMPLE_ROWS) -> Tensor:
-    """Mean activation over a sample of training rows (chunks spread over the split), pos. 0 out."""
+def training_mean(
+    store: ActivationStore,
+    hook: str,
+    policy: NonFinitePolicy,
+    max_rows: int = MEAN_SAMPLE_ROWS,
+) -> Tensor:
+    """Mean activation over a sample of training rows (chunks spread over the split), pos. 0 out;
+    rows with NaN or Inf stop it or are left out (`policy`)."""
     units = chunk_units(store.ranges("train"), store.spec.layout.rows_per_chunk)
     if not units:
         raise SaekitError(f"store {store.location} has no training rows to take a mean from")
@@ -60,12 +93,13 @@ def training_mean(store: ActivationStore, hook: str, max_rows: int = MEAN_SAMPLE
     picks = np.unique(np.linspace(0, len(units) - 1, n_picks).astype(int))
     total, count = None, 0
     for index in picks:
-        start, stop = units[index]
-        rows = store.read_tensors(["activations", "position"], start, stop, hook)
-        x = rows["activations"][rows["position"] != 0].double()
+        rows = read_rows(store, hook, ("activations",), units[index], policy, "training rows")
+        x = rows["activations"].double()
         total = x.sum(0) if total is None else total + x.sum(0)
         count += len(x)
-    return (total / max(count, 1)).float()
+    if not count:
+        raise SaekitError(f"store {store.location} has no usable training rows for the mean")
+    return (total / count).float()
 
 
 def heldout_contexts(store: ActivationStore, max_tokens: int | None) -> Tensor:
@@ -77,9 +111,9 @@ def heldout_contexts(store: ActivationStore, max_tokens: int | None) -> Tensor:
     slots = np.searchsorted(sequences, rows["sequence"][wanted])
     tokens[slots, rows["position"][wanted]] = rows["tokens"][wanted]
     if (tokens < 0).any():
-        raise SaekitError(
-            f"store {store.location} has held-out contexts with missing tokens; "
-            "verify it with sae verify"
+        raise IntegrityError(
+            f"store {store.location} has held-out contexts with missing tokens; the store is "
+            "damaged, run sae verify on it"
         )
     return torch.from_numpy(tokens)
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from saekit.cache_format import ActivationStore
+from saekit.cache_format.nonfinite import NonFinitePolicy
 from saekit.evaluate.heldout import holdout_batches
 from saekit.evaluate.targets import Target
 
@@ -91,8 +92,10 @@ def offline_metrics(
     means: dict[str, Tensor],
     max_rows: int | None,
     device: torch.device,
+    policy: NonFinitePolicy,
 ) -> dict[str, dict]:
-    """Metrics of every target on the store's held-out rows (at most `max_rows` of them).
+    """Metrics of every target on the store's held-out rows (at most `max_rows` of them); rows
+    with NaN or Inf stop the evaluation or are left out (`policy`).
 
     Targets in batch mode see batches of their training batch size; the others see the same
     rows in batches of 4096 (their codes do not depend on the batch).
@@ -105,7 +108,7 @@ def offline_metrics(
     for (hook, gradients, batch_rows), group in groups.items():
         stats = {t.label: ReconstructionStats(t.sae.d_sae, means[hook]) for t in group}
         fields = ("activations", "gradients") if gradients else ("activations",)
-        for batch in holdout_batches(store, hook, fields, max_rows, batch_rows):
+        for batch in holdout_batches(store, hook, fields, max_rows, batch_rows, policy):
             x_BD = batch["activations"].to(device)
             g_BD = batch["gradients"].to(device) if gradients else None
             for target in group:

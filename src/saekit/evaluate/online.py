@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saekit.evaluate.targets import Target
-from saekit.harvest.forward import next_token_loss, run_batch
+from saekit.harvest.forward import run_batch
 
 
 @dataclass
@@ -138,12 +138,34 @@ def batch_mode_reconstructions(
 
 def _spliced_logits(bridge: object, tokens_BT: Tensor, hook: str, new_BTD: Tensor) -> Tensor:
     with torch.inference_mode(), bridge.hooks(fwd_hooks=[(hook, _replacing(new_BTD))]):
-        return bridge(tokens_BT, return_type="logits").float()
+        return bridge(tokens_BT, return_type="logits")
 
 
-def _changeable_loss(logits_BTV: Tensor, tokens_BT: Tensor) -> Tensor:
-    """Next-token CE of the predictions a splice can change: positions 1 to T−2, [B, T−2]."""
-    return next_token_loss(logits_BTV, tokens_BT)[:, 1:]
+CHUNK_TOKENS = 2048  # positions whose log-probabilities are alive at once in `next_token_stats`
+
+
+def next_token_stats(
+    logits_BTV: Tensor, tokens_BT: Tensor, clean_logits_BTV: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """Next-token CE of `logits` and, given clean logits, KL(clean ‖ these), both [B, T − 2]:
+    the predictions a splice can change, made at positions 1 to T − 2.
+
+    Computed a few contexts at a time in float32, so that the memory beyond the logits
+    themselves is a few [CHUNK_TOKENS, V] tensors, whatever the batch size (full-vocabulary
+    log-probabilities of a whole batch are ~0.2 GB per context of 1024 tokens at V = 50257).
+    """
+    b, t, _ = logits_BTV.shape
+    step = max(1, CHUNK_TOKENS // t)
+    ce, kl = [], []
+    for first in range(0, b, step):
+        rows = slice(first, first + step)
+        log_p_BTV = F.log_softmax(logits_BTV[rows, 1:-1].float(), dim=-1)
+        ce.append(-log_p_BTV.gather(-1, tokens_BT[rows, 2:, None]).squeeze(-1))
+        if clean_logits_BTV is not None:
+            log_q_BTV = F.log_softmax(clean_logits_BTV[rows, 1:-1].float(), dim=-1)
+            kl_BTV = F.kl_div(log_p_BTV, log_q_BTV, log_target=True, reduction="none")
+            kl.append(kl_BTV.sum(dim=-1))
+    return torch.cat(ce), torch.cat(kl) if kl else None
 
 
 def online_metrics(
@@ -177,7 +199,7 @@ def online_metrics(
     for first in range(0, len(contexts), batch_size):
         tokens_BT = contexts[first : first + batch_size].to(device)
         clean = run_batch(bridge, tokens_BT, hooks, gradients=gradients, keep_logits=True)
-        log_p_clean = F.log_softmax(clean.logits[:, 1:-1], dim=-1)
+        clean_logits_BTV, clean.logits = clean.logits, None
         result.clean.add(clean.loss[:, 1:-1])
         for hook in hooks:
             x_BTD = clean.activations[hook]
@@ -185,11 +207,9 @@ def online_metrics(
                 (result.zero[hook], torch.zeros_like(x_BTD)),
                 (result.mean[hook], means[hook].to(device).expand_as(x_BTD)),
             ):
-                sums.add(
-                    _changeable_loss(
-                        _spliced_logits(bridge, tokens_BT, hook, replacement), tokens_BT
-                    )
-                )
+                logits_BTV = _spliced_logits(bridge, tokens_BT, hook, replacement)
+                sums.add(next_token_stats(logits_BTV, tokens_BT)[0])
+                del logits_BTV
         with torch.no_grad():
             for target in targets:
                 if target.label in precomputed:
@@ -198,9 +218,10 @@ def online_metrics(
                     spliced_BTD = _reconstruction(
                         target, clean.activations[target.hook], clean.gradients.get(target.hook)
                     )
-                logits = _spliced_logits(bridge, tokens_BT, target.hook, spliced_BTD)
-                log_p = F.log_softmax(logits[:, 1:-1], dim=-1)
-                kl_BT = F.kl_div(log_p, log_p_clean, log_target=True, reduction="none").sum(-1)
-                result.spliced[target.label].add(_changeable_loss(logits, tokens_BT), kl_BT)
+                logits_BTV = _spliced_logits(bridge, tokens_BT, target.hook, spliced_BTD)
+                ce_BT, kl_BT = next_token_stats(logits_BTV, tokens_BT, clean_logits_BTV)
+                del logits_BTV
+                result.spliced[target.label].add(ce_BT, kl_BT)
+        del clean, clean_logits_BTV
         on_batch(len(tokens_BT))
     return result.metrics(targets)

@@ -43,6 +43,8 @@ def markdown(report: dict) -> str:
         )
         + ".",
         "",
+        *[f"- **Warning**: {warning}" for warning in report.get("warnings", [])],
+        *([""] if report.get("warnings") else []),
         "| SAE | variant | mode | L0 | NMSE | var. expl. | dead | dense | γ | cos "
         "| CE clean | CE spliced | loss added | CE rec. (zero) | CE rec. (mean) | KL |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +11,14 @@ import torch
 
 from saekit import __version__
 from saekit.cache_format import ActivationStore
-from saekit.cache_format.location import is_local, local_path
+from saekit.cache_format.location import (
+    enclosing_store,
+    is_local,
+    local_path,
+    resolve_recorded_path,
+)
+from saekit.cache_format.nonfinite import NonFinitePolicy, named_rows
+from saekit.devices import resolve_device
 from saekit.errors import SaekitError
 from saekit.evaluate.heldout import (
     check_holdout,
@@ -26,10 +32,13 @@ from saekit.evaluate.online import online_metrics
 from saekit.evaluate.report import write_report
 from saekit.evaluate.steering import steering_metrics
 from saekit.evaluate.targets import Target, load_targets
-from saekit.harvest.model import LoadedModel, check_hooks, hook_widths, load_model, resolve_device
+from saekit.harvest.model import LoadedModel, check_hooks, hook_widths, load_model
+from saekit.train.sae_config import SAEConfig
 
 STEERING_CONTEXTS = 32
 STEERING_SAMPLE_ROWS = 8192
+# what identifies the LM in a store's identity, compared with the model eval loads
+PROVENANCE_KEYS = ("weights_fingerprint", "tokenizer_fingerprint")
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class EvalRequest:
     steering: bool = False
     steering_latents: int = 64
     seed: int = 0
+    skip_nonfinite: bool = False  # leave rows with NaN or Inf out (counted) instead of stopping
+    allow_other_model: bool = False  # evaluate online with a model whose fingerprints differ
 
 
 class Progress(Protocol):
@@ -69,10 +80,12 @@ def _check_runs_and_out(request: EvalRequest) -> None:
                 f"--out {request.out} is inside run {run}; eval never writes into "
                 "a run, choose another directory"
             )
-    if request.store and is_local(request.store):
-        store_path = local_path(request.store).resolve()
-        if out == store_path or store_path in out.parents:
-            raise SaekitError(f"--out {request.out} is inside the store; choose another directory")
+    store = enclosing_store(out)
+    if store is not None:
+        raise SaekitError(
+            f"--out {request.out} lies inside the store {store}; eval never writes into a "
+            "store, choose another directory"
+        )
     if out.exists() and (
         not out.is_dir() or (any(out.iterdir()) and not (out / "report.json").exists())
     ):
@@ -81,6 +94,8 @@ def _check_runs_and_out(request: EvalRequest) -> None:
         )
     if request.tokens is not None and request.tokens <= 0:
         raise SaekitError(f"--tokens must be positive, not {request.tokens}")
+    if request.batch_size <= 0:
+        raise SaekitError(f"--batch-size must be positive, not {request.batch_size}")
 
 
 def _store_location(request: EvalRequest) -> str:
@@ -88,19 +103,35 @@ def _store_location(request: EvalRequest) -> str:
         return request.store
     for run in request.runs:
         for cfg_file in sorted(Path(run).glob("saes/*/cfg.json")):
-            return json.loads(cfg_file.read_text())["store"]["location"]
+            location = SAEConfig.read(cfg_file).store.get("location")
+            if not isinstance(location, str) or not location:
+                raise SaekitError(f"{cfg_file} names no store; give one with --store")
+            return resolve_recorded_path(location, Path(run))
     raise SaekitError(
         f"{request.runs[0]} holds no trained SAEs (no saes/<name>/cfg.json); give "
         "a directory written by sae train"
     )
 
 
+def _model_name(request: EvalRequest, store: ActivationStore) -> str:
+    """--model, else the model the store names (a relative local path of an older store is
+    looked for beside the store)."""
+    if request.model:
+        return request.model
+    recorded = store.spec.identity.get("model")
+    if not isinstance(recorded, str) or not recorded:
+        raise SaekitError(f"store {store.location} names no model; give one with --model")
+    if not is_local(store.location):
+        return recorded
+    return resolve_recorded_path(recorded, local_path(store.location))
+
+
 def _load_lm(
     request: EvalRequest, store: ActivationStore, targets: list[Target], device: torch.device
-) -> LoadedModel:
-    name = request.model or store.spec.identity.get("model")
-    if not name:
-        raise SaekitError(f"store {store.location} names no model; give one with --model")
+) -> tuple[LoadedModel, list[str]]:
+    """The LM to splice into, checked against the store: its hooks and widths always, its
+    weights and tokenizer fingerprints unless `allow_other_model` (then a report warning)."""
+    name = _model_name(request, store)
     try:
         model = load_model(name, device)
     except SaekitError as error:
@@ -115,7 +146,37 @@ def _load_lm(
                 f"model {name} gives d={width} at {hook} but the store has "
                 f"d={store.spec.hooks[hook].d}; give the store's model with --model"
             )
-    return model
+    differences = _provenance_differences(store, model)
+    if differences and not request.allow_other_model:
+        raise SaekitError(
+            f"model {name} is not the model store {store.location} was harvested with: "
+            f"{'; '.join(differences)}; give that model with --model, or pass "
+            "--allow-other-model to evaluate with this one (the report then says so)"
+        )
+    warnings = [
+        f"online metrics use model {name}, which differs from the store's: "
+        f"{'; '.join(differences)} (--allow-other-model)"
+    ]
+    return model, warnings if differences else []
+
+
+def _provenance_differences(store: ActivationStore, model: LoadedModel) -> list[str]:
+    """How the loaded model differs from the one the store recorded (where both are known)."""
+    recorded, loaded = store.spec.identity, model.identity
+    return [
+        f"{key} (store: {recorded[key]}, model: {loaded[key]})"
+        for key in PROVENANCE_KEYS
+        if recorded.get(key) and loaded.get(key) and recorded[key] != loaded[key]
+    ]
+
+
+def _check_token_ids(contexts: torch.Tensor, model: LoadedModel, store: ActivationStore) -> None:
+    vocabulary = int(model.bridge.cfg.d_vocab)
+    if len(contexts) and int(contexts.max()) >= vocabulary:
+        raise SaekitError(
+            f"store {store.location} holds token ids up to {int(contexts.max())} but model "
+            f"{model.name} has a vocabulary of {vocabulary}; give the store's model with --model"
+        )
 
 
 def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str, Path]:
@@ -125,17 +186,19 @@ def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str
     check_holdout(store)
     device = resolve_device(request.device)
     targets = load_targets(list(request.runs), store, device)
-    model = _load_lm(request, store, targets, device) if request.online else None
+    model, warnings = _load_lm(request, store, targets, device) if request.online else (None, [])
     hooks = sorted({t.hook for t in targets})
-    means = {hook: training_mean(store, hook).to(device) for hook in hooks}
+    policy = NonFinitePolicy(skip=request.skip_nonfinite)
+    means = {hook: training_mean(store, hook, policy).to(device) for hook in hooks}
     if progress:
         progress.stage("offline metrics", None)
-    offline = offline_metrics(store, targets, means, request.tokens, device)
+    offline = offline_metrics(store, targets, means, request.tokens, device, policy)
     online: dict[str, dict] = {}
     steering: dict[str, dict | None] = {}
     contexts = None
     if model is not None:
         contexts = heldout_contexts(store, request.tokens)
+        _check_token_ids(contexts, model, store)
         if progress:
             progress.stage("splicing SAEs into the LM", len(contexts))
         online = online_metrics(
@@ -149,9 +212,11 @@ def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str
             row_slots=heldout_row_slots(store, request.tokens),
         )
         if request.steering:
-            steering = _steering(request, store, model, targets, contexts)
+            steering = _steering(request, store, model, targets, contexts, policy)
     model_name = model.name if model is not None else None
     report = _report(request, store, targets, offline, online, steering, model_name, contexts)
+    report["store"]["nonfinite_rows_skipped"] = len(policy.rows)
+    report["warnings"] = warnings + _nonfinite_warnings(policy)
     return write_report(report, Path(request.out))
 
 
@@ -161,6 +226,7 @@ def _steering(
     model: LoadedModel,
     targets: list[Target],
     contexts: torch.Tensor,
+    policy: NonFinitePolicy,
 ) -> dict[str, dict | None]:
     generator = torch.Generator().manual_seed(request.seed)
     picked = contexts[torch.randperm(len(contexts), generator=generator)[:STEERING_CONTEXTS]]
@@ -170,7 +236,12 @@ def _steering(
             continue  # decoder directions do not depend on the mode
         sample = next(
             holdout_batches(
-                store, target.hook, ("activations",), STEERING_SAMPLE_ROWS, STEERING_SAMPLE_ROWS
+                store,
+                target.hook,
+                ("activations",),
+                STEERING_SAMPLE_ROWS,
+                STEERING_SAMPLE_ROWS,
+                policy,
             )
         )
         results[target.name] = steering_metrics(
@@ -182,6 +253,16 @@ def _steering(
             request.seed,
         )
     return results
+
+
+def _nonfinite_warnings(policy: NonFinitePolicy) -> list[str]:
+    """What a reader of the report must know about rows left out of its numbers."""
+    if not policy.rows:
+        return []
+    return [
+        f"{len(policy.rows)} store rows holding NaN or Inf were left out (--skip-nonfinite): "
+        f"rows {named_rows(sorted(policy.rows))}"
+    ]
 
 
 def _report(

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+IGNORED = -100  # target of the last position, which predicts nothing
 GRADIENT_CONVENTION = (
     "d(sum over the context of next-token cross-entropy)/d(activation), clean model, one "
     "backward pass; the last position's gradient is 0"
@@ -32,10 +33,20 @@ class BatchOutput:
 
 
 def next_token_loss(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of predicting token t+1 at each position t ([B, T-1], float32)."""
-    return F.cross_entropy(
-        logits_BTV[:, :-1].float().flatten(0, 1), tokens_BT[:, 1:].flatten(), reduction="none"
-    ).view(tokens_BT.shape[0], -1)
+    """Cross-entropy of predicting token t+1 at each position t ([B, T-1], float32).
+
+    The last position gets an ignored target rather than being sliced off, so the logits are
+    read in place (a slice of them would be copied whole: one more [B, T, V] tensor). Each
+    row's value is the same either way, bit for bit.
+    """
+    targets_BT = F.pad(tokens_BT[:, 1:], (0, 1), value=IGNORED)
+    ce_N = F.cross_entropy(
+        logits_BTV.float().flatten(0, 1),
+        targets_BT.flatten(),
+        ignore_index=IGNORED,
+        reduction="none",
+    )
+    return ce_N.view(tokens_BT.shape)[:, :-1]
 
 
 def run_batch(

@@ -2,13 +2,21 @@
 
 Contexts are processed in globally aligned batches (batch j holds contexts [jB, (j+1)B)), so a
 resumed harvest recomputes exactly the batches an uninterrupted one computes and writes the same
-bytes. Each batch is encoded to the storage dtypes on the model's device, copied into a host
-buffer for the current block (pinned memory and non-blocking copies on CUDA), and a finished
-block goes to the store writer, which commits it on its own thread while the LM computes on.
+bytes. Each batch is encoded to the storage dtypes on the model's device and copied into host
+buffers of the current block; a finished block goes to the store writer, which commits it on its
+own thread while the LM computes on.
+
+On CUDA nothing in a batch waits for the GPU: the token ids go up from pinned memory, the rows'
+problems (NaN, Inf, float16 overflow) are flagged per row on the GPU and travel with the rows,
+and the rows come down on a side stream into two pinned staging buffers of one batch each, then
+into ordinary memory. The host waits once per block, when it hands the block over: the copies
+have landed and the flags are read there. Pinned memory is bounded by the staging buffers
+(2 × the rows of one batch × the bytes of a row), whatever the number of hooks or blocks.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import platform
@@ -22,19 +30,15 @@ import torch
 
 from saekit import __version__
 from saekit.cache_format import HookSpec, RowBlock, StoreLayout, StoreSpec, StoreWriter
-from saekit.cache_format.encoding import as_numpy
-from saekit.cache_format.schema import Block
-from saekit.cache_format.writer import check_resumable, check_target, encode_rows
+from saekit.cache_format.encoding import as_numpy, raise_for_problems
+from saekit.cache_format.location import absolute_location
+from saekit.cache_format.schema import MAX_SHARDS, Block
+from saekit.cache_format.writer import check_resumable, check_target, encode_rows, row_problems
+from saekit.devices import resolve_device
 from saekit.errors import SaekitError
 from saekit.harvest.contexts import Packing, context_stream
 from saekit.harvest.forward import GRADIENT_CONVENTION, run_batch
-from saekit.harvest.model import (
-    LoadedModel,
-    check_hooks,
-    hook_widths,
-    load_model,
-    resolve_device,
-)
+from saekit.harvest.model import LoadedModel, check_hooks, hook_widths, load_model
 from saekit.harvest.sources import TextSource, resolve_source, shuffled
 
 DOCUMENT_SHUFFLE_BUFFER = 10_000
@@ -106,9 +110,13 @@ def _check_numbers(config: HarvestConfig) -> None:
         raise SaekitError("--context-size must be at least 2 (BOS and one token)")
     if config.batch_size <= 0:
         raise SaekitError("--batch-size must be positive")
+    if config.rows_per_chunk <= 0 or config.chunks_per_block <= 0:
+        raise SaekitError("--rows-per-chunk and --chunks-per-block must be positive")
     if config.holdout_tokens is not None and config.holdout_tokens < 0:
         raise SaekitError("--holdout-tokens must be >= 0")
-    if config.shards < 1 or not 0 <= config.shard < config.shards:
+    if not 1 <= config.shards <= MAX_SHARDS:
+        raise SaekitError(f"--shards must be from 1 to {MAX_SHARDS}, not {config.shards}")
+    if not 0 <= config.shard < config.shards:
         raise SaekitError(
             f"shard {config.shard} of {config.shards} does not exist; shards are "
             "numbered 0..N-1 (e.g. --shard 0/4)"
@@ -137,7 +145,7 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
     """Validate every input (cheapest checks first) before anything is written."""
     _check_numbers(config)
     capacity, holdout = _row_counts(config)
-    check_target(config.out, config.storage_options)
+    existing = check_target(config.out, config.storage_options)
     device = resolve_device(config.device)
     source = resolve_source(config.dataset, config.split, config.text_column)
     model = load_model(config.model, device)
@@ -166,6 +174,7 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
         "autocast_bf16": config.autocast_bf16,
         "gradient_convention": GRADIENT_CONVENTION if config.gradients else None,
     }
+    identity = _keep_recorded_paths(identity, existing)
     provenance = {
         "device": str(device),
         "host": platform.node(),
@@ -193,6 +202,18 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
     return HarvestPlan(config, model, source, packing, spec)
 
 
+def _keep_recorded_paths(identity: dict[str, Any], existing: dict | None) -> dict[str, Any]:
+    """Stores written by older saekit versions name a local model or dataset as it was typed
+    (relative); resuming one keeps that name when it means the same path."""
+    stored = (existing or {}).get("identity")
+    kept = dict(identity)
+    for key in ("model", "dataset"):
+        old = stored.get(key) if isinstance(stored, dict) else None
+        if isinstance(old, str) and absolute_location(old) == identity.get(key):
+            kept[key] = old
+    return kept
+
+
 def _batches(plan: HarvestPlan, first_context: int) -> Iterator[tuple[int, np.ndarray]]:
     """(index of the first context, [B, T] token ids) of every batch from `first_context` on."""
     documents = shuffled(plan.source.documents(), plan.config.seed, DOCUMENT_SHUFFLE_BUFFER)
@@ -210,16 +231,18 @@ def _batches(plan: HarvestPlan, first_context: int) -> Iterator[tuple[int, np.nd
         yield index, np.stack(batch)
 
 
+ROW_PROBLEMS = "row_problems"  # not a store array: per-row flags that travel with the rows
+
+
 class _BlockFiller:
     """Copies encoded rows, in stream order, into host buffers of the current block and hands
-    every full block to the writer. Buffers are recycled once the writer has committed them;
-    on CUDA they are pinned so that the device-to-host copies are asynchronous.
+    every full block to the writer, after checking its rows' problem flags. Buffers are recycled
+    once the writer has committed them.
     """
 
-    def __init__(self, writer: StoreWriter, device: torch.device) -> None:
+    def __init__(self, writer: StoreWriter, copies: _HostCopies | _StagedCopies) -> None:
         self.writer = writer
-        self.device = device
-        self.pin = device.type == "cuda"
+        self.copies = copies
         self._blocks = writer.pending_blocks()
         self.block: Block | None = next(self._blocks, None)
         self._buffers: dict[str, torch.Tensor] | None = None
@@ -233,17 +256,19 @@ class _BlockFiller:
         return self.block is None
 
     def add(self, first_row: int, encoded: dict[str, torch.Tensor]) -> int:
-        """Take the rows [first_row, first_row + n) that are not committed yet; return how many."""
+        """Take the rows [first_row, first_row + n) that are not committed yet; return how many.
+        `encoded` holds the store arrays and ROW_PROBLEMS."""
         n = next(iter(encoded.values())).shape[0]
         offset = skipped = max(self.block.start - first_row, 0) if self.block else n
         while offset < n and self.block is not None:
             if self._buffers is None:
                 self._buffers = self._acquire(encoded)
             take = min(n - offset, self.block.n_rows - self._filled)
-            for path, values in encoded.items():
-                self._buffers[path][self._filled : self._filled + take].copy_(
-                    values[offset : offset + take], non_blocking=self.pin
-                )
+            filled = slice(self._filled, self._filled + take)
+            self.copies.copy(
+                {path: buffer[filled] for path, buffer in self._buffers.items()},
+                {path: values[offset : offset + take] for path, values in encoded.items()},
+            )
             self._filled += take
             offset += take
             if self._filled == self.block.n_rows:
@@ -257,10 +282,11 @@ class _BlockFiller:
             self._hand_over()
 
     def _hand_over(self) -> None:
-        if self.pin:
-            torch.cuda.current_stream(self.device).synchronize()  # the copies have landed
+        self.copies.wait()  # every row of the block is in its buffers
         buffers, n_rows = self._buffers, self._filled
-        self.writer.write(self.block, {path: as_numpy(b[:n_rows]) for path, b in buffers.items()})
+        raise_for_problems(buffers[ROW_PROBLEMS][:n_rows])
+        rows = {path: as_numpy(b[:n_rows]) for path, b in buffers.items() if path != ROW_PROBLEMS}
+        self.writer.write(self.block, rows)
         self._in_use.append((self.block.start + n_rows, buffers))
         self._buffers, self._filled = None, 0
 
@@ -276,11 +302,90 @@ class _BlockFiller:
         self._in_use = waiting
         if self._free:
             return self._free.pop()
-        rows = self.writer.spec.layout.rows_per_block
-        return {
-            path: torch.empty((rows, *t.shape[1:]), dtype=t.dtype, pin_memory=self.pin)
-            for path, t in like.items()
-        }
+        return _empty_like(like, self.writer.spec.layout.rows_per_block, pin=False)
+
+
+def _empty_like(like: dict[str, torch.Tensor], rows: int, pin: bool) -> dict[str, torch.Tensor]:
+    """Host buffers of `rows` rows shaped and typed like the tensors of `like`."""
+    return {
+        path: torch.empty((rows, *t.shape[1:]), dtype=t.dtype, pin_memory=pin)
+        for path, t in like.items()
+    }
+
+
+class _HostCopies:
+    """Rows already on the host (a CPU harvest) are copied straight into the block."""
+
+    def copy(self, dst: dict[str, torch.Tensor], src: dict[str, torch.Tensor]) -> None:
+        for path, values in src.items():
+            dst[path].copy_(values)
+
+    def wait(self) -> None:
+        pass
+
+
+class _StagedCopies:
+    """Device rows reach the block's host buffers through SLOTS pinned staging buffers of
+    `rows` rows, copied on a side stream so that the copies overlap the LM's next batch.
+
+    A copy waits for the kernels that made its rows (stream order), lands in a free slot, and is
+    moved into the block's buffers by the host when its slot is needed again or the block is
+    handed over. `wait` lands every copy. The source tensors are marked as used by the side
+    stream, so that the allocator does not give their memory to the next batch before the copy
+    has read it.
+    """
+
+    SLOTS = 2
+
+    def __init__(self, device: torch.device, rows: int) -> None:
+        self.device, self.rows = device, rows
+        self.stream = torch.cuda.Stream(device)
+        self._slots: list[dict[str, torch.Tensor]] = []
+        self._free: list[dict[str, torch.Tensor]] = []
+        self._pending: collections.deque = collections.deque()
+
+    @property
+    def pinned_bytes(self) -> int:
+        return sum(t.nbytes for slot in self._slots for t in slot.values())
+
+    def copy(self, dst: dict[str, torch.Tensor], src: dict[str, torch.Tensor]) -> None:
+        n = next(iter(src.values())).shape[0]
+        for start in range(0, n, self.rows):
+            part = slice(start, min(n, start + self.rows))
+            self._copy_part(
+                {p: t[part] for p, t in dst.items()}, {p: t[part] for p, t in src.items()}
+            )
+
+    def wait(self) -> None:
+        while self._pending:
+            self._land()
+
+    def _copy_part(self, dst: dict[str, torch.Tensor], src: dict[str, torch.Tensor]) -> None:
+        slot = self._slot(src)
+        n = next(iter(src.values())).shape[0]
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            for path, values in src.items():
+                slot[path][:n].copy_(values, non_blocking=True)
+                values.record_stream(self.stream)
+            landed = torch.cuda.Event()
+            landed.record(self.stream)
+        self._pending.append((landed, slot, dst, n))
+
+    def _slot(self, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not self._free and len(self._slots) < self.SLOTS:
+            self._slots.append(_empty_like(like, self.rows, pin=self.device.type == "cuda"))
+            self._free.append(self._slots[-1])
+        while not self._free:
+            self._land()
+        return self._free.pop()
+
+    def _land(self) -> None:
+        landed, slot, dst, n = self._pending.popleft()
+        landed.synchronize()
+        for path, buffer in dst.items():
+            buffer.copy_(slot[path][:n])
+        self._free.append(slot)
 
 
 def harvest(config: HarvestConfig, progress: Progress | None = None) -> HarvestResult:
@@ -304,11 +409,12 @@ def run_harvest(plan: HarvestPlan, progress: Progress | None = None) -> HarvestR
         if progress:
             total = None if last_row is None else last_row - first_row
             progress.start(total, writer.n_rows_committed - first_row)
-        filler = _BlockFiller(writer, device)
+        copies = _StagedCopies(device, batch_size * t) if device.type == "cuda" else _HostCopies()
+        filler = _BlockFiller(writer, copies)
         if not filler.done:
             first_context = filler.block.start // t // batch_size * batch_size
             for first, tokens in _batches(plan, first_context):
-                tokens_BT = torch.from_numpy(tokens).to(device)
+                tokens_BT = _to_device(tokens, device)
                 out = run_batch(
                     bridge,
                     tokens_BT,
@@ -316,8 +422,10 @@ def run_harvest(plan: HarvestPlan, progress: Progress | None = None) -> HarvestR
                     gradients=plan.config.gradients,
                     autocast_bf16=plan.config.autocast_bf16,
                 )
-                rows = encode_rows(_rows_of(first, tokens_BT, out), plan.spec)
-                added = filler.add(first * t, rows)
+                rows = _rows_of(first, tokens_BT, out)
+                encoded = encode_rows(rows, plan.spec, check=False)
+                encoded[ROW_PROBLEMS] = row_problems(rows, plan.spec)
+                added = filler.add(first * t, encoded)
                 if progress:
                     progress.advance(added)
                 if filler.done:
@@ -333,6 +441,15 @@ def run_harvest(plan: HarvestPlan, progress: Progress | None = None) -> HarvestR
             )
         writer.finish()
         return HarvestResult(end - first_row, complete=True, dataset_exhausted=not filler.done)
+
+
+def _to_device(tokens: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Token ids on the model's device; on CUDA from pinned memory, so the host does not wait
+    for the GPU to finish the previous batch."""
+    tokens_BT = torch.from_numpy(tokens)
+    if device.type != "cuda":
+        return tokens_BT
+    return tokens_BT.pin_memory().to(device, non_blocking=True)
 
 
 def _rows_of(first_context: int, tokens_BT: torch.Tensor, out: Any) -> RowBlock:

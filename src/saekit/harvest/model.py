@@ -10,23 +10,11 @@ from typing import Any
 
 import torch
 
+from saekit.cache_format.location import absolute_location
 from saekit.errors import SaekitError
 from saekit.fingerprint import files_fingerprint, text_fingerprint
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` picks CUDA when present; asking for CUDA where there is none is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise SaekitError(f"--device must be auto, cpu or cuda, not {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SaekitError(
-            "--device cuda was asked for but this machine has no CUDA GPU; use --device cpu or auto"
-        )
-    return torch.device(device)
 
 
 @dataclass
@@ -92,7 +80,7 @@ def load_model(name: str, device: torch.device) -> LoadedModel:
         raise SaekitError(f"model {name} comes without a tokenizer; save one beside it")
     weights_dir, revision = _model_files(name)
     identity = {
-        "model": name,
+        "model": absolute_location(local) if local.exists() else name,
         "model_revision": revision,
         "weights_fingerprint": files_fingerprint(
             [p for p in weights_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES]

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from saekit.cache_format.location import absolute_location
 from saekit.errors import SaekitError
 from saekit.fingerprint import files_fingerprint
 
@@ -38,7 +39,7 @@ class TextSource:
         if self.files is None:
             return {"dataset": self.spec, "split": self.split, "text_column": self.text_column}
         return {
-            "dataset": self.spec,
+            "dataset": absolute_location(self.spec),
             "text_column": self.text_column,
             "dataset_files": len(self.files),
             "dataset_fingerprint": files_fingerprint(self.files, root=_common_root(self.files)),
@@ -106,8 +107,12 @@ def _txt_documents(path: Path, _column: str) -> Iterator[str]:
 
 
 def _jsonl_documents(path: Path, column: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, 1):
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise SaekitError(f"{path}:{number} is not UTF-8 text; convert the file") from None
             if not line.strip():
                 continue
             try:

@@ -87,7 +87,8 @@ class ChoiceRecipe(Recipe):
         )
         with torch.no_grad():
             densities_F = (sae.encode(next(iter(loader))["activations"]) != 0).float().mean(0)
-        return fit_zipf(densities_F)
+        a_1, b_1 = fit_zipf(densities_F)
+        return float(a_1), float(b_1)
 
     def analyse(self, results: Results, context: AnalysisContext) -> Analysis:
         latents = context.preset.latents(context.d_in)

@@ -26,6 +26,8 @@ import torch
 
 from saekit import __version__
 from saekit.cache_format import ActivationStore
+from saekit.cache_format.nonfinite import NonFinitePolicy
+from saekit.devices import resolve_device
 from saekit.errors import SaekitError
 from saekit.evaluate.heldout import (
     check_holdout,
@@ -39,7 +41,7 @@ from saekit.evaluate.online import online_metrics
 from saekit.evaluate.steering import steering_sweep
 from saekit.evaluate.targets import Target, modes_of
 from saekit.harvest import HarvestConfig, plan_harvest, run_harvest
-from saekit.harvest.model import load_model, resolve_device
+from saekit.harvest.model import load_model
 from saekit.recipes.base import AnalysisContext, Recipe, StageContext
 from saekit.recipes.choice import ChoiceRecipe
 from saekit.recipes.cost import Estimate, estimate
@@ -152,6 +154,7 @@ def run_recipes(request: RecipeRequest, reporter: Reporter | None = None) -> Out
     store, model, hook = _inputs(request, preset, recipes)
     record = _record(request, preset, model.name, hook)
     _check_out(out, record)
+    device = resolve_device(request.device)
     d_in = store.spec.hooks[hook].d if store is not None else model.d_model
     cost = estimate(recipes, preset, d_in, model.parameters, harvesting=store is None)
     reporter.message(f"preset {preset.name}: {cost.describe()}")
@@ -162,7 +165,6 @@ def run_recipes(request: RecipeRequest, reporter: Reporter | None = None) -> Out
     if store is None:
         with _timed(timings, "harvest"):
             store = _harvest(request, preset, model, hook, out, reporter)
-    device = resolve_device(request.device)
     evaluator = Evaluator(store, hook, preset, device, model.name, reporter)
     outcome = Outcome(out / "report.md", cost)
     for recipe in recipes:
@@ -413,7 +415,9 @@ class Evaluator:
     @property
     def means(self) -> dict[str, torch.Tensor]:
         if self._means is None:
-            self._means = {self.hook: training_mean(self.store, self.hook).to(self.device)}
+            self._means = {
+                self.hook: training_mean(self.store, self.hook, NonFinitePolicy()).to(self.device)
+            }
         return self._means
 
     def evaluate_run(
@@ -438,7 +442,9 @@ class Evaluator:
         if not todo:
             return 0
         self.reporter.message(f"{recipe.name}: evaluating {len(todo)} rows of run {run_name}")
-        offline = offline_metrics(self.store, todo, self.means, None, self.device)
+        offline = offline_metrics(
+            self.store, todo, self.means, None, self.device, NonFinitePolicy()
+        )
         contexts = heldout_contexts(self.store, self.preset.online_tokens)
         online = online_metrics(
             self.bridge,
@@ -472,7 +478,12 @@ class Evaluator:
     def _steer(self, sae: torch.nn.Module) -> dict | None:
         sample = next(
             holdout_batches(
-                self.store, self.hook, ("activations",), STEERING_SAMPLE_ROWS, STEERING_SAMPLE_ROWS
+                self.store,
+                self.hook,
+                ("activations",),
+                STEERING_SAMPLE_ROWS,
+                STEERING_SAMPLE_ROWS,
+                NonFinitePolicy(),
             )
         )["activations"]
         contexts = heldout_contexts(self.store, None)

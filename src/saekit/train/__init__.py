@@ -5,9 +5,10 @@ Evaluation uses `load_sae(directory)`: the saved SAE (raw-activation space) with
 """
 
 from saekit.train.config import TrainSettings, load_config
-from saekit.train.export import SAEConfig, load_sae
+from saekit.train.export import load_sae
 from saekit.train.run import RunResult, TrainRequest, train
 from saekit.train.sae import SAE
+from saekit.train.sae_config import SAEConfig
 from saekit.train.spec import SAESpec, parse_spec
 from saekit.train.trainer import Observer
 from saekit.train.variants import VARIANTS

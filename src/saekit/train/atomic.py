@@ -1,6 +1,8 @@
 """Crash-safe file writes: write a temporary file beside the target, fsync, then `os.replace`.
 
 A reader (or a resumed run) sees either the old file or the complete new one, never a torn one.
+The temporary file is created new (`O_CREAT | O_EXCL | O_NOFOLLOW`): a link planted in its place
+is never followed.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from safetensors.torch import save
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Create or replace `path` with what `write(file)` writes."""
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.unlink(missing_ok=True)  # a leftover of a killed process with this pid (or a link)
     try:
-        with open(temporary, "wb") as file:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())

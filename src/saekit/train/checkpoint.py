@@ -9,7 +9,9 @@ leaves `latest.json` pointing at a complete checkpoint (or absent: nothing to re
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from saekit.train.atomic import write_json, write_torch
 
 LATEST = "latest.json"
 TRAINER_STATE = "trainer.pt"
+_STEP_DIR = re.compile(r"step-\d{9}")
 
 
 @dataclass
@@ -64,13 +67,28 @@ class Checkpoints:
 
     def latest(self) -> dict[str, Any] | None:
         """What `latest.json` says, or None when no checkpoint was completed."""
+        path = self.root / LATEST
         try:
-            return json.loads((self.root / LATEST).read_text())
+            latest = json.loads(path.read_bytes())
         except FileNotFoundError:
             return None
+        except (OSError, ValueError):
+            raise self._damaged(f"{path} cannot be read as JSON") from None
+        if not _names_a_checkpoint(latest):
+            raise self._damaged(f"{path} does not name a checkpoint")
+        return latest
 
-    def load(self, names: list[str], device: torch.device) -> Checkpoint | None:
-        """The latest checkpoint, with tensors on `device`; None when there is none."""
+    def _damaged(self, what: str) -> SaekitError:
+        return SaekitError(
+            f"{what}; the run's checkpoints are damaged, start a new run in another --out"
+        )
+
+    def load(self, names: list[str]) -> Checkpoint | None:
+        """The latest checkpoint, tensors on the CPU; None when there is none.
+
+        Loading states to their devices is the job of each `load_state_dict`: parameters and
+        buffers are copied into tensors already on the device, and Adam keeps its `step` counts
+        on the CPU as torch expects (a `step` on the GPU costs a host sync every step)."""
         latest = self.latest()
         if latest is None:
             return None
@@ -78,12 +96,16 @@ class Checkpoints:
 
         def load(path: Path) -> dict[str, Any]:
             try:
-                return torch.load(path, map_location=device, weights_only=True)
+                with warnings.catch_warnings():  # torch warns about files it then refuses
+                    warnings.simplefilter("ignore")
+                    state = torch.load(path, map_location="cpu", weights_only=True)
             except FileNotFoundError:
-                raise SaekitError(
-                    f"checkpoint {directory} lacks {path.name}; the run directory is damaged, "
-                    "start a new run in another --out"
-                ) from None
+                raise self._damaged(f"checkpoint {directory} lacks {path.name}") from None
+            except Exception as error:  # unpickling and zip errors of all kinds
+                raise self._damaged(f"{path} is not a checkpoint ({error})") from None
+            if not isinstance(state, dict):
+                raise self._damaged(f"{path} is not a checkpoint")
+            return state
 
         return Checkpoint(
             step=latest["step"],
@@ -91,3 +113,18 @@ class Checkpoints:
             trainer=load(directory / TRAINER_STATE),
             members={name: load(directory / f"{name}.pt") for name in names},
         )
+
+
+def _names_a_checkpoint(latest: Any) -> bool:
+    """`latest.json` holds {"step": N, "directory": "step-00000000N", "complete": bool}."""
+    if not isinstance(latest, dict):
+        return False
+    step, directory = latest.get("step"), latest.get("directory")
+    return (
+        isinstance(step, int)
+        and not isinstance(step, bool)
+        and step >= 0
+        and isinstance(directory, str)
+        and _STEP_DIR.fullmatch(directory) is not None
+        and isinstance(latest.get("complete"), bool)
+    )

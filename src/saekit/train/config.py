@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from saekit.devices import check_device_name
 from saekit.errors import SaekitError
 from saekit.train.spec import SAESpec, convert, spec_from_table, suggest
 
@@ -36,13 +37,14 @@ class TrainSettings:
     batch_size: int = 4096  # tokens per step
     lr: float | None = None  # learning rate for SAEs without an lr key; None: the lr rule
     seed: int = 0  # loader shuffle and weight initialisation
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_every: int = 10  # steps between metric lines
     checkpoint_every: int = 5_000_000  # tokens between checkpoints; 0: only at the end
     warmup: float = 0.03  # fraction of the steps with a linear lr warm-up
     decay: float = 0.2  # fraction of the steps, at the end, with a linear lr decay to 0
     grad_clip: float = 1.0  # max gradient norm per SAE
     calibration_rows: int = 32768  # rows sampled for the input scale and b_dec init
+    skip_nonfinite: bool = False  # leave store rows holding NaN or Inf out (counted), not stop
 
     def __post_init__(self) -> None:
         def require(condition: bool, message: str) -> None:
@@ -52,7 +54,7 @@ class TrainSettings:
         require(self.tokens is None or self.tokens > 0, "--tokens must be positive")
         require(self.batch_size > 0, "--batch-size must be positive")
         require(self.lr is None or self.lr > 0, "--lr must be positive")
-        require(self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda")
+        check_device_name(self.device)
         require(self.log_every > 0, "log_every must be positive")
         require(self.checkpoint_every >= 0, "--checkpoint-every must be >= 0")
         require(0 <= self.warmup <= 1, "warmup must be a fraction in [0, 1]")

@@ -11,52 +11,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-from saekit import __version__
 from saekit.errors import SaekitError
 from saekit.train.atomic import write_json, write_safetensors
 from saekit.train.sae import SAE
-from saekit.train.spec import ResolvedSpec
-from saekit.train.variants import VARIANTS
+from saekit.train.sae_config import DAMAGED, SAE_FORMAT, SAEConfig
+from saekit.train.spec import ResolvedSpec, make_spec
 
-SAE_FORMAT = "saekit.sae"
-SAE_FORMAT_VERSION = 1
 WEIGHTS_FILE = "sae.safetensors"
 CFG_FILE = "cfg.json"
 SAELENS_DIR = "saelens"
 SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"
-
-
-@dataclass(frozen=True)
-class SAEConfig:
-    """What a saved SAE is: everything needed to rebuild it and to know what it was trained on."""
-
-    name: str
-    variant: str
-    hook: str
-    d_in: int
-    d_sae: int
-    k: int | None  # active latents per token (TopK family; mean for BatchTopK / FC), else None
-    options: dict[str, Any]  # every option, resolved (see docs/variants.md)
-    calibration: dict[str, float]  # values set from data before training (g-SAE: beta)
-    input_scale: float  # c of training (E‖c·x‖ = √d), already folded into the weights
-    store: dict[str, Any]  # location, identity and rows of the store it was trained on
-    training: dict[str, Any]  # tokens, steps, batch size, seed, epochs
-    saekit_version: str = __version__
-    format: str = SAE_FORMAT
-    format_version: int = SAE_FORMAT_VERSION
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SAEConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in names})
 
 
 def save_sae(trained: SAE, directory: Path, cfg: SAEConfig) -> None:
@@ -100,19 +70,52 @@ def export_saelens(sae: SAE, directory: Path, cfg: SAEConfig) -> None:
 
 
 def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> SAE:
-    """Load a saved SAE (raw-activation space, eval mode); its `SAEConfig` is `sae.cfg`."""
+    """Load a saved SAE (raw-activation space, eval mode); its `SAEConfig` is `sae.cfg`.
+
+    A damaged or inconsistent SAE (cfg.json that disagrees with the weights, a weights file that
+    is not safetensors) is refused in one line, before memory is allocated for it."""
     directory = Path(directory)
-    try:
-        values = json.loads((directory / CFG_FILE).read_text())
-    except (FileNotFoundError, NotADirectoryError):
-        raise SaekitError(f"{directory} holds no saved SAE (no {CFG_FILE})") from None
-    if values.get("format") != SAE_FORMAT:
-        raise SaekitError(f"{directory / CFG_FILE} does not describe a saekit SAE")
-    cfg = SAEConfig.from_dict(values)
-    if cfg.variant not in VARIANTS:
-        raise SaekitError(f"{directory}: unknown variant {cfg.variant!r}; upgrade saekit")
-    options = VARIANTS[cfg.variant].options_type(**cfg.options)
-    sae = ResolvedSpec(cfg.name, cfg.variant, options).build(cfg.d_in)
+    cfg = SAEConfig.read(directory / CFG_FILE)
+    spec = saved_spec(cfg, directory / CFG_FILE)
+    with torch.device("meta"):  # the shapes the cfg implies, without allocating anything
+        expected = {key: tuple(t.shape) for key, t in spec.build(cfg.d_in).state_dict().items()}
+    check_weights(directory / WEIGHTS_FILE, expected)
+    sae = spec.build(cfg.d_in)
     sae.load_state_dict(load_file(directory / WEIGHTS_FILE))
     sae.cfg = cfg
     return sae.to(device).eval()
+
+
+def saved_spec(cfg: SAEConfig, where: Path) -> ResolvedSpec:
+    """The spec a saved SAE was built from, its options checked like a `--sae` spec's."""
+    given = {key: value for key, value in cfg.options.items() if value is not None}
+    spec = make_spec(cfg.variant, given, str(where))
+    k = getattr(spec.options, "k", 1)
+    if spec.options.latents != cfg.d_sae or k > cfg.d_sae:
+        raise SaekitError(
+            f"{where}: options (latents={spec.options.latents}, k={k}) disagree with "
+            f"d_sae={cfg.d_sae}; {DAMAGED}"
+        )
+    return ResolvedSpec(cfg.name, spec.variant, spec.options)
+
+
+def check_weights(path: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """Refuse a weights file that is not safetensors or whose tensors disagree with `expected`
+    (names and shapes), reading only its header."""
+    try:
+        with safe_open(path, "pt") as weights:
+            found = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}  # noqa: SIM118
+    except FileNotFoundError:
+        raise SaekitError(f"{path.parent} has no {path.name}; {DAMAGED}") from None
+    except Exception as error:  # safetensors raises its own error types for broken files
+        raise SaekitError(f"{path} is not a safetensors file ({error}); {DAMAGED}") from None
+    for key in sorted(set(expected) | set(found)):
+        if expected.get(key) != found.get(key):
+            raise SaekitError(
+                f"{path} holds {key} of shape {_shape(found.get(key))} but its cfg.json means "
+                f"{_shape(expected.get(key))}; {DAMAGED}"
+            )
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "none (missing)" if shape is None else str(list(shape))

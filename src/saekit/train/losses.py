@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor
 
+from saekit import devices
 from saekit.train.sparse import SparseCode, SparsePattern, gather_pre_activations
 
 if TYPE_CHECKING:
@@ -98,7 +99,14 @@ class L1Penalty(LossTerm):
 class ResidualAux(LossTerm):
     """Reconstruct the detached residual e = x − x̂ from the top-`k_aux` pre-activations among
     candidate latents: ê = W_dec ReLU(TopK(z restricted to the candidates)) (no bias), loss
-    NMSE(e, ê); zero when there is no candidate. Subclasses choose the candidates."""
+    NMSE(e, ê); zero when there is no candidate. Subclasses choose the candidates.
+
+    The selection has a fixed size, min(k_aux, F) per token, whatever the number of candidates:
+    where there are fewer, the rest of the selection are non-candidates with their values zeroed,
+    which adds nothing to ê and passes no gradient. So the step never reads the number of
+    candidates on the host (a GPU sync). On the CPU, where that read is free, a step without
+    candidates skips the term (same result, less work).
+    """
 
     k_aux: int = 512
 
@@ -107,15 +115,16 @@ class ResidualAux(LossTerm):
 
     def __call__(self, sae: SAE, fwd: Forward, ctx: StepContext) -> Tensor:
         candidates_F = self.candidates(ctx.usage)
-        n_candidates = int(candidates_F.sum())
-        if n_candidates == 0:
+        any_candidate = candidates_F.any()
+        if devices.host_reads_are_free(fwd.z_BF.device) and not any_candidate:
             return fwd.x_BD.new_zeros(())
         masked_BF = fwd.z_BF.masked_fill(~candidates_F, float("-inf"))
-        indices_BK = masked_BF.topk(min(self.k_aux, n_candidates), dim=1).indices
+        indices_BK = masked_BF.topk(min(self.k_aux, sae.d_sae), dim=1).indices
         pattern = SparsePattern.from_row_indices(indices_BK, sae.d_sae)
         values_N = gather_pre_activations(fwd.x_cent_BD, sae.W_enc, sae.b_enc, fwd.z_BF, pattern)
-        e_hat_BD = SparseCode(pattern, values_N.relu()).decode(sae.W_dec, None)
-        return normalised_mse((fwd.x_BD - fwd.x_hat_BD).detach(), e_hat_BD)
+        values_N = values_N.relu() * candidates_F[pattern.latent_N]
+        e_hat_BD = SparseCode(pattern, values_N).decode(sae.W_dec, None)
+        return normalised_mse((fwd.x_BD - fwd.x_hat_BD).detach(), e_hat_BD) * any_candidate
 
 
 @dataclass

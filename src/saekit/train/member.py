@@ -98,7 +98,10 @@ class Member:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state saved by `state_dict`, from whatever device its tensors are on."""
         self.sae.load_state_dict(state["sae"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])  # moments to the parameters' device
         self.usage.load_state_dict(state["usage"])
-        self._sums, self._steps_summed = dict(state["metric_sums"]), state["metric_steps"]
+        device = self.sae.W_dec.device
+        self._sums = {key: total.to(device) for key, total in state["metric_sums"].items()}
+        self._steps_summed = state["metric_steps"]

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from saekit.errors import SaekitError
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -34,4 +36,17 @@ class MetricsLog:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Every record of a metrics file."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    records = []
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("sae"), str):
+            raise SaekitError(
+                f"{path}:{number} is not a metrics record; the run directory is damaged"
+            )
+        records.append(record)
+    return records

@@ -26,15 +26,19 @@ import torch
 
 from saekit import __version__
 from saekit.cache_format import ActivationStore, ShuffledLoader
-from saekit.cache_format.location import is_local
-from saekit.errors import SaekitError
+from saekit.cache_format.location import absolute_location, enclosing_store, is_local
+from saekit.cache_format.nonfinite import NonFinitePolicy
+from saekit.devices import resolve_device
+from saekit.errors import IntegrityError, SaekitError
 from saekit.train.atomic import write_json
 from saekit.train.calibration import geometric_median, input_scale
-from saekit.train.checkpoint import Checkpoints
+from saekit.train.checkpoint import Checkpoint, Checkpoints
 from saekit.train.config import TrainSettings
-from saekit.train.export import SAEConfig, save_sae
+from saekit.train.export import save_sae
 from saekit.train.member import Member
+from saekit.train.memory import check_memory
 from saekit.train.metrics import METRICS_FILE, read_metrics
+from saekit.train.sae_config import SAEConfig
 from saekit.train.schedule import Plan
 from saekit.train.spec import ResolvedSpec, SAESpec
 from saekit.train.trainer import Cadence, Observer, Trainer
@@ -70,6 +74,7 @@ class RunResult:
 
 def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
     """Validate the request, then train every SAE on one stream of the store's rows."""
+    check_out_location(request.out)
     store = ActivationStore.open(request.store, request.storage_options)
     hook = store.resolve_hook(request.hook)
     d_in = store.spec.hooks[hook].d
@@ -83,11 +88,12 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
     check_out_dir(request.out, identity, request.resume)
 
     device = resolve_device(settings.device)
+    check_memory(specs, d_in, settings.batch_size, device)
     members = [
         Member(spec, spec.build(d_in).to(device), plan, settings.grad_clip) for spec in specs
     ]
     checkpoints = Checkpoints(request.out)
-    checkpoint = checkpoints.load([s.name for s in specs], device) if request.resume else None
+    checkpoint = checkpoints.load([s.name for s in specs]) if request.resume else None
     if checkpoint is None:
         scale, calibration = calibrate(store, hook, members, settings, needs_gradients, device)
         config = run_config(identity, plan, scale, calibration, request, device)
@@ -95,11 +101,19 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
         write_json(request.out / CONFIG_FILE, config)
     else:
         config = json.loads((request.out / CONFIG_FILE).read_text())
-        scale, calibration = config["calibration"]["input_scale"], config["calibration"]["saes"]
+        try:
+            scale = float(config["calibration"]["input_scale"])
+            calibration = {s.name: dict(config["calibration"]["saes"][s.name]) for s in specs}
+        except (KeyError, TypeError, ValueError):
+            raise SaekitError(
+                f"{request.out / CONFIG_FILE} lacks the run's calibration; the run directory is "
+                "damaged, start a new run in another --out"
+            ) from None
 
     cadence = Cadence(settings.log_every, settings.checkpoint_every)
-    trainer = Trainer(members, plan, cadence, scale, request.out, observer)
-    start = trainer.restore(checkpoint.trainer, checkpoint.members) if checkpoint else 0
+    nonfinite = NonFinitePolicy(skip=settings.skip_nonfinite)
+    trainer = Trainer(members, plan, cadence, scale, request.out, observer, nonfinite)
+    start = restore(trainer, checkpoint, checkpoints) if checkpoint else 0
     already_complete = checkpoint is not None and checkpoint.complete
     if not already_complete:
         fields = ("activations", "row", *(("gradients",) if needs_gradients else ()))
@@ -114,13 +128,26 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
             read_threads=read_threads(request.store),
         )
         trainer.run(iter(loader), start)
+    final = {record["sae"]: record for record in read_metrics(request.out / METRICS_FILE)}
     sae_dirs = {}
     for member in members:  # also after a kill between the last checkpoint and the export
         sae_dirs[member.name] = request.out / "saes" / member.name
-        cfg = sae_config(member, hook, d_in, scale, calibration[member.name], config)
+        location = absolute_location(request.store)  # where it is now (it may have moved)
+        cfg = sae_config(member, hook, d_in, scale, calibration[member.name], config, location)
         save_sae(member.sae, sae_dirs[member.name], cfg)
-    final = {record["sae"]: record for record in read_metrics(request.out / METRICS_FILE)}
     return RunResult(request.out, sae_dirs, plan, final, already_complete)
+
+
+def restore(trainer: Trainer, checkpoint: Checkpoint, checkpoints: Checkpoints) -> int:
+    """Load a checkpoint into the trainer; return the step to continue from."""
+    try:
+        return trainer.restore(checkpoint.trainer, checkpoint.members)
+    except (KeyError, RuntimeError, ValueError, TypeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SaekitError(
+            f"the checkpoint in {checkpoints.root} does not fit this run ({reason}); the run's "
+            "checkpoints are damaged, start a new run in another --out"
+        ) from None
 
 
 REMOTE_READ_THREADS = 16
@@ -184,7 +211,7 @@ def run_identity(
     """What makes a run this run: compared when resuming (device and checkpoint cadence may
     change; the store may have moved, but its content must be the same)."""
     compared = dataclasses.asdict(settings)
-    for free in ("device", "checkpoint_every"):
+    for free in ("device", "checkpoint_every", "skip_nonfinite"):
         compared.pop(free)
     return {
         "store": {
@@ -199,6 +226,16 @@ def run_identity(
     }
 
 
+def check_out_location(out: Path) -> None:
+    """Refuse an output directory that is or lies inside a store (symbolic links resolved)."""
+    store = enclosing_store(out)
+    if store is not None:
+        raise SaekitError(
+            f"--out {out} lies inside the store {store}, which only its writer may change; "
+            "choose a directory outside it"
+        )
+
+
 def check_out_dir(out: Path, identity: dict[str, Any], resume: bool) -> None:
     """Refuse an output directory that holds something else, or this run without `resume`."""
     if out.exists() and not out.is_dir():
@@ -207,11 +244,11 @@ def check_out_dir(out: Path, identity: dict[str, Any], resume: bool) -> None:
         return
     try:
         stored = json.loads((out / CONFIG_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, ValueError):
         raise SaekitError(
             f"--out {out} is not empty and holds no training run; choose a new or empty directory"
         ) from None
-    if stored.get("format") != RUN_FORMAT:
+    if not isinstance(stored, dict) or stored.get("format") != RUN_FORMAT:
         raise SaekitError(f"--out {out} holds something else than a training run")
     changed = differing_keys(stored.get("run"), identity)
     if changed:
@@ -246,14 +283,6 @@ def _by_name(value: Any) -> Any:
     return value
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SaekitError("--device cuda: no CUDA device is available; use --device cpu")
-    return torch.device(device)
-
-
 def calibrate(
     store: ActivationStore,
     hook: str,
@@ -275,13 +304,13 @@ def calibrate(
         epochs=1,
         drop_last=False,
     )
-    sample = next(iter(loader))
-    finite_B = torch.stack([torch.isfinite(v).all(dim=1) for v in sample.values()]).all(dim=0)
-    if not finite_B.any():  # non-finite rows are left out here; training stops on them
-        raise SaekitError(f"store {store.location} has no finite rows to calibrate on")
-    scale = input_scale(sample["activations"][finite_B])
-    x_BD = (sample["activations"][finite_B] * scale).to(device)
-    g_BD = (sample["gradients"][finite_B] / scale).to(device) if needs_gradients else None
+    # rows holding NaN or Inf are left out of the sample; training applies the policy to them
+    sample = next(iter(loader)).without_nonfinite()
+    if not len(sample["activations"]):
+        raise IntegrityError(f"store {store.location} has no finite rows to calibrate on")
+    scale = input_scale(sample["activations"])
+    x_BD = (sample["activations"] * scale).to(device)
+    g_BD = (sample["gradients"] / scale).to(device) if needs_gradients else None
     median_D = None
     calibration = {}
     for member in members:
@@ -321,7 +350,7 @@ def run_config(
         "plan": {**dataclasses.asdict(plan), "tokens": plan.tokens, "epochs": plan.epochs},
         "calibration": {"input_scale": scale, "saes": calibration},
         "environment": {
-            "store_location": request.store,
+            "store_location": absolute_location(request.store),
             "device": str(device),
             "checkpoint_every": request.settings.checkpoint_every,
         },
@@ -335,6 +364,7 @@ def sae_config(
     scale: float,
     calibration: dict[str, float],
     config: dict[str, Any],
+    store_location: str,
 ) -> SAEConfig:
     store = config["run"]["store"]
     return SAEConfig(
@@ -348,7 +378,7 @@ def sae_config(
         calibration=calibration,
         input_scale=scale,
         store={
-            "location": config["environment"]["store_location"],
+            "location": store_location,
             "identity": store["identity"],
             "n_rows_committed": store["n_rows_committed"],
             "holdout_rows": store["layout"]["holdout_rows"],

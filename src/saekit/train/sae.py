@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from saekit.train.sae_config import SAEConfig
 from saekit.train.sparse import Code, DenseCode
 
 if TYPE_CHECKING:
-    from saekit.train.export import SAEConfig
     from saekit.train.variants.base import Activation
 
 

@@ -11,7 +11,12 @@ only the pattern, forwards and backwards:
   sampled dense-dense product (one dot product per selected entry) and a sparse-dense product.
 
 Transposed products use an explicitly built latent-major CSR matrix rather than a transposed
-view, which keeps to the operations torch supports on both CPU and CUDA.
+view, which keeps to the operations torch supports on both CPU and CUDA. Sums over a row's or a
+latent's entries (the encoder bias gradient, L0, firing counts) are segment sums over the CSR
+pointers, each segment added in order by one thread: deterministic on CUDA (where `index_add_`
+adds with atomics, in whatever order the threads arrive) and bit-identical to `index_add_` on the
+CPU. Nothing here reads a value back to the host, so a training step queues its GPU kernels
+without waiting on them.
 
 At d = 768, F = 16384, k = 32, B = 4096 the decoder's products are ~50x cheaper than dense
 ones on a CPU; the dense encoder forward that the selection needs remains. Sparse products pay
@@ -62,9 +67,7 @@ class SparsePattern:
         """The pattern of the distinct entries `flat = row * n_latents + latent`."""
         flat_N = flat_N.sort().values
         row_N = torch.div(flat_N, n_latents, rounding_mode="floor")
-        counts_R = torch.bincount(row_N, minlength=n_rows)
-        crow_R1 = torch.zeros(n_rows + 1, dtype=torch.long, device=flat_N.device)
-        crow_R1[1:] = counts_R.cumsum(0)
+        crow_R1 = compressed_pointers(row_N, n_rows)
         return cls(crow_R1, flat_N - row_N * n_latents, row_N, n_rows, n_latents)
 
     @classmethod
@@ -94,13 +97,40 @@ class SparsePattern:
     def _by_latent(self) -> tuple[Tensor, Tensor, Tensor]:
         """The entries in latent-major order: (permutation, compressed latent index, rows)."""
         order_N = torch.argsort(self.latent_N, stable=True)
-        crow_F1 = torch.zeros(self.n_latents + 1, dtype=torch.long, device=order_N.device)
-        crow_F1[1:] = torch.bincount(self.latent_N, minlength=self.n_latents).cumsum(0)
+        crow_F1 = compressed_pointers(self.latent_N[order_N], self.n_latents)
         return order_N, crow_F1, self.row_N[order_N]
 
     def take(self, dense_BF: Tensor) -> Tensor:
         """The pattern's entries of a dense matrix, in pattern order."""
         return dense_BF[self.row_N, self.latent_N]
+
+    def sum_by_row(self, values_N: Tensor) -> Tensor:
+        """[n_rows]: the sum of each row's values (in pattern order)."""
+        return segment_sum(values_N, self.crow_R1)
+
+    def sum_by_latent(self, values_N: Tensor) -> Tensor:
+        """[n_latents]: the sum of each latent's values, added in row order."""
+        order_N, crow_F1, _ = self._by_latent
+        return segment_sum(values_N[order_N], crow_F1)
+
+
+def compressed_pointers(sorted_N: Tensor, n_segments: int) -> Tensor:
+    """CSR pointers of sorted segment indices: segment s is `sorted[crow[s]:crow[s + 1]]`."""
+    bounds = torch.arange(n_segments + 1, dtype=sorted_N.dtype, device=sorted_N.device)
+    return torch.searchsorted(sorted_N, bounds)
+
+
+def segment_sum(values_N: Tensor, crow_S1: Tensor) -> Tensor:
+    """`[values_N[crow[s]:crow[s + 1]].sum() for s]`, each segment added in order.
+
+    Values are passed as a column: for 2-D data torch's CUDA kernel gives each segment to one
+    thread that adds it sequentially, like the CPU one (1-D data goes to CUB instead), so the
+    result is deterministic and equals `index_add_` on the CPU bit for bit. `unsafe` skips
+    torch's check of the pointers, which reads them back to the host.
+    """
+    if len(values_N) == 0:  # torch refuses empty data
+        return values_N.new_zeros(len(crow_S1) - 1)
+    return torch.segment_reduce(values_N[:, None], "sum", offsets=crow_S1, unsafe=True)[:, 0]
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
@@ -129,7 +159,7 @@ class _GatherPreActivations(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_W = torch.sparse.mm(pattern.csr_transposed(grad_N), x_cent_BD)
         if ctx.needs_input_grad[2]:
-            grad_b = grad_N.new_zeros(pattern.n_latents).index_add_(0, pattern.latent_N, grad_N)
+            grad_b = pattern.sum_by_latent(grad_N)
         return grad_x, grad_W, grad_b, None, None
 
 
@@ -186,14 +216,14 @@ class SparseCode:
 
     def l0_B(self) -> Tensor:
         """Non-zero codes per row."""
-        active = (self.values_N > 0).to(self.values_N.dtype)
-        n_rows = self.pattern.n_rows
-        return active.new_zeros(n_rows).index_add_(0, self.pattern.row_N, active)
+        return self.pattern.sum_by_row(self._active_N())
 
     def fire_counts_F(self) -> Tensor:
         """Rows in which each latent fired (was kept with a value > 0)."""
-        fired = self.pattern.latent_N[self.values_N > 0]
-        return torch.bincount(fired, minlength=self.pattern.n_latents)
+        return self.pattern.sum_by_latent(self._active_N()).long()
+
+    def _active_N(self) -> Tensor:
+        return (self.values_N > 0).to(self.values_N.dtype)
 
 
 @dataclass

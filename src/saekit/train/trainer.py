@@ -1,9 +1,10 @@
 """The training loop: several SAEs trained on each batch of one stream of rows.
 
 Every batch is read once and handed to every SAE (activations scaled by c, gradients by 1/c,
-read only when some SAE needs them). Non-finite inputs stop the run with the offending store rows
-named; metrics go to `metrics.jsonl` every `log_every` steps; checkpoints are written every
-`checkpoint_every` tokens and at the end.
+read only when some SAE needs them). Rows holding NaN or Inf stop the run with the offending
+store rows named, or are left out and counted (`--skip-nonfinite`); metrics go to
+`metrics.jsonl` every `log_every` steps; checkpoints are written every `checkpoint_every` tokens
+and at the end.
 """
 
 from __future__ import annotations
@@ -15,17 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from saekit.cache_format import Batch
+from saekit.cache_format.nonfinite import NonFinitePolicy, NonFiniteRows
 from saekit.errors import SaekitError
 from saekit.train.checkpoint import Checkpoints
 from saekit.train.member import Member
 from saekit.train.metrics import METRICS_FILE, MetricsLog
 from saekit.train.schedule import Plan
-
-MAX_ROWS_NAMED = 10
 
 
 class Observer:
@@ -59,6 +58,7 @@ class Trainer:
         input_scale: float,
         run_dir: Path,
         observer: Observer | None = None,
+        nonfinite: NonFinitePolicy | None = None,
     ) -> None:
         self.members = members
         self.plan = plan
@@ -66,6 +66,7 @@ class Trainer:
         self.input_scale = input_scale
         self.run_dir = run_dir
         self.observer = observer or Observer()
+        self.nonfinite = nonfinite or NonFinitePolicy()
         self.checkpoints = Checkpoints(run_dir)
         self.needs_gradients = any(m.needs_gradients for m in members)
         self.epoch = -1
@@ -78,6 +79,7 @@ class Trainer:
             member.load_state_dict(members[member.name])
         self.epoch = trainer_state["epoch"]
         self._metrics_offset = trainer_state["metrics_offset"]
+        self.nonfinite.skipped = trainer_state.get("nonfinite_rows_skipped", 0)
         return trainer_state["step"]
 
     def run(self, batches: Iterator[Batch], start_step: int = 0) -> None:
@@ -118,26 +120,23 @@ class Trainer:
         return every > 0 and done * batch // every > (done - 1) * batch // every
 
     def _inputs(self, batch: Batch, step: int) -> tuple[Tensor, Tensor | None]:
-        """The batch in training space (c·x, g/c), after checking every value is finite."""
+        """The batch in training space (c·x, g/c), after the non-finite policy: rows holding NaN
+        or Inf (found by the loader, on the CPU) stop the run after checkpointing the state
+        before this batch, or are left out and counted."""
+        advice = (
+            f"training stopped, the state before it is checkpointed in {self.checkpoints.root}; "
+            "repair or re-harvest the store and resume with --resume, or resume with "
+            "--skip-nonfinite to leave such rows out"
+        )
+        try:
+            batch = self.nonfinite.apply(batch, f"batch {step}", advice)
+        except NonFiniteRows:
+            self.checkpoint(step)
+            raise
         x_BD = batch["activations"]
         gradients_BD = batch["gradients"] if self.needs_gradients else None
-        bad_B = ~torch.isfinite(x_BD).all(dim=1)
-        if gradients_BD is not None:
-            bad_B |= ~torch.isfinite(gradients_BD).all(dim=1)
-        if bad_B.any():
-            self._stop_on_bad_rows(batch["row"][bad_B].tolist(), step)
         scaled_g = None if gradients_BD is None else gradients_BD / self.input_scale
         return x_BD * self.input_scale, scaled_g
-
-    def _stop_on_bad_rows(self, rows: list[int], step: int) -> None:
-        self.checkpoint(step)
-        shown = ", ".join(map(str, sorted(rows)[:MAX_ROWS_NAMED]))
-        more = f" and {len(rows) - MAX_ROWS_NAMED} more" if len(rows) > MAX_ROWS_NAMED else ""
-        raise SaekitError(
-            f"batch {step} holds NaN or Inf in store rows {shown}{more}; training stopped, "
-            f"the state before it is checkpointed in {self.checkpoints.root}; repair or "
-            "re-harvest the store, then resume with --resume"
-        )
 
     def _log(self, step: int, tokens_per_s: float) -> None:
         assert self.metrics is not None
@@ -159,6 +158,11 @@ class Trainer:
                     "lr": member.base_lr * self.plan.lr_factor(step - 1),
                     **metrics,
                     "tokens_per_s": tokens_per_s,
+                    **(
+                        {"nonfinite_rows_skipped": self.nonfinite.skipped}
+                        if self.nonfinite.skip
+                        else {}
+                    ),
                 }
             )
         for record in records:
@@ -172,6 +176,7 @@ class Trainer:
             "epoch": self.epoch,
             "input_scale": self.input_scale,
             "metrics_offset": self.metrics.offset,
+            "nonfinite_rows_skipped": self.nonfinite.skipped,
         }
         members = {member.name: member.state_dict() for member in self.members}
         self.checkpoints.save(step, trainer_state, members, complete)

@@ -27,9 +27,8 @@ class LatentUsage:
     @torch.no_grad()
     def update(self, fire_counts_F: Tensor, n_tokens: int) -> None:
         """Record a batch of `n_tokens` tokens in which latent i fired `fire_counts_F[i]` times."""
-        fired_F = fire_counts_F > 0
         self.tokens_since_fired_F += n_tokens
-        self.tokens_since_fired_F[fired_F] = 0
+        self.tokens_since_fired_F.masked_fill_(fire_counts_F > 0, 0)
         rate = min(1.0, n_tokens / self.dead_tokens)
         self.density_F.lerp_(fire_counts_F.to(self.density_F.dtype) / n_tokens, rate)
 

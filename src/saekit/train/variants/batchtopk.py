@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from saekit import devices
 from saekit.train.sparse import SparsePattern
 from saekit.train.variants.base import BatchSelection
 from saekit.train.variants.options import ThresholdOptions
@@ -32,10 +33,12 @@ class BatchTopK(BatchSelection):
     options: BatchTopKOptions
 
     def select_batch(self, z_BF: Tensor) -> tuple[SparsePattern, Tensor, Tensor]:
+        """The pattern holds all k·B entries; those that are not positive get code ReLU(z) = 0
+        (a fixed-size pattern: its size never has to be read back from a GPU)."""
         n_rows, n_latents = z_BF.shape
         values_N, flat_N = top_of_batch(z_BF, min(self.options.k * n_rows, z_BF.numel()))
         positive_N = values_N > 0
-        pattern = SparsePattern.from_flat_indices(flat_N[positive_N], n_rows, n_latents)
+        pattern = SparsePattern.from_flat_indices(flat_N, n_rows, n_latents)
         smallest = values_N.masked_fill(~positive_N, float("inf")).min()
         return pattern, smallest, positive_N.any()
 
@@ -43,10 +46,15 @@ class BatchTopK(BatchSelection):
 def top_of_batch(z_BF: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """The n largest entries of z_BF: values and flat indices (row * F + latent).
 
-    Exact, without sorting the whole matrix: the n-th largest of each row's top
-    CANDIDATES_PER_K·k entries is a lower bound τ on the n-th largest overall (a subset's n-th
-    largest is no larger), so the answer is the top n of the few entries ≥ τ.
+    On a GPU, one top-n of the flattened matrix (a radix selection that never waits on the
+    host). On the CPU, exact without sorting the whole matrix: the n-th largest of each row's
+    top CANDIDATES_PER_K·k entries is a lower bound τ on the n-th largest overall (a subset's
+    n-th largest is no larger), so the answer is the top n of the few entries ≥ τ (their number
+    is read on the host, which is free there).
     """
+    if not devices.host_reads_are_free(z_BF.device):
+        top = z_BF.flatten().topk(n, sorted=False)
+        return top.values, top.indices
     n_rows, n_latents = z_BF.shape
     per_row = min(n_latents, CANDIDATES_PER_K * -(-n // n_rows))
     candidates_BC = z_BF.topk(per_row, dim=1, sorted=False).values.flatten()

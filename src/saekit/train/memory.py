@@ -1,0 +1,47 @@
+"""How much memory SAEs need to train, checked before anything is allocated."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from saekit.errors import SaekitError
+from saekit.train.spec import ResolvedSpec
+from saekit.units import human_bytes
+
+FLOAT_BYTES = 4
+# float32 copies of the parameters held while training: weights, gradients, Adam's two moments
+PARAMETER_COPIES = 4
+# dense [batch, latents] float32 tensors a step may hold at once (pre-activations, codes, grads)
+BATCH_BY_LATENTS_COPIES = 3
+
+
+def training_bytes(d_in: int, latents: int, batch_size: int) -> int:
+    """About how many bytes one SAE needs to train (its parameters, their gradients and Adam
+    moments, and the dense batch-by-latents tensors of a step)."""
+    parameters = 2 * latents * d_in + latents + d_in
+    per_step = BATCH_BY_LATENTS_COPIES * batch_size * latents
+    return FLOAT_BYTES * (PARAMETER_COPIES * parameters + per_step)
+
+
+def device_memory(device: torch.device) -> int:
+    """Total memory of the device (CUDA) or of the machine (CPU), in bytes."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(
+    specs: list[ResolvedSpec], d_in: int, batch_size: int, device: torch.device
+) -> None:
+    """Refuse SAEs that cannot fit on `device` together, saying how much they would need."""
+    need = {spec.name: training_bytes(d_in, spec.latents, batch_size) for spec in specs}
+    total, have = sum(need.values()), device_memory(device)
+    if total > have:
+        largest = max(need, key=need.__getitem__)
+        raise SaekitError(
+            f"the SAEs would need about {human_bytes(total)} of memory to train "
+            f"({largest}: {human_bytes(need[largest])}), more than the {human_bytes(have)} of "
+            f"{device}; lower latents or --batch-size"
+        )

@@ -1,0 +1,685 @@
+"""Broken and hostile inputs: every one ends in one clear line, never a traceback, and changes no
+byte of the store, the run, the model, the corpus or anything else (sha256 of every file).
+
+Each case copies one harvested store and one trained run, breaks something, runs one command
+and checks its exit code (1: damaged data, 2: bad input), its one line on stderr and every
+file's hash. The classes: store metadata, store data, writing where saekit must not (inside a
+store, through links), harvest options and inputs, runs and saved SAEs, other options.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from safetensors.torch import load_file, save_file
+
+from helpers import harvest_small_store, snapshot
+from saekit.train import TrainRequest, TrainSettings, parse_spec, train
+
+HOOK = "blocks.1.hook_resid_post"
+ACTIVATIONS = f"hooks/{HOOK}/activations"
+SAE_DIR = "run/saes/topk-k4-64"
+
+
+@pytest.fixture(scope="module")
+def pristine(tiny_lm, corpus, tmp_path_factory):
+    """A store of the tiny LM (4800 tokens, 960 held out, chunks of 256, blocks of 512 rows) and
+    a run of one TopK SAE trained on it."""
+    root = tmp_path_factory.mktemp("hostile")
+    store = harvest_small_store(tiny_lm, corpus, root / "store.zarr")
+    request = TrainRequest(
+        store=str(store),
+        hook=None,
+        out=root / "run",
+        specs=[parse_spec("topk:k=4,latents=64")],
+        settings=TrainSettings(tokens=1024, batch_size=256),
+    )
+    train(request)
+    return root
+
+
+@dataclass
+class World:
+    """A private copy of the store and the run, an unrelated folder, and the LM and corpus."""
+
+    root: Path
+    model: Path
+    corpus: Path
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store.zarr"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def mine(self) -> Path:
+        """Someone's files that saekit must never touch."""
+        return self.root / "mine"
+
+    def harvest(self, out: Path | str, *extra: object) -> list[object]:
+        """The command that harvested the store, writing to `out`."""
+        return [
+            "harvest", "--model", self.model, "--dataset", self.corpus, "--hook", HOOK,
+            "--tokens", 4800, "--holdout-tokens", 960, "--context-size", 32, "--batch-size", 8,
+            "--rows-per-chunk", 256, "--chunks-per-block", 2, "--out", out, *extra,
+        ]  # fmt: skip
+
+    def train(self, out: Path | str, *extra: object, sae: str = "topk:k=4,latents=64") -> list:
+        return ["train", "--store", self.store, "--out", out, "--sae", sae, "--batch-size", 256,
+                "--tokens", 1024, *extra]  # fmt: skip
+
+    def eval(self, *extra: object) -> list[object]:
+        return ["eval", self.run, "--out", self.root / "report", "--no-online", *extra]
+
+
+@pytest.fixture
+def world(pristine, tiny_lm, corpus, tmp_path) -> World:
+    root = tmp_path / "w"
+    shutil.copytree(pristine, root, symlinks=True)
+    world = World(root, tiny_lm, corpus)
+    for cfg_file in world.run.glob("saes/*/cfg.json"):  # the copy's SAEs name the copied store
+        edit_json(cfg_file, lambda cfg: cfg["store"].update(location=str(world.store)))
+    world.mine.mkdir()
+    (world.mine / "notes.txt").write_text("mine, not saekit's")
+    return world
+
+
+def edit_json(path: Path, change: Callable[[dict], object]) -> None:
+    value = json.loads(path.read_text())
+    change(value)
+    path.write_text(json.dumps(value))
+
+
+def edit_attrs(world: World, **changes: object) -> None:
+    """Change root attributes of the store (None deletes one)."""
+
+    def apply(meta: dict) -> None:
+        for key, value in changes.items():
+            if value is None:
+                meta["attributes"].pop(key, None)
+            else:
+                meta["attributes"][key] = value
+
+    edit_json(world.store / "zarr.json", apply)
+
+
+def edit_layout(world: World, **changes: object) -> None:
+    edit_json(world.store / "zarr.json", lambda meta: meta["attributes"]["layout"].update(changes))
+
+
+def write_rows(world: World, path: str, rows: list[int], value: float) -> None:
+    """Write values into committed rows with plain zarr (chunk checksums stay valid)."""
+    array = zarr.open_group(world.store, mode="r+")[path]
+    for row in rows:
+        array[row, 3] = value
+
+
+def used_rows(world: World, start: int, n: int) -> list[int]:
+    """The first `n` rows from `start` that readers use (position 0 is never read)."""
+    position = zarr.open_group(world.store, mode="r")["position"][start : start + 256]
+    return [start + int(i) for i in np.flatnonzero(position != 0)[:n]]
+
+
+def chunk_file(world: World, path: str, index: int) -> Path:
+    return world.store / path / "c" / str(index) / ("0" if path.startswith("hooks") else "")
+
+
+@dataclass
+class Case:
+    """A broken input: `setup` breaks the world and returns the command; the command must exit
+    with `code` and one stderr line holding `fragment`."""
+
+    name: str
+    setup: Callable[[World], list]
+    code: int
+    fragment: str
+
+
+def case(name: str, code: int, fragment: str) -> Callable:
+    def register(setup: Callable[[World], list]) -> Callable:
+        CASES.append(Case(name, setup, code, fragment))
+        return setup
+
+    return register
+
+
+CASES: list[Case] = []
+
+# -- store metadata: checked when any reader opens the store ------------------------------------
+
+
+@case("missing-layout", 1, "layout must be an object")
+def _(w):
+    edit_attrs(w, layout=None)
+    return ["info", w.store]
+
+
+@case("format-version-string", 1, "format_version must be a positive integer, not '1'")
+def _(w):
+    edit_attrs(w, format_version="1")
+    return ["info", w.store]
+
+
+@case("format-version-true", 1, "format_version must be a positive integer, not True")
+def _(w):
+    edit_attrs(w, format_version=True)
+    return w.train(w.root / "run2")
+
+
+@case("format-version-negative", 1, "format_version must be a positive integer, not -1")
+def _(w):
+    edit_attrs(w, format_version=-1)
+    return w.eval()
+
+
+@case("format-version-newer", 2, "newer than the 1 this saekit reads; upgrade saekit")
+def _(w):
+    edit_attrs(w, format_version=2)
+    return ["verify", w.store]
+
+
+@case("rows-per-chunk-zero", 1, "layout.rows_per_chunk must be a positive integer, not 0")
+def _(w):
+    edit_layout(w, rows_per_chunk=0)
+    return w.train(w.root / "run2")
+
+
+@case("rows-per-block-not-a-multiple", 1, "a multiple of layout.rows_per_chunk (256)")
+def _(w):
+    edit_layout(w, rows_per_block=700)
+    return ["info", w.store]
+
+
+@case("n-rows-committed-negative", 1, "n_rows_committed must be an integer >= 0, not -5")
+def _(w):
+    edit_attrs(w, n_rows_committed=-5)
+    return w.eval()
+
+
+@case("n-rows-committed-string", 1, 'n_rows_committed must be an integer >= 0, not "100"')
+def _(w):
+    edit_attrs(w, n_rows_committed="100")
+    return ["info", w.store]
+
+
+@case("n-rows-committed-above-capacity", 1, "at most layout.capacity_rows (4800)")
+def _(w):
+    edit_attrs(w, n_rows_committed=5000)
+    return w.eval()
+
+
+@case("n-rows-committed-above-rows-written", 1, "holds 4800 rows but rows up to 4900")
+def _(w):
+    edit_layout(w, capacity_rows=6000)
+    edit_attrs(w, n_rows_committed=4900)
+    return w.train(w.root / "run2")
+
+
+@case("hook-width-disagrees-with-arrays", 1, "has rows of shape [64] but the root attributes")
+def _(w):
+    edit_attrs(w, hooks={HOOK: {"d": 32, "gradients": True}})
+    return w.train(w.root / "run2")
+
+
+@case("activation-dtype-disagrees-with-arrays", 1, "holds float16 but the root attributes")
+def _(w):
+    edit_attrs(w, activation_dtype="float32")
+    return w.train(w.root / "run2", sae="gsae:k=4,latents=64")
+
+
+@case("activation-dtype-unknown", 1, "activation_dtype must be one of float16, bfloat16")
+def _(w):
+    edit_attrs(w, activation_dtype="float64")
+    return ["info", w.store, "--json"]
+
+
+@case("no-hooks", 1, "hooks must be a non-empty object")
+def _(w):
+    edit_attrs(w, hooks={})
+    return w.eval()
+
+
+@case("hook-name-escapes", 1, "a hook name must be free of '/' and '..'")
+def _(w):
+    edit_attrs(w, hooks={"../../mine": {"d": 64, "gradients": True}})
+    return ["info", w.store]
+
+
+@case("identity-not-an-object", 1, "identity must be an object")
+def _(w):
+    edit_attrs(w, identity="gpt2")
+    return ["info", w.store]
+
+
+@case("root-metadata-not-json", 1, "the root zarr.json cannot be read")
+def _(w):
+    (w.store / "zarr.json").write_text('{"zarr_format": 3, "node_type": "gro')
+    return ["info", w.store]
+
+
+@case("array-metadata-not-json", 1, "corrupt: metadata: array 'tokens' has unreadable metadata")
+def _(w):
+    (w.store / "tokens" / "zarr.json").write_text("{")
+    return ["verify", w.store]
+
+
+@case("gradient-encoding-disagrees", 1, 'has encoding "float32" but the root attributes mean')
+def _(w):
+    edit_json(
+        w.store / f"hooks/{HOOK}/gradients/zarr.json",
+        lambda meta: meta["attributes"].update(encoding="float32"),
+    )
+    return ["verify", w.store]
+
+
+@case("missing-array", 1, "array 'loss' is missing")
+def _(w):
+    shutil.rmtree(w.store / "loss")
+    return w.train(w.root / "run2")
+
+
+@case("holdout-above-capacity", 1, "at least layout.holdout_rows (960)")
+def _(w):
+    edit_layout(w, capacity_rows=500)
+    edit_attrs(w, n_rows_committed=500)
+    return ["info", w.store]
+
+
+@case("interrupted-creation", 2, "was interrupted while being created")
+def _(w):
+    edit_attrs(w, initialized=False)
+    return w.eval()
+
+
+# -- store data: met while reading ----------------------------------------------------------------
+
+
+@case("truncated-training-chunk", 1, "cannot be read (checksum mismatch)")
+def _(w):
+    path = chunk_file(w, ACTIVATIONS, 10)
+    path.write_bytes(path.read_bytes()[:1000])
+    return w.train(w.root / "run2")
+
+
+@case("truncated-held-out-chunk", 1, "cannot be read (checksum mismatch)")
+def _(w):
+    path = chunk_file(w, ACTIVATIONS, 1)
+    path.write_bytes(path.read_bytes()[:1000])
+    return w.eval()
+
+
+@case("deleted-held-out-chunk", 1, "held-out rows of store")
+def _(w):
+    chunk_file(w, ACTIVATIONS, 2).unlink()
+    return w.eval()
+
+
+@case("nan-in-held-out-rows", 1, "held-out rows of store")
+def _(w):
+    write_rows(w, ACTIVATIONS, used_rows(w, 17, 2), float("nan"))
+    return w.eval()
+
+
+@case("inf-in-training-rows-for-the-mean", 1, "training rows of store")
+def _(w):
+    write_rows(w, ACTIVATIONS, used_rows(w, 2000, 1), float("inf"))
+    return w.eval()
+
+
+@case("verify-nan-rows", 1, "1 rows with NaN or Inf values (unwritten rows?): rows 1030")
+def _(w):
+    write_rows(w, ACTIVATIONS, [1030], float("nan"))
+    return ["verify", w.store]
+
+
+@case("verify-missing-chunk", 1, f"corrupt: {ACTIVATIONS} chunk 5 (rows 1280-1535): chunk is")
+def _(w):
+    chunk_file(w, ACTIVATIONS, 5).unlink()
+    return ["verify", w.store]
+
+
+# -- writing where saekit must not ----------------------------------------------------------------
+
+
+@case("eval-out-inside-the-store", 2, "lies inside the store")
+def _(w):
+    return ["eval", w.run, "--out", w.store / "report", "--no-online"]
+
+
+@case("eval-out-through-a-link-to-the-store", 2, "lies inside the store")
+def _(w):
+    (w.root / "link").symlink_to(w.store)
+    return ["eval", w.run, "--out", w.root / "link" / "report", "--no-online"]
+
+
+@case("train-out-inside-the-store", 2, "lies inside the store")
+def _(w):
+    return w.train(w.store / "run")
+
+
+@case("train-out-through-a-link-into-the-store", 2, "lies inside the store")
+def _(w):
+    (w.root / "link").symlink_to(w.store / "hooks")
+    return w.train(w.root / "link" / "run")
+
+
+@case("harvest-out-inside-another-store", 2, "lies inside the store")
+def _(w):
+    return w.harvest(w.store / "hooks" / "inner.zarr")
+
+
+@case("lock-file-is-a-link", 2, "cannot open the lock file")
+def _(w):
+    (w.store / "locks" / "create.lock").unlink()
+    (w.store / "locks" / "create.lock").symlink_to(w.mine / "notes.txt")
+    return w.harvest(w.store)
+
+
+@case("lock-directory-is-a-link", 2, "cannot create the lock directory")
+def _(w):
+    shutil.rmtree(w.store / "locks")
+    (w.store / "locks").symlink_to(w.mine)
+    return w.harvest(w.store)
+
+
+@case("array-directory-is-a-link", 2, "is a symbolic link; saekit never writes through links")
+def _(w):
+    shutil.move(w.store / "loss" / "c", w.mine / "c")
+    (w.store / "loss" / "c").symlink_to(w.mine / "c")
+    edit_attrs(w, n_rows_committed=512, complete=False)
+    return w.harvest(w.store)
+
+
+@case("harvest-resume-of-lying-metadata", 1, "n_rows_committed must be at most")
+def _(w):
+    edit_attrs(w, n_rows_committed=9000, complete=False)
+    return w.harvest(w.store)
+
+
+@case("out-holds-a-file-named-locks", 2, "is not a saekit activation store")
+def _(w):
+    (w.mine / "notes.txt").unlink()
+    (w.mine / "locks").write_text("my locks")
+    return w.harvest(w.mine)
+
+
+@case("out-holds-someone-elses-locks-folder", 2, "is not a saekit activation store")
+def _(w):
+    (w.mine / "notes.txt").unlink()
+    (w.mine / "locks").mkdir()
+    (w.mine / "locks" / "door.txt").write_text("front door")
+    return w.harvest(w.mine)
+
+
+@case("out-is-a-file", 2, "is a file, not a store directory")
+def _(w):
+    return w.harvest(w.mine / "notes.txt")
+
+
+@case("out-parent-not-writable", 2, "/proc/saekit-test/store.zarr")
+def _(w):
+    if not Path("/proc/self").exists():
+        pytest.skip("needs a read-only /proc")
+    return w.harvest("/proc/saekit-test/store.zarr")
+
+
+# -- harvest options and inputs -------------------------------------------------------------------
+
+
+@case("rows-per-chunk-option-zero", 2, "--rows-per-chunk and --chunks-per-block must be positive")
+def _(w):
+    return w.harvest(w.root / "new.zarr", "--rows-per-chunk", 0)
+
+
+@case("chunks-per-block-negative", 2, "--rows-per-chunk and --chunks-per-block must be positive")
+def _(w):
+    return w.harvest(w.root / "new.zarr", "--chunks-per-block", -1)
+
+
+@case("jsonl-not-utf8", 2, "docs.jsonl:1 is not UTF-8 text")
+def _(w):
+    (w.mine / "docs.jsonl").write_bytes(b'{"text": "caf\xe9"}\n{"text": "fine"}\n')
+    command = w.harvest(w.root / "new.zarr")
+    command[command.index("--dataset") + 1] = w.mine / "docs.jsonl"
+    return command
+
+
+@case("tokens-option-zero", 2, "--tokens must be positive")
+def _(w):
+    return w.harvest(w.root / "new.zarr", "--tokens", 0)
+
+
+# -- runs and saved SAEs --------------------------------------------------------------------------
+
+
+@case("sae-cfg-not-json", 2, "cfg.json cannot be read as JSON")
+def _(w):
+    (w.root / SAE_DIR / "cfg.json").write_text("{oops")
+    return w.eval()
+
+
+@case("sae-cfg-d-in-disagrees-with-weights", 2, "holds W_dec of shape [64, 64] but its cfg.json")
+def _(w):
+    edit_json(w.root / SAE_DIR / "cfg.json", lambda cfg: cfg.update(d_in=32))
+    return w.eval()
+
+
+@case("sae-cfg-k-above-latents", 2, "disagree with d_sae=64")
+def _(w):
+    edit_json(w.root / SAE_DIR / "cfg.json", lambda cfg: cfg["options"].update(k=1000))
+    return w.eval()
+
+
+@case("sae-cfg-huge-latents", 2, "disagree with d_sae=10000000000")
+def _(w):
+    edit_json(w.root / SAE_DIR / "cfg.json", lambda cfg: cfg.update(d_sae=10**10))
+    return w.eval()
+
+
+@case("sae-cfg-hook-not-in-store", 2, "was trained on hook blocks.0.hook_resid_post, which")
+def _(w):
+    other_hook = "blocks.0.hook_resid_post"
+    edit_json(w.root / SAE_DIR / "cfg.json", lambda cfg: cfg.update(hook=other_hook))
+    return w.eval()
+
+
+@case("sae-cfg-input-scale-string", 2, "input_scale must be a positive number")
+def _(w):
+    edit_json(w.root / SAE_DIR / "cfg.json", lambda cfg: cfg.update(input_scale="1"))
+    return w.eval()
+
+
+@case("sae-weights-wrong-shape", 2, "holds W_enc of shape [32, 64] but its cfg.json means [64, 64]")
+def _(w):
+    path = w.root / SAE_DIR / "sae.safetensors"
+    tensors = load_file(path)
+    tensors["W_enc"] = tensors["W_enc"][:32].contiguous()
+    save_file(tensors, path)
+    return w.eval()
+
+
+@case("sae-weights-not-safetensors", 2, "is not a safetensors file")
+def _(w):
+    (w.root / SAE_DIR / "sae.safetensors").write_bytes(b"PK\x03\x04 not safetensors at all")
+    return w.eval()
+
+
+@case("latest-checkpoint-not-json", 2, "latest.json cannot be read as JSON")
+def _(w):
+    (w.run / "checkpoints" / "latest.json").write_text("[")
+    return w.train(w.run, "--resume")
+
+
+@case("latest-checkpoint-names-elsewhere", 2, "latest.json does not name a checkpoint")
+def _(w):
+    edit_json(w.run / "checkpoints/latest.json", lambda v: v.update(directory="../../mine"))
+    return w.train(w.run, "--resume")
+
+
+@case("checkpoint-not-a-checkpoint", 2, "trainer.pt is not a checkpoint")
+def _(w):
+    (next(w.run.glob("checkpoints/step-*")) / "trainer.pt").write_bytes(b"\x80\x04junk")
+    return w.train(w.run, "--resume")
+
+
+@case("run-config-not-json", 2, "is not empty and holds no training run")
+def _(w):
+    (w.run / "config.json").write_text("not json")
+    return w.train(w.run, "--resume")
+
+
+@case("run-config-a-list", 2, "holds something else than a training run")
+def _(w):
+    (w.run / "config.json").write_text("[1, 2]")
+    return w.train(w.run, "--resume")
+
+
+@case("metrics-damaged", 2, "metrics.jsonl:1 is not a metrics record")
+def _(w):
+    (w.run / "metrics.jsonl").write_text("{broken\n")
+    return w.train(w.run, "--resume")
+
+
+# -- other options --------------------------------------------------------------------------------
+
+
+@case("eval-batch-size-zero", 2, "--batch-size must be positive, not 0")
+def _(w):
+    return w.eval("--batch-size", 0)
+
+
+@case("eval-tokens-negative", 2, "--tokens must be positive, not -3")
+def _(w):
+    return w.eval("--tokens", -3)
+
+
+@case("latents-beyond-memory", 2, "would need about 51.4 TB of memory to train")
+def _(w):
+    return w.train(w.root / "run2", sae="topk:k=4,latents=10000000000")
+
+
+@case("unreachable-endpoint", 2, "cannot use http://127.0.0.1:9/x.zarr")
+def _(w):
+    return ["info", "http://127.0.0.1:9/x.zarr"]
+
+
+@case("storage-options-not-an-object", 2, "--storage-options must be a JSON object")
+def _(w):
+    return ["info", w.store, "--storage-options", "[1]"]
+
+
+def other_weights(world: World) -> Path:
+    """A copy of the LM with the same shapes and tokenizer but other weights."""
+    other = world.root / "other_lm"
+    shutil.copytree(world.model, other)
+    tensors = load_file(other / "model.safetensors")
+    name = next(key for key in tensors if key.endswith("wte.weight"))
+    tensors[name] = tensors[name] + 0.01
+    save_file(tensors, other / "model.safetensors", metadata={"format": "pt"})
+    return other
+
+
+@case("other-model-weights", 2, "weights_fingerprint (store: ")
+def _(w):
+    return ["eval", w.run, "--out", w.root / "report", "--model", other_weights(w)]
+
+
+@case("online-model-not-a-model", 2, "is not a Hugging Face model directory")
+def _(w):
+    return ["eval", w.run, "--out", w.root / "report", "--model", w.mine]
+
+
+def test_there_are_enough_cases():
+    assert len(CASES) >= 40
+    assert len({c.name for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_a_broken_input_ends_in_one_line_and_changes_nothing(case, world, run_cli):
+    command = case.setup(world)
+    watched = [world.root, world.model, world.corpus.parent]
+    before = [snapshot(path) for path in watched]
+    result = run_cli(*command)
+    assert result.exit_code == case.code, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(("error: ", "corrupt: ")), result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert case.fragment in result.stderr, result.stderr
+    assert [snapshot(path) for path in watched] == before, "no byte changed, no file added"
+
+
+# -- the safety net -------------------------------------------------------------------------------
+
+
+def test_an_unexpected_error_is_one_line_with_exit_3(world, run_cli, monkeypatch):
+    import saekit.cli.store
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug\nacross lines")
+
+    monkeypatch.setattr(saekit.cli.store, "describe", broken)
+    monkeypatch.delenv("SAEKIT_DEBUG", raising=False)
+    result = run_cli("info", world.store)
+    assert result.exit_code == 3
+    assert result.stderr == (
+        "error: internal error: RuntimeError: a bug across lines; please report it with the "
+        "command (add --debug for the traceback)\n"
+    )
+    debug = run_cli("info", world.store, "--debug")
+    assert debug.exit_code == 3 and "Traceback" in debug.stderr
+    assert debug.stderr.splitlines()[-1].startswith("error: internal error: RuntimeError")
+    monkeypatch.setenv("SAEKIT_DEBUG", "1")
+    assert "Traceback" in run_cli("info", world.store).stderr
+
+
+# -- what to do instead of stopping ---------------------------------------------------------------
+
+
+def test_skip_nonfinite_leaves_rows_out_and_says_how_many(world, run_cli):
+    bad = [*used_rows(world, 17, 2), *used_rows(world, 2000, 2)]  # held out, then training
+    write_rows(world, ACTIVATIONS, bad, float("nan"))
+    evaluated = run_cli(*world.eval("--skip-nonfinite"))
+    assert evaluated.exit_code == 0, evaluated.stderr
+    report = json.loads((world.root / "report" / "report.json").read_text())
+    assert report["store"]["nonfinite_rows_skipped"] == 4
+    assert f"rows {', '.join(map(str, bad))}" in report["warnings"][0]
+    assert np.isfinite(report["rows"][0]["offline"]["nmse"])
+    assert "Warning" in (world.root / "report" / "report.md").read_text()
+    assert "warning: 4 store rows holding NaN or Inf were left out" in evaluated.stdout
+
+    trained = run_cli(*world.train(world.root / "run2", "--skip-nonfinite", "--tokens", 3584))
+    assert trained.exit_code == 0, trained.stderr
+    metrics = (world.root / "run2" / "metrics.jsonl").read_text().splitlines()
+    lines = [json.loads(line) for line in metrics]
+    assert lines[-1]["nonfinite_rows_skipped"] >= 2
+    assert all(np.isfinite(line["loss"]) for line in lines)
+    assert "rows holding NaN or Inf were left out of training" in trained.stdout
+
+
+def test_eval_with_another_model_is_allowed_only_when_asked_and_says_so(world, run_cli):
+    other = other_weights(world)
+    command = ["eval", world.run, "--out", world.root / "report", "--model", other]
+    result = run_cli(*command, "--allow-other-model", "--tokens", 64)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((world.root / "report" / "report.json").read_text())
+    assert "differs from the store's: weights_fingerprint" in report["warnings"][0]
+    assert report["model"] == str(other)
+
+
+def test_errors_print_no_stray_lines(world, run_cli):
+    """A train refused before training prints exactly its line (no empty line of an unstarted
+    progress bar before it)."""
+    result = run_cli(*world.train(world.root / "run2", sae="topk:k=400,latents=64"))
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --sae 'topk:k=400,latents=64': k=400 is more")
+    assert result.stderr.count("\n") == 1
