@@ -10,6 +10,7 @@ import torch
 
 from helpers import assert_one_line_error, harvest_small_store, snapshot
 from saekit.cache_format import ActivationStore, HookSpec
+from saekit.cache_format.nonfinite import NonFinitePolicy
 from saekit.evaluate import EvalRequest, evaluate
 from saekit.evaluate.heldout import heldout_contexts, heldout_row_slots, holdout_batches
 from saekit.evaluate.online import batch_mode_reconstructions
@@ -183,7 +184,7 @@ def test_online_batch_mode_splices_what_offline_batch_mode_reconstructs(lm_store
         name="fc", variant="feature-choice", hook=HOOK, d_in=64, d_sae=128, k=4, options={},
         calibration={}, input_scale=1.0, store={}, training={"batch_size": 64},
     )  # fmt: skip
-    offline = list(holdout_batches(store, HOOK, ("activations",), None, 64))
+    offline = list(holdout_batches(store, HOOK, ("activations",), None, 64, NonFinitePolicy()))
     x_offline = torch.cat([batch["activations"] for batch in offline])
     x_hat_offline = torch.cat([sae.decode(sae.encode_batch(b["activations"])) for b in offline])
     bridge = load_model(str(tiny_lm), torch.device("cpu")).bridge
