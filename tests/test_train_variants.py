@@ -157,6 +157,23 @@ def test_gsae_plain_mode_scales_each_latent_by_the_gain_training_gave_it():
     assert selection_only.activation.plain_gain().tolist() == [1.0, 1.0, 1.0]
 
 
+def test_gsae_saelens_tensors_compute_plain_mode_with_saelens_topk():
+    """SAELens' TopK (pre = (x − b_dec) W_enc + b_enc; ReLU of the k largest; f W_dec + b_dec)
+    on the exported tensors reconstructs what plain mode does: the gains are folded in."""
+    gsae = identity_sae("gsae:k=1,latents=3,beta=1", 3)
+    gsae.training_forward(
+        torch.tensor([[3.0, 0.5, 0.0], [2.0, 0.0, 0.0]]),
+        torch.tensor([[0.0, 10.0, 0.0], [1.0, 0.0, 0.0]]),
+    )  # gains [2, 11, 1], as above
+    tensors = gsae.activation.saelens_tensors(gsae)
+    x = torch.tensor([[1.0, 0.4, 0.0], [0.0, 0.1, 0.5], [3.0, 0.0, 0.2]])
+    pre = (x - tensors["b_dec"]) @ tensors["W_enc"] + tensors["b_enc"]
+    top = pre.topk(1, dim=1)
+    f = torch.zeros_like(pre).scatter(1, top.indices, top.values.relu())
+    torch.testing.assert_close(f @ tensors["W_dec"] + tensors["b_dec"], gsae(x))
+    assert f[0].tolist() == pytest.approx([0, 4.4, 0]), "the gain, not the raw 0.4"
+
+
 def test_gsae_beta_eff_sets_beta_from_the_median_sensitivity_of_topk_latents():
     sae = identity_sae("gsae:k=1,latents=3,beta_eff=0.5", 3)
     x = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [0.0, 0.0, 4.0]])
