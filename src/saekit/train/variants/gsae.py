@@ -116,10 +116,8 @@ class GradientTopK(TopK):
         z_N = pattern.take(z_BF).clamp_min(0)
         code_N = z_N if factor_N is None else z_N * factor_N
         n_rows = z_BF.shape[0]
-        code_F = torch.zeros_like(self.code_moment.moment).index_add_(
-            0, pattern.latent_N, z_N * code_N
-        )
-        plain_F = torch.zeros_like(code_F).index_add_(0, pattern.latent_N, z_N * z_N)
+        code_F = pattern.sum_by_latent(z_N * code_N)
+        plain_F = pattern.sum_by_latent(z_N * z_N)
         observed_F = plain_F > 0
         self.code_moment.update(code_F / n_rows, observed_F)
         self.plain_moment.update(plain_F / n_rows, observed_F)
