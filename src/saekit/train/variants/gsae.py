@@ -106,7 +106,9 @@ class GradientTopK(TopK):
     def _follow_sensitivity(self, z_BF: Tensor, sensitivity_BF: Tensor) -> None:
         """Measure median(a) over top-k(z); with tracking, re-set β so β·median(a) = beta_eff."""
         median = top_k_per_row(z_BF, self.options.k).take(sensitivity_BF).median()
-        self.median_sensitivity.update(median, torch.tensor(True, device=median.device))
+        self.median_sensitivity.update(
+            median, torch.ones((), dtype=torch.bool, device=median.device)
+        )
         if self.options.beta_tracking:
             self.beta.copy_(beta_for(self.options.beta_eff, self.median_sensitivity.value))
         self.last_beta_eff.copy_(self.beta * median)
