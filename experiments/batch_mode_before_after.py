@@ -5,7 +5,8 @@ in context order, position 0 out); now it selects over the held-out rows in the 
 order, in batches of the training size, as offline batch mode does. This script splices one run's
 batch-dependent SAEs both ways, beside their threshold mode, on the same held-out contexts:
 
-    .venv/bin/python experiments/batch_mode_before_after.py STORE RUN MODEL [--contexts 16]
+    .venv/bin/python experiments/batch_mode_before_after.py STORE RUN MODEL \
+        [--contexts 16] [--only NAME]
 
 and prints loss added per SAE and mode. `--contexts` is the LM batch the old path selected over.
 """
@@ -45,11 +46,14 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--contexts", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=16384)
+    parser.add_argument("--only", default="", help="Only SAEs whose name contains this.")
     args = parser.parse_args()
     device = torch.device("cpu")
     store = ActivationStore.open(args.store)
     targets = [
-        t for t in load_targets([args.run], store, device) if t.mode in ("threshold", "batch")
+        t
+        for t in load_targets([args.run], store, device)
+        if t.mode in ("threshold", "batch") and args.only in t.name
     ]
     hook = targets[0].hook
     contexts = heldout_contexts(store, args.tokens)
