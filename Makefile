@@ -29,8 +29,8 @@ demo: $(VENV)/.installed
 	$(BIN)/sae demo --out $(DEMO_OUT)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff format --check src tests benchmarks experiments
 
 # The dashboard's browser test drives the OS's headless Chromium (never a downloaded build):
 # installed here when missing and the machine allows it (root with apt); otherwise that test

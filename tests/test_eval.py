@@ -10,8 +10,16 @@ import torch
 
 from helpers import assert_one_line_error, harvest_small_store, relu_sae, save, snapshot
 from saekit.cache_format import ActivationStore, HookSpec
+from saekit.cache_format.nonfinite import NonFinitePolicy
 from saekit.evaluate import EvalRequest, evaluate
+from saekit.evaluate.heldout import heldout_contexts, heldout_row_slots, holdout_batches
+from saekit.evaluate.online import batch_mode_reconstructions
+from saekit.evaluate.targets import Target
+from saekit.harvest import run_batch
+from saekit.harvest.model import load_model
 from saekit.synthetic import synthetic_spec, write_synthetic_store
+from saekit.train.sae_config import SAEConfig
+from saekit.train.spec import parse_spec
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -54,7 +62,13 @@ def test_identity_and_zero_saes_bracket_the_lm(lm_store, tmp_path):
     assert nothing["ce_spliced"] == pytest.approx(nothing["ce_zero"], rel=1e-6)
     assert nothing["ce_recovered_zero"] == pytest.approx(0.0, abs=1e-6)
     assert nothing["loss_added"] == pytest.approx(nothing["ce_zero"] - nothing["ce_clean"])
-    assert report["tokens"]["online"] == 30 * 31, "every predicted token of the 30 contexts"
+    assert report["tokens"]["online"] == 30 * 30, "positions 1 to T−2 of the 30 contexts"
+    store = ActivationStore.open(lm_store)
+    rows_read = store.read(["loss", "position"], *store.ranges("holdout")[0])
+    changeable = (rows_read["position"] > 0) & (rows_read["position"] < 31)
+    assert same["ce_clean"] == pytest.approx(
+        float(rows_read["loss"][changeable].mean()), rel=1e-5
+    ), "the clean CE averages the harvest's per-token loss without position 0"
     assert rows["zero"]["offline"]["nmse"] > 0.5
 
 
@@ -85,10 +99,12 @@ def test_offline_metrics_match_a_hand_computation(tmp_path):
         "l0_zero_fraction": (l0 == 0).mean(),
         "dead_fraction": ((f != 0).sum(0) == 0).mean(),
         "dense_fraction": ((f != 0).mean(0) > 0.1).mean(),
+        "underused_fraction": ((f != 0).mean(0) < 0.1 * l0.mean() / 4).mean(),
         "relative_reconstruction_bias": (x_hat**2).sum() / (x * x_hat).sum(),
         "cosine": ((x * x_hat).sum(1) / np.linalg.norm(x, axis=1)
                    / np.linalg.norm(x_hat, axis=1)).mean(),
     }  # fmt: skip
+    assert got["l0_histogram"] == np.bincount(l0).tolist()
     assert got["dead_fraction"] == 0.25, "latent 3 never fires (its bias is −1 on a zero row)"
     for name, value in expected.items():
         assert got[name] == pytest.approx(value, rel=1e-5), name
@@ -124,10 +140,39 @@ def test_thresholded_eval_does_not_depend_on_batching(lm_store, tmp_path):
         reports.append(rows_by_label(out)[1])
     a, b = reports
     (threshold,) = [label for label in a if label.endswith("[threshold]")]
+    (batch,) = [label for label in a if label.endswith("[batch]")]
     for key in ("ce_spliced", "loss_added", "kl"):
         assert a[threshold]["online"][key] == pytest.approx(b[threshold]["online"][key], rel=1e-6)
+        assert a[batch]["online"][key] == pytest.approx(b[batch]["online"][key], rel=1e-6), (
+            "batch mode selects over the offline batches of held-out rows, not one LM batch"
+        )
     assert a[threshold]["offline"] == b[threshold]["offline"]
     assert any(label.endswith("[batch]") for label in a), "batch mode is a separate row"
+
+
+def test_online_batch_mode_splices_what_offline_batch_mode_reconstructs(lm_store, tiny_lm):
+    """Same rows, same batches of the training size: the spliced rows are offline's x̂."""
+    store = ActivationStore.open(lm_store)
+    sae = parse_spec("feature-choice:k=4,latents=128").resolve(64).build(64)
+    sae.init_weights_(torch.Generator().manual_seed(0), 1.0, None)
+    sae.cfg = SAEConfig(
+        name="fc", variant="feature-choice", hook=HOOK, d_in=64, d_sae=128, k=4, options={},
+        calibration={}, input_scale=1.0, store={}, training={"batch_size": 64},
+    )  # fmt: skip
+    offline = list(holdout_batches(store, HOOK, ("activations",), None, 64, NonFinitePolicy()))
+    x_offline = torch.cat([batch["activations"] for batch in offline])
+    x_hat_offline = torch.cat([sae.decode(sae.encode_batch(b["activations"])) for b in offline])
+    bridge = load_model(str(tiny_lm), torch.device("cpu")).bridge
+    contexts, slots = heldout_contexts(store, None), heldout_row_slots(store, None)
+    target = Target("run", sae, "batch")
+    spliced = batch_mode_reconstructions(bridge, contexts, [target], slots, 8, torch.device("cpu"))
+    clean = run_batch(bridge, contexts, [HOOK], gradients=False).activations[HOOK]
+    torch.testing.assert_close(clean[slots], x_offline, rtol=1e-4, atol=1e-4, msg="same rows")
+    torch.testing.assert_close(spliced[target.label][slots], x_hat_offline, rtol=1e-4, atol=1e-4)
+    assert torch.equal(spliced[target.label][:, 0], clean[:, 0]), "position 0 is never replaced"
+    first_lm_batch = clean[:8, 1:].reshape(-1, 64)  # what selecting over one LM batch would see
+    lm_batch_x_hat = sae.decode(sae.encode_batch(first_lm_batch))
+    assert not torch.allclose(lm_batch_x_hat, spliced[target.label][:8, 1:].reshape(-1, 64))
 
 
 def test_report_files_and_plots(lm_store, tmp_path, run_cli):
@@ -146,7 +191,7 @@ def test_report_files_and_plots(lm_store, tmp_path, run_cli):
     markdown = (out / "report.md").read_text()
     assert "| identity | relu |" in markdown and "loss added" in markdown
     report, rows = rows_by_label(out)
-    assert report["tokens"]["online"] == 10 * 31, "--tokens bounds the work (10 contexts)"
+    assert report["tokens"]["online"] == 10 * 30, "--tokens bounds the work (10 contexts)"
     steering = rows["identity"]["steering"]
     assert steering["latents"] > 0 and 0 <= steering["precision_median"] <= 1
     assert report["store"]["identity"]["model"], "provenance of the store is in the report"

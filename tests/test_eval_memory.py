@@ -36,7 +36,8 @@ def resident(field):
 model = load_model(sys.argv[1], torch.device("cpu"))
 contexts = torch.randint(0, 300, (32, {context}), generator=torch.Generator().manual_seed(0))
 identity = types.SimpleNamespace(
-    hook=HOOK, label="identity", needs_gradients=False, reconstruct=lambda x, g: (None, x)
+    hook=HOOK, label="identity", needs_gradients=False, batch_dependent=False,
+    reconstruct=lambda x, g: (None, x),
 )
 peaks = {{}}
 for batch in (8, 8, 16):  # the first run warms up

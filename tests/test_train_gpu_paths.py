@@ -32,6 +32,8 @@ SPECS = [
         "topk:k=4,latents=96,aux=zipf",
         "batchtopk:k=4,latents=96,aux=zipf",
         "feature-choice:k=1,latents=96,capacities=zipf,aux=auxk",
+        "gsae:k=4,latents=96,beta_eff=0.3,beta_tracking=true",
+        "relu:latents=96,decoder=unit",
         "topk:k=4,latents=8192",
     ]
 ]

@@ -11,7 +11,7 @@ from saekit.train.losses import AuxK, AuxZipf, L1Penalty
 from saekit.train.member import Member
 from saekit.train.schedule import Plan
 from saekit.train.spec import parse_spec
-from saekit.train.thresholds import ThresholdEMA
+from saekit.train.thresholds import WindowedEMA
 from saekit.train.usage import LatentUsage
 from saekit.train.variants import VARIANTS
 from saekit.train.variants.batchtopk import top_of_batch
@@ -64,7 +64,7 @@ def test_batchtopk_inference_thresholds_each_token_alone_and_batch_mode_selects(
 
 
 def test_threshold_ema_window_grows_with_the_run_and_is_infinite_until_observed():
-    ema = ThresholdEMA((2,), decay=0.999)
+    ema = WindowedEMA((2,), decay=0.999)
     assert torch.isinf(ema.value).all()
     ema.update(torch.tensor([2.0, 7.0]), torch.tensor([True, False]))
     assert ema.value[0] == pytest.approx(2.0) and math.isinf(ema.value[1])
@@ -77,7 +77,7 @@ def test_threshold_ema_window_grows_with_the_run_and_is_infinite_until_observed(
     assert float(ema.value[0]) == pytest.approx(reference, rel=1e-5)
     assert float(ema.value[0]) > 2.99, "after 200 batches θ follows the last ~20, not all 200"
     assert float(ema.value[1]) == pytest.approx(1.0), "latent 1: first seen at batch 2"
-    long_run = ThresholdEMA((), decay=0.999)
+    long_run = WindowedEMA((), decay=0.999)
     long_run.observations.fill_(20_000)
     long_run.moment.fill_(1.0)
     long_run.update(torch.tensor(2.0), torch.tensor(True))
@@ -135,7 +135,43 @@ def test_gsae_picks_a_small_but_consequential_latent_that_topk_misses():
     assert gsae.training_forward(x, g).code.to_dense().tolist() == [[0, 5.5, 0]]
     selection_only = identity_sae("gsae:k=1,latents=3,beta=1,selection_only=true", 3)
     assert selection_only.encode(x, g).tolist() == [[0, 0.5, 0]]
-    assert gsae.encode(x).tolist() == [[3.0, 0, 0]], "plain mode (no gradients) is TopK"
+    assert identity_sae("gsae:k=1,latents=3,beta=1", 3).encode(x).tolist() == [[3.0, 0, 0]], (
+        "plain mode (no gradients) of an untrained g-SAE is TopK"
+    )
+
+
+def test_gsae_plain_mode_scales_each_latent_by_the_gain_training_gave_it():
+    gsae = identity_sae("gsae:k=1,latents=3,beta=1", 3)
+    # batch 1: latent 1 selected with z = 0.5, a = 10 -> f = 5.5; latent 0 with z = 2, a = 1 -> 4
+    x1 = torch.tensor([[3.0, 0.5, 0.0], [2.0, 0.0, 0.0]])
+    g1 = torch.tensor([[0.0, 10.0, 0.0], [1.0, 0.0, 0.0]])
+    gsae.training_forward(x1, g1)
+    gain = gsae.activation.plain_gain()
+    # m_i = Σ z f / Σ z²: latent 1: 0.5·5.5 / 0.25 = 11; latent 0: 2·4 / 4 = 2; latent 2: never
+    assert gain.tolist() == pytest.approx([2.0, 11.0, 1.0])
+    # plain key m ∘ z = [2·1, 11·0.4, 0] -> latent 1, value 4.4 (not the raw 0.4)
+    plain = gsae.encode(torch.tensor([[1.0, 0.4, 0.0]]))
+    torch.testing.assert_close(plain, torch.tensor([[0, 4.4, 0]]))
+    selection_only = identity_sae("gsae:k=1,latents=3,beta=1,selection_only=true", 3)
+    selection_only.training_forward(x1, g1)
+    assert selection_only.activation.plain_gain().tolist() == [1.0, 1.0, 1.0]
+
+
+def test_gsae_saelens_tensors_compute_plain_mode_with_saelens_topk():
+    """SAELens' TopK (pre = (x − b_dec) W_enc + b_enc; ReLU of the k largest; f W_dec + b_dec)
+    on the exported tensors reconstructs what plain mode does: the gains are folded in."""
+    gsae = identity_sae("gsae:k=1,latents=3,beta=1", 3)
+    gsae.training_forward(
+        torch.tensor([[3.0, 0.5, 0.0], [2.0, 0.0, 0.0]]),
+        torch.tensor([[0.0, 10.0, 0.0], [1.0, 0.0, 0.0]]),
+    )  # gains [2, 11, 1], as above
+    tensors = gsae.activation.saelens_tensors(gsae)
+    x = torch.tensor([[1.0, 0.4, 0.0], [0.0, 0.1, 0.5], [3.0, 0.0, 0.2]])
+    pre = (x - tensors["b_dec"]) @ tensors["W_enc"] + tensors["b_enc"]
+    top = pre.topk(1, dim=1)
+    f = torch.zeros_like(pre).scatter(1, top.indices, top.values.relu())
+    torch.testing.assert_close(f @ tensors["W_dec"] + tensors["b_dec"], gsae(x))
+    assert f[0].tolist() == pytest.approx([0, 4.4, 0]), "the gain, not the raw 0.4"
 
 
 def test_gsae_beta_eff_sets_beta_from_the_median_sensitivity_of_topk_latents():
@@ -144,6 +180,22 @@ def test_gsae_beta_eff_sets_beta_from_the_median_sensitivity_of_topk_latents():
     g = torch.tensor([[2.0, 9.0, 9.0], [9.0, 4.0, 9.0], [9.0, 9.0, 8.0]])
     # top-1 latents of z: 0, 1, 2 with a = |g| there: 2, 4, 8 -> median 4
     assert sae.activation.calibrate_(sae, x, g) == {"beta": 0.5 / 4}
+
+
+@pytest.mark.parametrize("tracking", [False, True])
+def test_gsae_beta_tracking_keeps_beta_times_median_sensitivity_at_beta_eff(tracking):
+    sae = identity_sae(f"gsae:k=1,latents=3,beta_eff=0.5,beta_tracking={tracking}", 3)
+    x = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [0.0, 0.0, 4.0]])
+    g = torch.tensor([[2.0, 9.0, 9.0], [9.0, 4.0, 9.0], [9.0, 9.0, 8.0]])
+    sae.activation.calibrate_(sae, x, g)  # median a = 4: β = 0.125
+    sae.training_forward(x, 3 * g)  # the gradients' scale grows 3x: median a = 12
+    measured = float(sae.activation.step_metrics()["beta_eff_measured"])
+    if tracking:
+        assert float(sae.activation.beta) == pytest.approx(0.5 / 12)
+        assert measured == pytest.approx(0.5), "β re-set before this batch's selection"
+    else:
+        assert float(sae.activation.beta) == pytest.approx(0.125)
+        assert measured == pytest.approx(1.5), "β·median(a) drifts to 3x beta_eff"
 
 
 # -- Gated ----------------------------------------------------------------------------------------
@@ -309,11 +361,16 @@ def test_parallel_gradient_is_removed_and_columns_renormalised():
     member = Member(spec, sae, plan, grad_clip=1.0)
     relu = build("relu:latents=6", 4, seed=8)
     relu_member = Member(parse_spec("relu:latents=6").resolve(4), relu, plan, grad_clip=1.0)
+    unit_text = "relu:latents=6,decoder=unit"
+    unit = build(unit_text, 4, seed=8)
+    unit_member = Member(parse_spec(unit_text).resolve(4), unit, plan, grad_clip=1.0)
     for i in range(3):
         member.step(x, None, i)
         relu_member.step(x, None, i)
+        unit_member.step(x, None, i)
     torch.testing.assert_close(sae.decoder_norms(), torch.ones(6))
     assert relu.decoder_norms().max() < 0.5, "ReLU's decoder is unconstrained (init norm 0.1)"
+    torch.testing.assert_close(unit.decoder_norms(), torch.ones(6), msg="decoder=unit")
 
 
 SPECS = [

@@ -13,7 +13,7 @@ import traceback
 
 import typer
 
-from saekit.cli import dashboard, demo, evaluate, harvest, store, train
+from saekit.cli import dashboard, demo, evaluate, harvest, recipe, store, train
 from saekit.cli.common import set_invocation
 from saekit.errors import SaekitError
 
@@ -26,7 +26,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (harvest, train, evaluate, dashboard, store, demo):
+for module in (harvest, train, evaluate, dashboard, recipe, store, demo):
     module.register(app)
 
 

@@ -112,13 +112,8 @@ def training_mean(
 
 def heldout_contexts(store: ActivationStore, max_tokens: int | None) -> Tensor:
     """The held-out contexts rebuilt from the store's token ids: [n_contexts, T] int64."""
-    check_holdout(store)
-    ((start, stop),) = store.ranges("holdout")
-    rows = store.read(["tokens", "sequence", "position"], start, stop)
+    rows, sequences = _heldout_rows(store, max_tokens)
     context_size = int(rows["position"].max()) + 1
-    sequences = np.unique(rows["sequence"])
-    if max_tokens is not None:
-        sequences = sequences[: max(1, -(-max_tokens // context_size))]
     tokens = np.full((len(sequences), context_size), -1, dtype=np.int64)
     wanted = np.isin(rows["sequence"], sequences)
     slots = np.searchsorted(sequences, rows["sequence"][wanted])
@@ -129,3 +124,28 @@ def heldout_contexts(store: ActivationStore, max_tokens: int | None) -> Tensor:
             "damaged, run sae verify on it"
         )
     return torch.from_numpy(tokens)
+
+
+def heldout_row_slots(store: ActivationStore, max_tokens: int | None) -> tuple[Tensor, Tensor]:
+    """Where each held-out row of `heldout_contexts(store, max_tokens)` sits, in store order and
+    without position 0 — the rows and order `holdout_batches` yields: (context index, position),
+    two [N] int64 tensors."""
+    rows, sequences = _heldout_rows(store, max_tokens)
+    keep = np.isin(rows["sequence"], sequences) & (rows["position"] != 0)
+    slots = np.searchsorted(sequences, rows["sequence"][keep])
+    return torch.from_numpy(slots.astype(np.int64)), torch.from_numpy(
+        rows["position"][keep].astype(np.int64)
+    )
+
+
+def _heldout_rows(store: ActivationStore, max_tokens: int | None) -> tuple[dict, np.ndarray]:
+    """The held-out rows' tokens, sequences and positions (store order), and the sequences of
+    the contexts to use: the first ones, enough for `max_tokens` (all without a limit)."""
+    check_holdout(store)
+    ((start, stop),) = store.ranges("holdout")
+    rows = store.read(["tokens", "sequence", "position"], start, stop)
+    context_size = int(rows["position"].max()) + 1
+    sequences = np.unique(rows["sequence"])
+    if max_tokens is not None:
+        sequences = sequences[: max(1, -(-max_tokens // context_size))]
+    return rows, sequences

@@ -5,7 +5,9 @@ Definitions (algorithms §9), over the same held-out tokens (position 0 excluded
   1 − nmse; nmse_per_token = mean ‖x − x̂‖² / ‖x‖² (OpenAI's variant);
 - l0: mean number of non-zero codes per token, with quantiles and the fraction of tokens with none;
 - dead_fraction: latents that never fire on these tokens; dense_fraction: latents firing on more
-  than 10 % of them;
+  than 10 % of them; underused_fraction: latents firing on less than a tenth of the mean density
+  (L0 / F), dead ones included;
+- l0_histogram: how many tokens have 0, 1, 2, ... active latents;
 - relative_reconstruction_bias γ = E‖x̂‖² / E[x·x̂] (< 1: shrinkage);
 - cosine: mean cos(x, x̂).
 """
@@ -22,6 +24,7 @@ from saekit.evaluate.heldout import holdout_batches
 from saekit.evaluate.targets import Target
 
 DENSE_THRESHOLD = 0.1
+UNDERUSED_SHARE = 0.1  # under-used: firing below a tenth of the mean density L0 / F
 
 
 class ReconstructionStats:
@@ -59,17 +62,24 @@ class ReconstructionStats:
             f"p{q}": float(l0_values[np.searchsorted(cumulative, q / 100)]) for q in (1, 50, 99)
         }
         density_F = self.fires_F / n
+        mean_l0 = float((l0_values * self.l0_counts).sum() / n)
+        used = np.flatnonzero(self.l0_counts)
+        histogram = self.l0_counts[: (used[-1] + 1) if len(used) else 1]
         return {
             "tokens": self.tokens,
             "nmse": nmse,
             "variance_explained": 1 - nmse,
             "nmse_per_token": self.relative_error / n,
             "mse": self.sq_error / n,
-            "l0": float((l0_values * self.l0_counts).sum() / n),
+            "l0": mean_l0,
             "l0_quantiles": quantile,
             "l0_zero_fraction": float(self.l0_counts[0] / n),
+            "l0_histogram": histogram.tolist(),
             "dead_fraction": float((density_F == 0).double().mean()),
             "dense_fraction": float((density_F > DENSE_THRESHOLD).double().mean()),
+            "underused_fraction": float(
+                (density_F < UNDERUSED_SHARE * mean_l0 / len(density_F)).double().mean()
+            ),
             "relative_reconstruction_bias": self.hat_sq / self.dot if self.dot else float("nan"),
             "cosine": self.cosine / n,
         }
@@ -93,12 +103,8 @@ def offline_metrics(
     results: dict[str, dict] = {}
     groups: dict[tuple[str, bool, int], list[Target]] = {}
     for target in targets:
-        batch_rows = (
-            int(target.sae.cfg.training.get("batch_size", 4096))
-            if (target.batch_dependent)
-            else 4096
-        )
-        groups.setdefault((target.hook, target.needs_gradients, batch_rows), []).append(target)
+        key = (target.hook, target.needs_gradients, target.batch_rows)
+        groups.setdefault(key, []).append(target)
     for (hook, gradients, batch_rows), group in groups.items():
         stats = {t.label: ReconstructionStats(t.sae.d_sae, means[hook]) for t in group}
         fields = ("activations", "gradients") if gradients else ("activations",)

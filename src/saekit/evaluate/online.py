@@ -3,12 +3,17 @@
 For every context (token ids rebuilt from the store) the clean forward gives the next-token
 cross-entropy `CE_clean`; then the activation at the SAE's hook is replaced, at every position
 except 0, by the SAE's reconstruction (`CE_spliced`), by zeros (`CE_zero`) and by the training
-mean (`CE_mean`). Token-weighted over every predicted token:
+mean (`CE_mean`). Token-weighted over the predictions the splice can change — those made at
+positions 1 to T−2 (position 0 is never replaced, so its prediction is the clean one; the last
+position predicts nothing):
 - loss_added = CE_spliced − CE_clean (nats per token);
 - ce_recovered_zero = (CE_zero − CE_spliced) / (CE_zero − CE_clean), likewise against the mean;
 - kl = KL(clean ‖ spliced) of the next-token distributions.
 g-SAE in grad mode selects latents with the gradient of the clean forward on the same text
 (the store's convention: the summed next-token CE), which sees the next token; plain mode does not.
+Batch-dependent targets in batch mode select over the held-out rows in the store's (shuffled)
+order, in batches of their training batch size — the batches offline batch mode uses — not over
+one LM batch; their reconstructions of every row are computed before splicing.
 """
 
 from __future__ import annotations
@@ -84,12 +89,51 @@ def _replacing(new_BTD: Tensor) -> Callable:
 
 def _reconstruction(target: Target, x_BTD: Tensor, g_BTD: Tensor | None) -> Tensor:
     """x with every position but 0 replaced by the target's reconstruction (position 0 is never
-    encoded: SAEs are trained without it, and batch selection must not see it)."""
+    encoded: SAEs are trained without it)."""
     b, t, d = x_BTD.shape
     tail = x_BTD[:, 1:].reshape(-1, d)
     g_tail = g_BTD[:, 1:].reshape(-1, d) if g_BTD is not None and target.needs_gradients else None
     _, x_hat = target.reconstruct(tail, g_tail)
     return torch.cat([x_BTD[:, :1], x_hat.view(b, t - 1, d)], dim=1)
+
+
+@torch.no_grad()
+def batch_mode_reconstructions(
+    bridge: object,
+    contexts: Tensor,
+    targets: list[Target],
+    row_slots: tuple[Tensor, Tensor],
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, Tensor]:
+    """Spliced activations [n_contexts, T, D] of every batch-mode target, by label.
+
+    The clean activations of the rows at `row_slots` (context index, position; store order,
+    position 0 excluded) are encoded with the training-time selection in consecutive batches of
+    the target's training batch size, exactly as offline batch mode batches the same rows.
+    """
+    batch_targets = [t for t in targets if t.batch_dependent]
+    hooks = sorted({t.hook for t in batch_targets})
+    clean = {hook: [] for hook in hooks}
+    for first in range(0, len(contexts), batch_size):
+        tokens_BT = contexts[first : first + batch_size].to(device)
+        out = run_batch(bridge, tokens_BT, hooks, gradients=False)
+        for hook in hooks:
+            clean[hook].append(out.activations[hook])
+    activations = {hook: torch.cat(parts) for hook, parts in clean.items()}
+    context_N, position_N = (slot.to(device) for slot in row_slots)
+    spliced = {}
+    for target in batch_targets:
+        x_CTD = activations[target.hook]
+        rows_ND = x_CTD[context_N, position_N]
+        x_hat_ND = torch.empty_like(rows_ND)
+        for first in range(0, len(rows_ND), target.batch_rows):
+            chunk = slice(first, first + target.batch_rows)
+            x_hat_ND[chunk] = target.reconstruct(rows_ND[chunk])[1]
+        spliced_CTD = x_CTD.clone()
+        spliced_CTD[context_N, position_N] = x_hat_ND
+        spliced[target.label] = spliced_CTD
+    return spliced
 
 
 def _spliced_logits(bridge: object, tokens_BT: Tensor, hook: str, new_BTD: Tensor) -> Tensor:
@@ -103,7 +147,8 @@ CHUNK_TOKENS = 2048  # positions whose log-probabilities are alive at once in `n
 def next_token_stats(
     logits_BTV: Tensor, tokens_BT: Tensor, clean_logits_BTV: Tensor | None = None
 ) -> tuple[Tensor, Tensor | None]:
-    """Next-token CE of `logits` and, given clean logits, KL(clean ‖ these), both [B, T − 1].
+    """Next-token CE of `logits` and, given clean logits, KL(clean ‖ these), both [B, T − 2]:
+    the predictions a splice can change, made at positions 1 to T − 2.
 
     Computed a few contexts at a time in float32, so that the memory beyond the logits
     themselves is a few [CHUNK_TOKENS, V] tensors, whatever the batch size (full-vocabulary
@@ -114,10 +159,10 @@ def next_token_stats(
     ce, kl = [], []
     for first in range(0, b, step):
         rows = slice(first, first + step)
-        log_p_BTV = F.log_softmax(logits_BTV[rows, :-1].float(), dim=-1)
-        ce.append(-log_p_BTV.gather(-1, tokens_BT[rows, 1:, None]).squeeze(-1))
+        log_p_BTV = F.log_softmax(logits_BTV[rows, 1:-1].float(), dim=-1)
+        ce.append(-log_p_BTV.gather(-1, tokens_BT[rows, 2:, None]).squeeze(-1))
         if clean_logits_BTV is not None:
-            log_q_BTV = F.log_softmax(clean_logits_BTV[rows, :-1].float(), dim=-1)
+            log_q_BTV = F.log_softmax(clean_logits_BTV[rows, 1:-1].float(), dim=-1)
             kl_BTV = F.kl_div(log_p_BTV, log_q_BTV, log_target=True, reduction="none")
             kl.append(kl_BTV.sum(dim=-1))
     return torch.cat(ce), torch.cat(kl) if kl else None
@@ -131,8 +176,12 @@ def online_metrics(
     batch_size: int,
     device: torch.device,
     on_batch: Callable[[int], None] = lambda n: None,
+    row_slots: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, dict]:
-    """Splice every target into the LM on every held-out context; metrics by target label."""
+    """Splice every target into the LM on every held-out context; metrics by target label.
+
+    `row_slots` (`heldout_row_slots` of the same contexts) is needed for batch-mode targets.
+    """
     hooks = sorted({t.hook for t in targets})
     gradients = any(t.needs_gradients for t in targets)
     result = OnlineResult(
@@ -140,11 +189,18 @@ def online_metrics(
         mean={h: _Sums() for h in hooks},
         spliced={t.label: _Sums() for t in targets},
     )
+    precomputed = {}
+    if any(t.batch_dependent for t in targets):
+        if row_slots is None:
+            raise ValueError("batch-mode targets need the held-out rows' slots (row_slots)")
+        precomputed = batch_mode_reconstructions(
+            bridge, contexts, targets, row_slots, batch_size, device
+        )
     for first in range(0, len(contexts), batch_size):
         tokens_BT = contexts[first : first + batch_size].to(device)
         clean = run_batch(bridge, tokens_BT, hooks, gradients=gradients, keep_logits=True)
         clean_logits_BTV, clean.logits = clean.logits, None
-        result.clean.add(clean.loss[:, :-1])
+        result.clean.add(clean.loss[:, 1:-1])
         for hook in hooks:
             x_BTD = clean.activations[hook]
             for sums, replacement in (
@@ -156,9 +212,12 @@ def online_metrics(
                 del logits_BTV
         with torch.no_grad():
             for target in targets:
-                spliced_BTD = _reconstruction(
-                    target, clean.activations[target.hook], clean.gradients.get(target.hook)
-                )
+                if target.label in precomputed:
+                    spliced_BTD = precomputed[target.label][first : first + len(tokens_BT)]
+                else:
+                    spliced_BTD = _reconstruction(
+                        target, clean.activations[target.hook], clean.gradients.get(target.hook)
+                    )
                 logits_BTV = _spliced_logits(bridge, tokens_BT, target.hook, spliced_BTD)
                 ce_BT, kl_BT = next_token_stats(logits_BTV, tokens_BT, clean_logits_BTV)
                 del logits_BTV

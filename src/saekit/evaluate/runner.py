@@ -12,7 +12,13 @@ from saekit.cache_format import ActivationStore
 from saekit.cache_format.nonfinite import NonFinitePolicy, named_rows
 from saekit.devices import resolve_device
 from saekit.errors import SaekitError
-from saekit.evaluate.heldout import check_holdout, heldout_contexts, holdout_batches, training_mean
+from saekit.evaluate.heldout import (
+    check_holdout,
+    heldout_contexts,
+    heldout_row_slots,
+    holdout_batches,
+    training_mean,
+)
 from saekit.evaluate.offline import offline_metrics
 from saekit.evaluate.online import online_metrics
 from saekit.evaluate.output_dir import check_output_dir
@@ -168,6 +174,7 @@ def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str
             request.batch_size,
             device,
             on_batch=progress.advance if progress else lambda n: None,
+            row_slots=heldout_row_slots(store, request.tokens),
         )
         if request.steering:
             steering = _steering(request, store, model, targets, contexts, policy)

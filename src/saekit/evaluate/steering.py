@@ -1,17 +1,25 @@
-"""Steering (the g-SAE paper's Fig. 5, protocol as reconstructed in algorithms §9).
+"""Steering (the g-SAE paper's Fig. 5; the protocol is a reconstruction, algorithms §9).
 
 For a sample of alive latents of an SAE: the targets of latent i are the 10 tokens its decoder
-direction promotes most through the unembedding (logit lens, `W_U` applied to `d_i`); adding the
-latent's typical contribution — the 90th percentile of its non-zero code on held-out tokens times
-its decoder column — to the hook's activation at the last position of held-out contexts should
-raise the probability of those targets. Per latent, averaged over contexts:
+direction promotes most, read through the final layer norm and the unembedding as the LM applies
+them (the norm's centring and weight, then `W_U`; its division by the token's scale is a positive
+factor that keeps the ranking). Adding a multiple of the direction to the hook's activation at
+the last position of held-out contexts should raise the probability of those targets. Per latent,
+averaged over contexts:
+- target_logit_gain: mean change of the targets' logits minus the mean change of all logits;
 - P_T: probability added to the targets, Σ_{t∈T} (p'_t − p_t);
 - P_O: probability added to other tokens, Σ_{t∉T} max(0, p'_t − p_t);
 - precision: P_T / (P_T + P_O).
-Reported as medians (and means) over the sampled latents.
+
+`steering_metrics` adds each latent's typical contribution (the 90th percentile of its non-zero
+code times its decoder column) and reports medians over latents. `steering_sweep` adds
+α · E‖x‖ · d̂_i for each α of a sweep (d̂_i the unit direction, E‖x‖ the mean norm of the hook's
+activations), the same intervention size for every SAE, and reports means over latents per α.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +27,73 @@ import torch.nn.functional as F
 from torch import Tensor
 
 TARGET_TOKENS = 10
+
+
+@dataclass
+class Effects:
+    """Per-latent steering effects, each averaged over contexts."""
+
+    target_logit_gain: float
+    p_targets: float
+    p_others: float
+
+    @property
+    def precision(self) -> float:
+        return self.p_targets / max(self.p_targets + self.p_others, 1e-12)
+
+
+def direction_logits(bridge: object, directions_LD: Tensor) -> Tensor:
+    """How each direction moves the logits through the final norm and unembedding: [L, V]."""
+    directions_LD = directions_LD.float()
+    if getattr(bridge.cfg, "normalization_type", None) in ("LN", "LNPre"):
+        directions_LD = directions_LD - directions_LD.mean(dim=1, keepdim=True)
+    weight = getattr(bridge.ln_final, "weight", None)
+    if weight is not None:
+        directions_LD = directions_LD * weight.float()
+    return directions_LD @ bridge.W_U.float()
+
+
+def target_tokens(bridge: object, directions_LD: Tensor) -> Tensor:
+    """The TARGET_TOKENS tokens each direction promotes most: [L, TARGET_TOKENS]."""
+    return torch.topk(direction_logits(bridge, directions_LD), TARGET_TOKENS, dim=1).indices
+
+
+def _last_logits(bridge: object, tokens_BT: Tensor, hook: str, push_D: Tensor | None) -> Tensor:
+    def add_at_last(x_BTD: Tensor, hook: object) -> Tensor:
+        x_BTD = x_BTD.clone()
+        x_BTD[:, -1] += push_D.to(x_BTD.dtype)
+        return x_BTD
+
+    hooks = [] if push_D is None else [(hook, add_at_last)]
+    with torch.inference_mode(), bridge.hooks(fwd_hooks=hooks):
+        return bridge(tokens_BT, return_type="logits")[:, -1].float()
+
+
+def _effects(clean_BV: Tensor, steered_BV: Tensor, targets_T: Tensor) -> Effects:
+    delta_logits_BV = steered_BV - clean_BV
+    gain_B = delta_logits_BV[:, targets_T].mean(1) - delta_logits_BV.mean(1)
+    delta_p_BV = F.softmax(steered_BV, dim=-1) - F.softmax(clean_BV, dim=-1)
+    on_target_V = torch.zeros(delta_p_BV.shape[1], dtype=torch.bool, device=delta_p_BV.device)
+    on_target_V[targets_T] = True
+    return Effects(
+        target_logit_gain=float(gain_B.mean()),
+        p_targets=float(delta_p_BV[:, on_target_V].sum(1).mean()),
+        p_others=float(delta_p_BV.clamp_min(0)[:, ~on_target_V].sum(1).mean()),
+    )
+
+
+def _alive_sample(
+    sae: torch.nn.Module, sample_x_ND: Tensor, n_latents: int, seed: int
+) -> tuple[Tensor, np.ndarray]:
+    """(codes of the sample, a random sample of the latents that fire on it)."""
+    f_NF = sae.encode(sample_x_ND)
+    alive = torch.nonzero((f_NF != 0).any(0)).flatten().cpu().numpy()
+    rng = np.random.default_rng(seed)
+    return f_NF, rng.choice(alive, size=min(n_latents, len(alive)), replace=False)
+
+
+def _in_residual_stream(bridge: object, sae: torch.nn.Module) -> bool:
+    return bridge.W_U.shape[0] == sae.d_in
 
 
 @torch.no_grad()
@@ -31,47 +106,77 @@ def steering_metrics(
     seed: int = 0,
 ) -> dict[str, float | int] | None:
     """Steering statistics of one SAE, or None when its hook is not in the residual stream."""
-    W_U = bridge.W_U.float()  # [d_model, vocab]
-    if W_U.shape[0] != sae.d_in:
+    if not _in_residual_stream(bridge, sae):
         return None
-    device = W_U.device
-    f_NF = sae.encode(sample_x_ND.to(device))
-    alive = torch.nonzero((f_NF != 0).any(0)).flatten().cpu().numpy()
-    if len(alive) == 0:
+    device = bridge.W_U.device
+    f_NF, latents = _alive_sample(sae, sample_x_ND.to(device), n_latents, seed)
+    if len(latents) == 0:
         return {"latents": 0}
-    rng = np.random.default_rng(seed)
-    latents = rng.choice(alive, size=min(n_latents, len(alive)), replace=False)
     tokens_BT = contexts.to(device)
-    with torch.inference_mode():
-        p_clean_BV = F.softmax(bridge(tokens_BT, return_type="logits")[:, -1].float(), dim=-1)
-    p_targets, p_others = [], []
-    for latent in latents.tolist():
+    clean_BV = _last_logits(bridge, tokens_BT, sae.cfg.hook, None)
+    targets_LT = target_tokens(bridge, sae.W_dec[:, latents].T)
+    effects = []
+    for latent, targets_T in zip(latents.tolist(), targets_LT, strict=True):
         values = f_NF[:, latent]
-        strength = torch.quantile(values[values != 0], 0.9)
-        direction_D = sae.W_dec[:, latent]
-        targets = torch.topk(direction_D @ W_U, TARGET_TOKENS).indices
-        push_D = strength * direction_D
-
-        def add_at_last(x_BTD: Tensor, hook: object, push_D: Tensor = push_D) -> Tensor:
-            x_BTD = x_BTD.clone()
-            x_BTD[:, -1] += push_D.to(x_BTD.dtype)
-            return x_BTD
-
-        with torch.inference_mode(), bridge.hooks(fwd_hooks=[(sae.cfg.hook, add_at_last)]):
-            p_BV = F.softmax(bridge(tokens_BT, return_type="logits")[:, -1].float(), dim=-1)
-        delta_BV = p_BV - p_clean_BV
-        on_target = torch.zeros_like(delta_BV, dtype=torch.bool)
-        on_target[:, targets] = True
-        p_targets.append(float(delta_BV[on_target].view(len(delta_BV), -1).sum(1).mean()))
-        p_others.append(float(delta_BV.clamp_min(0).masked_fill(on_target, 0).sum(1).mean()))
-    p_t, p_o = np.array(p_targets), np.array(p_others)
-    precision = p_t / np.maximum(p_t + p_o, 1e-12)
+        push_D = torch.quantile(values[values != 0], 0.9) * sae.W_dec[:, latent]
+        steered_BV = _last_logits(bridge, tokens_BT, sae.cfg.hook, push_D)
+        effects.append(_effects(clean_BV, steered_BV, targets_T))
+    p_t = np.array([e.p_targets for e in effects])
+    precision = np.array([e.precision for e in effects])
     return {
         "latents": len(latents),
         "contexts": len(contexts),
         "p_targets_median": float(np.median(p_t)),
-        "p_others_median": float(np.median(p_o)),
+        "p_others_median": float(np.median([e.p_others for e in effects])),
         "precision_median": float(np.median(precision)),
         "p_targets_mean": float(p_t.mean()),
         "precision_mean": float(precision.mean()),
+    }
+
+
+@torch.no_grad()
+def steering_sweep(
+    bridge: object,
+    sae: torch.nn.Module,
+    sample_x_ND: Tensor,
+    contexts: Tensor,
+    alphas: tuple[float, ...],
+    n_latents: int,
+    seed: int = 0,
+) -> dict | None:
+    """Per α: mean effects of adding α · E‖x‖ · d̂_i over a sample of alive latents."""
+    if not _in_residual_stream(bridge, sae):
+        return None
+    device = bridge.W_U.device
+    sample_x_ND = sample_x_ND.to(device)
+    _, latents = _alive_sample(sae, sample_x_ND, n_latents, seed)
+    if len(latents) == 0:
+        return {"latents": 0, "contexts": len(contexts), "per_alpha": []}
+    norm = float(sample_x_ND.norm(dim=1).mean())
+    tokens_BT = contexts.to(device)
+    clean_BV = _last_logits(bridge, tokens_BT, sae.cfg.hook, None)
+    units_LD = (sae.W_dec[:, latents] / sae.W_dec[:, latents].norm(dim=0)).T
+    targets_LT = target_tokens(bridge, units_LD)
+    per_alpha = []
+    for alpha in alphas:
+        effects = [
+            _effects(
+                clean_BV, _last_logits(bridge, tokens_BT, sae.cfg.hook, alpha * norm * unit_D), t
+            )
+            for unit_D, t in zip(units_LD, targets_LT, strict=True)
+        ]
+        per_alpha.append(
+            {
+                "alpha": alpha,
+                "target_logit_gain": float(np.mean([e.target_logit_gain for e in effects])),
+                "p_targets": float(np.mean([e.p_targets for e in effects])),
+                "p_others": float(np.mean([e.p_others for e in effects])),
+                "precision": float(np.mean([e.precision for e in effects])),
+            }
+        )
+    return {
+        "latents": len(latents),
+        "contexts": len(contexts),
+        "residual_norm": norm,
+        "per_alpha": per_alpha,
     }

@@ -15,6 +15,8 @@ from saekit.errors import SaekitError
 if TYPE_CHECKING:
     from saekit.train.sparse import Code
 
+DEFAULT_BATCH_ROWS = 4096
+
 
 @dataclass
 class Target:
@@ -60,6 +62,14 @@ class Target:
         if self.mode == "batch":
             return activation.encode_batch(self.sae, x_BD, None)
         return activation.encode(self.sae, x_BD, g_BD if self.mode == "grad" else None)
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows per selection: the training batch size in batch mode (else any batching gives
+        the same codes; 4096 then)."""
+        if self.batch_dependent:
+            return int(self.sae.cfg.training.get("batch_size", DEFAULT_BATCH_ROWS))
+        return DEFAULT_BATCH_ROWS
 
     def reconstruct(self, x_BD: Tensor, g_BD: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(codes f, reconstruction x̂) of raw activations in this target's mode."""

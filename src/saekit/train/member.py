@@ -71,6 +71,7 @@ class Member:
                     "l0": l0_B.mean(),
                     **{key: l0_B.quantile(q) for key, q in L0_QUANTILES.items()},
                     "l0_zero": (l0_B == 0).float().mean(),
+                    **self.activation.step_metrics(),
                 }
             )
 

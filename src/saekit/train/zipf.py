@@ -9,34 +9,43 @@ from torch import Tensor
 _OFFSETS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 
 
-def zipf_weights(n: int, a: float, b: float, device: torch.device | str = "cpu") -> Tensor:
-    """(r + b)^-a for ranks r = 1..n (b > -1)."""
+def zipf_weights(
+    n: int, a: float | Tensor, b: float | Tensor, device: torch.device | str = "cpu"
+) -> Tensor:
+    """(r + b)^-a for ranks r = 1..n (b > -1); a and b are numbers or one-element tensors."""
     ranks = torch.arange(1, n + 1, dtype=torch.float64, device=device)
     return (ranks + b).pow(-a)
 
 
-def zipf_expectation(densities_F: Tensor, head: float = 0.8) -> Tensor:
-    """Each latent's density under a Zipf law fitted to `densities_F` (by its rank), scaled so
-    the expectations sum to the observed total (the mean L0).
+def fit_zipf(densities_F: Tensor, head: float = 0.8) -> tuple[Tensor, Tensor]:
+    """(a, b) of the Zipf law `p_r = C (r + b)^-a` fitted to the densities sorted by rank, as
+    one-element float64 tensors on the densities' device.
 
-    The law `p_r = C (r + b)^-a` is fitted on the top `head` of ranks by least squares in log
-    space, for every b of a small grid at once (in closed form: a line through the points
-    (−log(r + b), log p_r)), keeping the b with the smallest residual. Everything stays on the
-    densities' device: nothing is read back to the host, so a GPU never waits on the fit.
+    Fitted on the top `head` of ranks by least squares in log space, for every b of a small grid
+    at once (in closed form: a line through the points (−log(r + b), log p_r)), keeping the b
+    with the smallest residual. Nothing is read back to the host, so a GPU never waits on it.
     """
     n = len(densities_F)
-    sorted_F, order_F = densities_F.double().sort(descending=True)
-    ranks_F = torch.arange(1, n + 1, dtype=torch.float64, device=densities_F.device)
-    log_ranks_OF = torch.stack([(ranks_F + b).log() for b in _OFFSETS])
+    sorted_F = densities_F.double().sort(descending=True).values
     n_head = max(2, int(n * head))
-    x_OH = -log_ranks_OF[:, :n_head]
+    ranks_H = torch.arange(1, n_head + 1, dtype=torch.float64, device=densities_F.device)
+    offsets_O = torch.tensor(_OFFSETS, dtype=torch.float64, device=densities_F.device)
+    x_OH = -(ranks_H + offsets_O[:, None]).log()
     x_OH = x_OH - x_OH.mean(dim=1, keepdim=True)
     y_H = sorted_F[:n_head].clamp_min(1e-12).log()
     y_H = y_H - y_H.mean()
     a_O = (x_OH * y_H).sum(dim=1) / x_OH.pow(2).sum(dim=1)
     residual_O = (y_H - a_O[:, None] * x_OH).pow(2).sum(dim=1)
     best_1 = residual_O.argmin(dim=0, keepdim=True)  # a tensor index: a 0-d one is read on the host
-    law_F = (-a_O[best_1] * log_ranks_OF[best_1]).exp().squeeze(0)
+    return a_O[best_1], offsets_O[best_1]
+
+
+def zipf_expectation(densities_F: Tensor, head: float = 0.8) -> Tensor:
+    """Each latent's density under a Zipf law fitted to `densities_F` (`fit_zipf`, by its rank),
+    scaled so the expectations sum to the observed total (the mean L0)."""
+    a_1, b_1 = fit_zipf(densities_F, head)
+    sorted_F, order_F = densities_F.double().sort(descending=True)
+    law_F = zipf_weights(len(densities_F), a_1, b_1, densities_F.device)
     law_F *= sorted_F.sum() / law_F.sum()
     expected_F = torch.empty_like(law_F)
     expected_F[order_F] = law_F

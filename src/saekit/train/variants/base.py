@@ -24,7 +24,7 @@ from saekit.train.sparse import (
     gather_pre_activations,
     sparse_is_faster,
 )
-from saekit.train.thresholds import ThresholdEMA
+from saekit.train.thresholds import WindowedEMA
 from saekit.train.variants.options import SAEOptions
 
 if TYPE_CHECKING:
@@ -73,6 +73,10 @@ class Activation(nn.Module):
 
     def calibrate_(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> dict[str, float]:
         """Set data-dependent settings on a sample after initialisation; return them."""
+        return {}
+
+    def step_metrics(self) -> dict[str, Tensor]:
+        """Variant-specific scalars of the last training step, logged to metrics.jsonl."""
         return {}
 
     def saelens_tensors(self, sae: SAE) -> dict[str, Tensor]:
@@ -152,7 +156,7 @@ class BatchSelection(Selection):
     def __init__(self, options: Any, d_in: int, d_sae: int) -> None:
         super().__init__(options, d_in, d_sae)
         shape = (d_sae,) if self.per_latent_threshold else ()
-        self.threshold = ThresholdEMA(shape, options.threshold_decay)
+        self.threshold = WindowedEMA(shape, options.threshold_decay)
 
     def select_batch(self, z_BF: Tensor) -> tuple[SparsePattern, Tensor, Tensor]:
         """(kept entries, their smallest value per threshold, whether each threshold saw one)."""

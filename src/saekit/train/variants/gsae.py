@@ -6,8 +6,17 @@
                               f_i = ReLU(z_i) on I (selection_only=true)
 
 β has the units of 1/a; `beta_eff` sets it scale-free as β = beta_eff / median(a), the median
-taken over the (token, latent) pairs in the top-k of z at initialisation. At inference,
-`gradients=None` is plain mode (β = 0, TopK on z) and given gradients is grad mode.
+taken over the (token, latent) pairs in the top-k of z: once at initialisation, or — with
+`beta_tracking` — from a moving average of that median over training batches, so that
+β · median(a) stays beta_eff while the decoder learns (a grows as decoder columns align with
+gradient directions). Every training step logs the measured β · median(a) as `beta_eff_measured`.
+
+Inference with gradients (grad mode) is the training key. Without gradients (plain mode) the
+gradient factor is replaced by its expectation: each latent's code is scaled by a gain
+m_i = Σ z_i f_i / Σ z_i² over the training batches where i was selected (a moving average), the
+least-squares factor from the plain pre-activation to the code training gave; the key is m ∘ z,
+the values ReLU(m ∘ z). With selection-only values m = 1 (plain mode is TopK on z). The SAELens
+export folds m into the encoder rows, so it computes exactly plain mode.
 """
 
 from __future__ import annotations
@@ -21,18 +30,21 @@ from torch import Tensor
 
 from saekit.train.sae import SAE
 from saekit.train.sparse import SparsePattern
+from saekit.train.thresholds import WindowedEMA
 from saekit.train.variants.base import Mode
 from saekit.train.variants.options import SAEOptions, check
 from saekit.train.variants.registry import register
 from saekit.train.variants.topk import TopK, TopKOptions, top_k_per_row
 
 DEFAULT_BETA_EFF = 1.0
+EMA_DECAY = 0.999  # the window of the moving averages (see saekit.train.thresholds)
 
 
 @dataclass(frozen=True)
 class GSAEOptions(TopKOptions):
     beta: float | None = None  # β itself (units of 1/|d·g|)
     beta_eff: float | None = None  # or β scale-free: β = beta_eff / median(a); default 1
+    beta_tracking: bool = False  # keep β·median(a) at beta_eff during training (needs beta_eff)
     selection_only: bool = False  # values ReLU(z) instead of ReLU(s) on the selected latents
 
     HEADLINE: ClassVar[tuple[str, ...]] = ("k", "beta", "beta_eff")
@@ -41,6 +53,10 @@ class GSAEOptions(TopKOptions):
         check(self.beta is None or self.beta_eff is None, "give beta or beta_eff, not both")
         check(self.beta is None or self.beta >= 0, "beta must be >= 0")
         check(self.beta_eff is None or self.beta_eff >= 0, "beta_eff must be >= 0")
+        check(
+            self.beta is None or not self.beta_tracking,
+            "beta_tracking keeps beta_eff fixed; give beta_eff instead of beta",
+        )
         super().__post_init__()
 
     def resolve(self, d_in: int, default_lr: float | None) -> SAEOptions:
@@ -62,6 +78,10 @@ class GradientTopK(TopK):
     def __init__(self, options: GSAEOptions, d_in: int, d_sae: int) -> None:
         super().__init__(options, d_in, d_sae)
         self.register_buffer("beta", torch.tensor(options.beta or 0.0))
+        self.median_sensitivity = WindowedEMA((), EMA_DECAY)  # median a over top-k(z)
+        self.code_moment = WindowedEMA((d_sae,), EMA_DECAY)  # Σ z f per row, where selected
+        self.plain_moment = WindowedEMA((d_sae,), EMA_DECAY)  # Σ z² per row, where selected
+        self.register_buffer("last_beta_eff", torch.tensor(float("nan")), persistent=False)
 
     def select(
         self, sae: SAE, z_BF: Tensor, gradients_BD: Tensor | None, mode: Mode
@@ -69,23 +89,81 @@ class GradientTopK(TopK):
         if gradients_BD is None:
             if mode == "train":
                 raise ValueError("g-SAE training needs gradients")
-            return super().select(sae, z_BF, None, mode)  # plain mode: β = 0
+            gain_F = self.plain_gain()
+            pattern = top_k_per_row(z_BF * gain_F, self.options.k)
+            return pattern, gain_F[pattern.latent_N]
         with torch.no_grad():
-            boost_BF = 1 + self.beta * loss_sensitivity(sae, gradients_BD)
+            sensitivity_BF = loss_sensitivity(sae, gradients_BD)
+            if mode == "train":
+                self._follow_sensitivity(z_BF, sensitivity_BF)
+            boost_BF = 1 + self.beta * sensitivity_BF
             pattern = top_k_per_row(z_BF * boost_BF, self.options.k)
             factor_N = None if self.options.selection_only else pattern.take(boost_BF)
+            if mode == "train":
+                self._record_gain(pattern, z_BF, factor_N)
         return pattern, factor_N
+
+    def _follow_sensitivity(self, z_BF: Tensor, sensitivity_BF: Tensor) -> None:
+        """Measure median(a) over top-k(z); with tracking, re-set β so β·median(a) = beta_eff."""
+        median = top_k_per_row(z_BF, self.options.k).take(sensitivity_BF).median()
+        self.median_sensitivity.update(
+            median, torch.ones((), dtype=torch.bool, device=median.device)
+        )
+        if self.options.beta_tracking:
+            self.beta.copy_(beta_for(self.options.beta_eff, self.median_sensitivity.value))
+        self.last_beta_eff.copy_(self.beta * median)
+
+    def _record_gain(self, pattern: SparsePattern, z_BF: Tensor, factor_N: Tensor | None) -> None:
+        """Fold this batch's Σ z·f and Σ z² per selected latent into the plain-mode gain."""
+        z_N = pattern.take(z_BF).clamp_min(0)
+        code_N = z_N if factor_N is None else z_N * factor_N
+        n_rows = z_BF.shape[0]
+        code_F = pattern.sum_by_latent(z_N * code_N)
+        plain_F = pattern.sum_by_latent(z_N * z_N)
+        observed_F = plain_F > 0
+        self.code_moment.update(code_F / n_rows, observed_F)
+        self.plain_moment.update(plain_F / n_rows, observed_F)
+
+    def plain_gain(self) -> Tensor:
+        """m_i [F]: the plain-mode gain of each latent (1 for latents never selected)."""
+        plain_F = self.plain_moment.value
+        known_F = torch.isfinite(plain_F) & (plain_F > 0)
+        ratio_F = self.code_moment.value / torch.where(known_F, plain_F, 1.0)
+        return torch.where(known_F, ratio_F, 1.0)
+
+    @torch.no_grad()
+    def forget_plain_gain_(self) -> None:
+        """Drop the learnt gains: plain mode becomes TopK on z (β = 0), as without them."""
+        for moment in (self.code_moment, self.plain_moment):
+            moment.observations.zero_()
+
+    def step_metrics(self) -> dict[str, Tensor]:
+        return {"beta_eff_measured": self.last_beta_eff}
 
     @torch.no_grad()
     def calibrate_(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> dict[str, float]:
         """Resolve β from beta_eff on a sample: β = beta_eff / median of a over top-k(z)."""
         if self.options.beta_eff is not None:
             assert gradients_BD is not None
-            beta_eff = self.options.beta_eff
             pattern = top_k_per_row(sae.pre_activations(x_BD), self.options.k)
             median = pattern.take(loss_sensitivity(sae, gradients_BD)).median()
-            self.beta.fill_(beta_eff / float(median) if median > 0 else 0.0)
+            self.beta.copy_(beta_for(self.options.beta_eff, median))
         return {"beta": float(self.beta)}
+
+    def saelens_tensors(self, sae: SAE) -> dict[str, Tensor]:
+        """TopK tensors computing plain mode: the gains folded into the encoder rows."""
+        gain_F = self.plain_gain()
+        return {
+            **super().saelens_tensors(sae),
+            "W_enc": (sae.W_enc * gain_F[:, None]).T,
+            "b_enc": sae.b_enc * gain_F,
+        }
+
+
+def beta_for(beta_eff: float | None, median_sensitivity: Tensor) -> Tensor:
+    """β = beta_eff / median(a) (0 when the median is 0)."""
+    assert beta_eff is not None
+    return torch.where(median_sensitivity > 0, beta_eff / median_sensitivity, 0.0)
 
 
 def loss_sensitivity(sae: SAE, gradients_BD: Tensor) -> Tensor:

@@ -2,12 +2,15 @@
 
 f = ReLU(z); loss ‖x − x̂‖² + λ Σ_i f_i ‖d_i‖ with an unconstrained decoder whose columns start
 at norm 0.1 (W_enc = W_decᵀ, biases 0); λ warms up over the first 5 % of training.
+`decoder=unit` gives the older baseline the Gated paper compares against: unit-norm decoder
+columns (projected gradients, renormalised after each step, starting at norm 1), so the penalty
+is the plain L1 of the codes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from torch import Tensor
 
@@ -22,6 +25,7 @@ from saekit.train.variants.registry import register
 @dataclass(frozen=True)
 class ReLUOptions(PenaltyOptions, SAEOptions):
     l1: float = 5.0  # λ
+    decoder: Literal["free", "unit"] = "free"  # April update, or unit-norm decoder columns
 
     HEADLINE: ClassVar[tuple[str, ...]] = ("l1",)
 
@@ -36,11 +40,17 @@ class ReLU(Activation):
 
     name = "relu"
     options_type = ReLUOptions
-    unit_norm_decoder = False
-    decoder_init_norm = 0.1
     b_dec_from_data = False
     saelens_architecture = "standard"
     options: ReLUOptions
+
+    @property
+    def unit_norm_decoder(self) -> bool:  # type: ignore[override]
+        return self.options.decoder == "unit"
+
+    @property
+    def decoder_init_norm(self) -> float:  # type: ignore[override]
+        return 1.0 if self.unit_norm_decoder else 0.1
 
     def train_code(
         self, sae: SAE, x_cent_BD: Tensor, gradients_BD: Tensor | None

@@ -1,0 +1,60 @@
+"""Run the recipes on the research LM (experiments/research_lm.py) with the small preset, its L0
+grids moved to the research note's L0s (16 and 32) and a shorter online evaluation, to fit a
+shared 2-core CPU:
+
+    .venv/bin/python experiments/research_recipes.py gsae choice gated
+
+Writes experiments/output/research-recipes/ (report.md, report.json, figures/); resumable like
+`sae recipe`. Skips with a message when the research LM or the shared data is absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from saekit.recipes import SMALL, RecipeRequest, Reporter, run_recipes
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = ROOT / "experiments" / "output"
+DATA_CANDIDATES = (ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data")
+
+RESEARCH = dataclasses.replace(
+    SMALL,
+    name="small-research",
+    gsae_k=(16, 32),
+    headline_k=16,
+    latents_factors=(0.5, 1.0),
+    choice_k=(16, 32),
+    online_tokens=8192,
+    eval_batch=8,
+)
+
+
+class Print(Reporter):
+    def message(self, text: str) -> None:
+        print(text, flush=True)
+
+
+def main() -> None:
+    model = OUTPUT / "research-lm"
+    data = [p / "text" for p in DATA_CANDIDATES if (p / "text").is_dir()]
+    if not (model / "config.json").exists() or not data:
+        print("skipped: build experiments/output/research-lm first (needs shared/data)")
+        return
+    request = RecipeRequest(
+        recipes=tuple(sys.argv[1:]) or ("all",),
+        out=OUTPUT / "research-recipes",
+        model=str(model),
+        dataset=str(data[0]),
+        preset=RESEARCH,
+        device="cpu",
+    )
+    outcome = run_recipes(request, Print())
+    print(f"trained {outcome.trained_runs}, evaluated {outcome.evaluated_rows} rows")
+    print(f"report: {outcome.report}")
+
+
+if __name__ == "__main__":
+    main()

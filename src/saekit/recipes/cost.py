@@ -1,0 +1,76 @@
+"""What a recipe will cost, estimated from FLOP counts before anything runs.
+
+Nothing here is measured: the estimate counts the dominant matrix products (LM forward and
+backward passes, SAE encoder and decoder products) and divides by an assumed sustained rate, so
+a user can see the size of a `paper` run before starting it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from saekit.recipes.base import Recipe, StageContext
+from saekit.recipes.presets import Preset
+from saekit.train.spec import parse_spec
+
+ASSUMED_TFLOPS = 20.0  # sustained float32/TF32 rate of an A100-class GPU on these products
+MODES = {"gsae": 3, "batchtopk": 2, "feature-choice": 2}  # evaluation modes per variant
+DENSE = ("relu", "gated", "jumprelu")  # variants whose decoder product is dense
+
+
+@dataclass(frozen=True)
+class Estimate:
+    harvest_flops: float
+    train_flops: float
+    eval_flops: float
+    saes: int
+
+    @property
+    def gpu_hours(self) -> float:
+        total = self.harvest_flops + self.train_flops + self.eval_flops
+        return total / (ASSUMED_TFLOPS * 1e12) / 3600
+
+    def describe(self) -> str:
+        return (
+            f"{self.saes} SAEs; about {self.gpu_hours:.1f} GPU hours (estimated from FLOP counts "
+            f"at {ASSUMED_TFLOPS:g} TFLOP/s sustained: harvest {self._hours(self.harvest_flops)}, "
+            f"training {self._hours(self.train_flops)}, "
+            f"evaluation {self._hours(self.eval_flops)} h)"
+        )
+
+    @staticmethod
+    def _hours(flops: float) -> str:
+        return f"{flops / (ASSUMED_TFLOPS * 1e12) / 3600:.1f}"
+
+
+def estimate(
+    recipes: list[Recipe], preset: Preset, d_in: int, lm_params: float, harvesting: bool
+) -> Estimate:
+    """FLOPs of harvesting (if needed), training every stage of every seed, and evaluating."""
+    steps = preset.train_tokens // preset.batch_size
+    train = evaluate = 0.0
+    saes = 0
+    for recipe in recipes:
+        for stage in recipe.stages(preset):
+            seeds = preset.seeds if stage.seeds == "all" else preset.seeds[:1]
+            for seed in seeds:
+                for text in stage.specs(StageContext(preset, d_in, seed)):
+                    resolved = parse_spec(text).resolve(d_in)
+                    per_row = 2 * d_in * resolved.latents  # one dense product
+                    products = 6 if resolved.variant in DENSE else 4  # forward + backward
+                    train += steps * preset.batch_size * products * per_row
+                    modes = MODES.get(resolved.variant, 1)
+                    evaluate += modes * preset.online_tokens * 2 * lm_params
+                    saes += 1
+        evaluate += (
+            recipe.steered_per_seed
+            * len(preset.seeds)
+            * preset.steering_latents
+            * len(preset.steering_alphas)
+            * preset.steering_contexts
+            * preset.context_size
+            * 2
+            * lm_params
+        )
+    harvest = 6 * lm_params * preset.harvest_tokens if harvesting else 0.0
+    return Estimate(harvest, train, evaluate, saes)

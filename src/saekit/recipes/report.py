@@ -1,0 +1,138 @@
+"""The recipe report: `report.md` (settings, each recipe's tables and figures, then every claim
+with its verdict) and `report.json` (every number, the rows included)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from saekit import __version__
+from saekit.recipes.base import Analysis, Recipe
+from saekit.recipes.claims import Claim
+from saekit.recipes.cost import Estimate
+from saekit.recipes.results import Row
+from saekit.recipes.tables import markdown_table
+
+RECONSTRUCTIONS = (
+    "The papers' exact procedures are partly unknown (algorithms-notes marks them); these are "
+    "the recipes' reconstructions: g-SAE's β_eff scale, its eval modes and the steering protocol "
+    "(targets through the final norm and unembedding, strength α · E‖x‖); the gradient as the "
+    "sum of next-token CE over the context; aux_zipf; Feature Choice's Zipf capacities fitted to "
+    "a TopK SAE's densities, and aux_zipf as the paper's headline FC row; the compute-matched "
+    "ReLU baseline at 1.5× latents; interpolation along Pareto curves linear in log L0."
+)
+VERDICTS = (
+    "Verdicts: a claim is checked at each point (an L0, a width, a strength) with every seed; "
+    "a point holds when the claimed winner's mean advantage exceeds the seeds' spread (the "
+    "larger range of either arm), does not hold when it is worse by more than the spread, and "
+    "is inconclusive otherwise; single-seed points borrow the spread of the repeated-seed "
+    "points. A claim holds when every point holds and does not hold when any point does not."
+)
+
+
+def write_report(
+    out: Path,
+    record: dict[str, Any],
+    analyses: dict[str, tuple[Recipe, Analysis, list[Row]]],
+    estimate: Estimate,
+) -> None:
+    """Write `report.md` and `report.json` into `out` (figures are already in `figures/`)."""
+    claims = [c for _, analysis, _ in analyses.values() for c in analysis.claims]
+    (out / "report.md").write_text(_markdown(record, analyses, claims, estimate))
+    report = {
+        "saekit_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": {k: v for k, v in record.items() if k != "timings"},
+        "timings_s": record.get("timings", {}),
+        "estimate": {"gpu_hours": estimate.gpu_hours, "description": estimate.describe()},
+        "recipes": {
+            name: {
+                "title": recipe.title,
+                "paper": recipe.paper,
+                "claims": [c.to_json() for c in analysis.claims],
+                "findings": analysis.findings,
+                "figures": [f.file for f in analysis.figures],
+                "rows": [row.data for row in rows],
+            }
+            for name, (recipe, analysis, rows) in analyses.items()
+        },
+        "claims": [c.to_json() for c in claims],
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=True))
+
+
+def _markdown(
+    record: dict[str, Any],
+    analyses: dict[str, tuple[Recipe, Analysis, list[Row]]],
+    claims: list[Claim],
+    estimate: Estimate,
+) -> str:
+    preset = record["preset"]
+    timings = record.get("timings", {})
+    lines = [
+        f"# SAE recipes: {', '.join(analyses)}",
+        "",
+        f"Model `{record['model']}`, hook `{record['hook']}`, preset `{preset['name']}`: "
+        f"{preset['train_tokens']:,} training tokens per SAE in batches of "
+        f"{preset['batch_size']:,}, {preset['expansion']}·d latents, seeds "
+        f"{', '.join(map(str, preset['seeds']))}; evaluation on the store's held-out tokens "
+        f"(offline: all; spliced into the LM: {preset['online_tokens']:,}).",
+        "",
+        f"Cost: {estimate.describe()}. Measured wall time: "
+        + ", ".join(f"{key} {_duration(value)}" for key, value in _flat(timings).items())
+        + ".",
+        "",
+        RECONSTRUCTIONS,
+        "",
+    ]
+    for name, (recipe, analysis, _) in analyses.items():
+        lines += [f"## {name}: {recipe.title}", "", f"{recipe.paper}.", ""]
+        for section in analysis.sections:
+            lines += [section, ""]
+        for figure in analysis.figures:
+            lines += [f"![{figure.caption}](figures/{figure.file})", "", f"*{figure.caption}.*", ""]
+    lines += [
+        "## Claims",
+        "",
+        VERDICTS,
+        "",
+        markdown_table(
+            [
+                "recipe",
+                "claim",
+                "source",
+                "compared",
+                "measured (claimed winner vs other)",
+                "verdict",
+            ],
+            [
+                [
+                    c.recipe,
+                    c.text,
+                    c.source,
+                    f"{c.arms}; {c.metric}",
+                    c.measured(),
+                    f"**{c.verdict}**",
+                ]
+                for c in claims
+            ],
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _flat(timings: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    flat = {}
+    for key, value in timings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key} "))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"

@@ -1,0 +1,161 @@
+"""`sae recipe` end to end on the tiny LM: every recipe's small preset (shrunk so the three run
+together in a few minutes), its report, figures and claims table; resume; bad input."""
+
+import dataclasses
+import json
+
+import matplotlib.image
+import pytest
+
+from helpers import assert_one_line_error, snapshot
+from saekit.cache_format import HookSpec
+from saekit.recipes import SMALL, RecipeRequest, run_recipes
+from saekit.recipes.claims import FAILS, HOLDS, INCONCLUSIVE
+from saekit.synthetic import synthetic_spec, write_synthetic_store
+
+# The small preset, shrunk: an 8k-token store, 2·d latents, 4k training tokens, two seeds, the
+# sweeps cut to two points each.
+FAST = dataclasses.replace(
+    SMALL,
+    context_size=32,
+    harvest_tokens=8192,
+    holdout_tokens=1024,
+    harvest_batch=16,
+    expansion=2,
+    train_tokens=4096,
+    batch_size=256,
+    online_tokens=256,
+    eval_batch=8,
+    gsae_k=(4, 8),
+    headline_k=4,
+    latents_factors=(0.5, 1.0),
+    beta_effs=(0.3,),
+    choice_k=(4, 8),
+    l1_grid=(2.0, 8.0),
+    steering_latents=4,
+    steering_contexts=4,
+    steering_alphas=(0.5, 1.0),
+)
+
+CLAIMS = {
+    "gsae": [
+        "lower loss added than TopK at equal L0",
+        "lower loss added than TopK at equal L0, without gradients at inference",
+        "fewer dead latents than TopK",
+        "lower loss added than TopK at every number of latents",
+        "latents steer the LM more effectively than TopK's",
+    ],
+    "choice": [
+        "Feature Choice has no dead latents",
+        "Mutual Choice reconstructs better than TopK at equal L0",
+        "Feature Choice reconstructs better than TopK at equal L0",
+        "aux_zipf leaves fewer dead latents than AuxK",
+        "aux_zipf leaves fewer under-used latents than AuxK",
+    ],
+    "gated": [
+        "Gated is a Pareto improvement: more CE loss recovered at equal L0",
+        "Gated is a Pareto improvement: lower NMSE at equal L0",
+        "Gated needs about half as many active latents for equal fidelity",
+        "Gated does not shrink codes: γ closer to 1 than the baseline at equal L0",
+    ],
+}
+FIGURES = [
+    "gsae_fig4_l0.png",
+    "gsae_fig4_latents.png",
+    "gsae_dead.png",
+    "gsae_beta_drift.png",
+    "gsae_fig5_steering.png",
+    "choice_l0.png",
+    "choice_usage.png",
+    "choice_l0_per_token.png",
+    "gated_pareto.png",
+]
+
+
+@pytest.fixture(scope="module")
+def recipes_run(tiny_lm, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("recipes") / "out"
+    request = RecipeRequest(
+        recipes=("all",),
+        out=out,
+        model=str(tiny_lm),
+        dataset=str(corpus),
+        preset=FAST,
+        device="cpu",
+    )
+    return request, run_recipes(request)
+
+
+def test_every_recipe_reports_its_claims_with_verdicts_and_figures(recipes_run):
+    request, outcome = recipes_run
+    out = request.out
+    assert len(outcome.trained_runs) == 2 + 4 + 2, "gsae, choice (two stages) and gated, 2 seeds"
+    report = json.loads((out / "report.json").read_text())
+    for recipe, texts in CLAIMS.items():
+        claims = report["recipes"][recipe]["claims"]
+        assert set(texts) <= {c["claim"] for c in claims}, recipe
+        for claim in claims:
+            assert claim["verdict"] in (HOLDS, FAILS, INCONCLUSIVE)
+    markdown = (out / "report.md").read_text()
+    claims_table = markdown[markdown.index("## Claims") :]
+    for texts in CLAIMS.values():
+        for text in texts:
+            assert text in claims_table
+    assert markdown.rstrip().endswith("|"), "the report ends in the claims table"
+    for figure in FIGURES:
+        assert f"figures/{figure}" in markdown
+        image = matplotlib.image.imread(out / "figures" / figure)
+        assert image.shape[0] >= 300 and image.shape[1] >= 500, figure
+
+
+def test_the_gsae_recipe_measures_every_mode_and_the_beta_drift(recipes_run):
+    request, _ = recipes_run
+    report = json.loads((request.out / "report.json").read_text())["recipes"]["gsae"]
+    modes = {(r["variant"], r["mode"]) for r in report["rows"]}
+    assert {("gsae", "grad"), ("gsae", "plain"), ("gsae", "plain-uncorrected")} <= modes
+    drift = report["findings"]["beta_drift"]
+    tracked = {name: d for name, d in drift.items() if "beta_tracking" in name}
+    assert len(tracked) == 2
+    for name, values in tracked.items():
+        beta_eff = 0.3 if "beta_eff0.3" in name else 1.0
+        assert values["first"] == pytest.approx(beta_eff, rel=1e-3), "tracked: β·median(a) = β_eff"
+    steered = [r for r in report["rows"] if r["steering"]]
+    assert steered and all(len(r["steering"]["per_alpha"]) == 2 for r in steered)
+
+
+def test_choice_fits_zipf_capacities_and_evaluates_both_modes(recipes_run):
+    request, _ = recipes_run
+    rows = json.loads((request.out / "report.json").read_text())["recipes"]["choice"]["rows"]
+    zipf = [r for r in rows if r["options"].get("capacities") == "zipf"]
+    assert zipf and all(r["options"]["zipf_a"] != 1.0 for r in zipf), "fitted, not the default"
+    assert {r["mode"] for r in rows if r["variant"] == "feature-choice"} == {"threshold", "batch"}
+
+
+def test_a_second_run_trains_and_evaluates_nothing(recipes_run):
+    request, _ = recipes_run
+    before = snapshot(request.out / "gsae") | snapshot(request.out / "choice")
+    outcome = run_recipes(request)
+    assert outcome.trained_runs == [] and outcome.evaluated_rows == 0
+    after = snapshot(request.out / "gsae") | snapshot(request.out / "choice")
+    assert after == before, "runs and evaluation caches are untouched"
+
+
+def test_bad_input_is_one_line_and_writes_nothing(run_cli, tiny_lm, corpus, tmp_path):
+    out = tmp_path / "out"
+    common = ["--out", out, "--model", tiny_lm, "--dataset", corpus]
+    assert_one_line_error(run_cli("recipe", "gsea", *common), "unknown recipe 'gsea'", "gsae")
+    assert_one_line_error(
+        run_cli("recipe", "gated", *common, "--preset", "paper"),
+        "blocks.7.hook_resid_post",
+        "2 layers",
+    )
+    assert_one_line_error(run_cli("recipe", "gated", *common, "--preset", "huge"), "preset")
+    two_hooks = tmp_path / "two-hooks.zarr"
+    hooks = {"blocks.0.hook_resid_pre": HookSpec(d=64), "blocks.0.hook_resid_post": HookSpec(d=64)}
+    write_synthetic_store(two_hooks, synthetic_spec(2048, hooks=hooks, holdout_rows=256))
+    assert_one_line_error(
+        run_cli("recipe", "gated", "--out", out, "--model", tiny_lm, "--store", two_hooks),
+        "has no hook blocks.1.hook_resid_post",
+    )
+    assert_one_line_error(run_cli("recipe", "gsae", "--out", out, "--model", tiny_lm), "--dataset")
+    assert not out.exists(), "nothing was written"
