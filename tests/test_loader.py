@@ -6,6 +6,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from saekit.cache_format import (
     ActivationStore,
@@ -263,3 +264,31 @@ def test_threads_are_sized_from_the_machine():
     assert LoaderThreads.for_machine(local, "cuda", cpus=16) == LoaderThreads(read=12, gather=4)
     assert LoaderThreads.for_machine(local, "cuda", cpus=2) == LoaderThreads(read=2, gather=1)
     assert LoaderThreads.for_machine("s3://bucket/store.zarr", "cpu", cpus=2).read == 16
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float8"])
+def test_both_paths_name_the_rows_holding_nan_from_the_stored_bits(tmp_path, dtype):
+    """Rows with a NaN activation or a non-positive gradient scale travel with the batch (the
+    trainer's policy stops on them or leaves them out), encoded or not, whatever the dtype."""
+    path = tmp_path / f"{dtype}.zarr"
+    write_synthetic_store(path, synthetic_spec(2048, activation_dtype=dtype))
+    store = ActivationStore.open(path)
+    hook = store.resolve_hook(None)
+    nan_values, _ = encoding.encode_activations(torch.full((1, 1), float("nan")), dtype, False)
+    group = zarr.open_group(path, mode="r+")
+    group[f"hooks/{hook}/activations"][100, 3] = encoding.as_numpy(nan_values)[0, 0]
+    group[f"hooks/{hook}/gradient_scale"][700] = 0.0
+    assert 100 % CONTEXT and 700 % CONTEXT, "rows the loader serves (not at position 0)"
+    for encoded in (False, True):
+        loader = ShuffledLoader(
+            store, fields=("activations", "gradients"), batch_size=256, encoded=encoded
+        )
+        batches = [batch.on("cpu") for batch in loader]  # an encoded batch decodes here
+        assert {int(row) for batch in batches for row in batch.nonfinite_rows} == {100, 700}
+        for batch in batches:
+            kept = batch.without_nonfinite()
+            assert len(kept["activations"]) == len(batch["activations"]) - len(
+                batch.nonfinite_index
+            )
+            assert torch.isfinite(kept["activations"]).all()
+            assert torch.isfinite(kept["gradients"]).all()
