@@ -159,3 +159,20 @@ def test_bad_input_is_one_line_and_writes_nothing(run_cli, tiny_lm, corpus, tmp_
     )
     assert_one_line_error(run_cli("recipe", "gsae", "--out", out, "--model", tiny_lm), "--dataset")
     assert not out.exists(), "nothing was written"
+    inside = two_hooks / "hooks" / "recipes"
+    before = snapshot(two_hooks)
+    assert_one_line_error(
+        run_cli("recipe", "gated", *common[2:], "--out", inside), "inside the store"
+    )
+    (tmp_path / "link").symlink_to(two_hooks)
+    through_link = tmp_path / "link" / "recipes"
+    assert_one_line_error(
+        run_cli("recipe", "gated", *common[2:], "--out", through_link), "inside the store"
+    )
+    assert snapshot(two_hooks) == before, "the store is untouched"
+    not_a_record = tmp_path / "other"
+    not_a_record.mkdir()
+    (not_a_record / "recipe.json").write_text("[1, 2]")
+    assert_one_line_error(
+        run_cli("recipe", "gated", *common[2:], "--out", not_a_record), "holds no recipe results"
+    )

@@ -26,6 +26,7 @@ import torch
 
 from saekit import __version__
 from saekit.cache_format import ActivationStore
+from saekit.cache_format.location import enclosing_store
 from saekit.cache_format.nonfinite import NonFinitePolicy
 from saekit.devices import resolve_device
 from saekit.errors import SaekitError
@@ -254,17 +255,26 @@ COMPARED = ("preset", "model", "store", "hook")
 
 
 def _check_out(out: Path, record: dict[str, Any]) -> None:
-    """DIR is new, empty, or holds recipes of the same settings (then they are resumed)."""
+    """DIR lies in no store (links resolved) and is new, empty, or holds recipes of the same
+    settings (then they are resumed)."""
+    store = enclosing_store(out)
+    if store is not None:
+        raise SaekitError(
+            f"--out {out} lies inside the store {store}; recipe never writes into a store, "
+            "choose another directory"
+        )
     if out.exists() and not out.is_dir():
         raise SaekitError(f"--out {out} is a file; choose a directory")
     if not out.exists() or not any(out.iterdir()):
         return
     try:
         stored = json.loads((out / RECORD_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, ValueError):
+        stored = None
+    if not isinstance(stored, dict):
         raise SaekitError(
             f"--out {out} is not empty and holds no recipe results; choose a new directory"
-        ) from None
+        )
     changed = [key for key in COMPARED if stored.get(key) != record[key] and key != "store"]
     if stored.get("store") != record["store"] and record["store"] is not None:
         changed.append("store")
