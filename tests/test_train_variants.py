@@ -16,7 +16,7 @@ from saekit.train.usage import LatentUsage
 from saekit.train.variants import VARIANTS
 from saekit.train.variants.batchtopk import top_of_batch
 from saekit.train.variants.jumprelu import jump_relu, step
-from saekit.train.zipf import capacities, zipf_expectation, zipf_weights
+from saekit.train.zipf import capacities, fit_zipf, zipf_expectation, zipf_weights
 from train_helpers import build, context, identity_sae, loss_term
 
 # -- TopK ------------------------------------------------------------------------------------------
@@ -322,6 +322,17 @@ def test_auxk_reconstructs_the_detached_residual_normalised():
     e_hat = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.5]])
     expected = (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum()
     assert float(value) == pytest.approx(float(expected)) and float(value) > 0.3
+
+
+def test_zipf_fit_recovers_the_law_of_the_latents_that_fired():
+    densities = 0.3 * zipf_weights(1000, a=1.1, b=10.0).float()
+    densities[700:] = 0.0  # 30 % of the latents never fired: they say nothing about the law
+    shuffled = densities[torch.randperm(1000, generator=torch.Generator().manual_seed(0))]
+    for observed in (densities, shuffled):
+        a_1, b_1 = fit_zipf(observed)
+        assert float(a_1) == pytest.approx(1.1, rel=1e-3) and float(b_1) == 10.0
+    a_1, _ = fit_zipf(torch.zeros(64))
+    assert abs(float(a_1)) < 1e-12, "before anything fired, the law is flat"
 
 
 def test_zipf_underused_latents_are_those_far_below_the_fitted_law():

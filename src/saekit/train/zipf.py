@@ -23,19 +23,26 @@ def fit_zipf(densities_F: Tensor, head: float = 0.8) -> tuple[Tensor, Tensor]:
 
     Fitted on the top `head` of ranks by least squares in log space, for every b of a small grid
     at once (in closed form: a line through the points (−log(r + b), log p_r)), keeping the b
-    with the smallest residual. Nothing is read back to the host, so a GPU never waits on it.
+    with the smallest residual. Latents that never fired carry no information about the law
+    (log 0 is no point on a line) and are left out of the fit (weight 0), unless fewer than two
+    latents fired, when every rank counts (the law is then flat). Nothing is read back to the
+    host, so a GPU never waits on it.
     """
     n = len(densities_F)
     sorted_F = densities_F.double().sort(descending=True).values
     n_head = max(2, int(n * head))
+    head_H = sorted_F[:n_head]
+    fired_H = (head_H > 0).double()
+    weight_H = torch.where(fired_H.sum() >= 2, fired_H, torch.ones_like(fired_H))
+    total = weight_H.sum()
     ranks_H = torch.arange(1, n_head + 1, dtype=torch.float64, device=densities_F.device)
     offsets_O = torch.tensor(_OFFSETS, dtype=torch.float64, device=densities_F.device)
     x_OH = -(ranks_H + offsets_O[:, None]).log()
-    x_OH = x_OH - x_OH.mean(dim=1, keepdim=True)
-    y_H = sorted_F[:n_head].clamp_min(1e-12).log()
-    y_H = y_H - y_H.mean()
-    a_O = (x_OH * y_H).sum(dim=1) / x_OH.pow(2).sum(dim=1)
-    residual_O = (y_H - a_O[:, None] * x_OH).pow(2).sum(dim=1)
+    x_OH = x_OH - (x_OH * weight_H).sum(dim=1, keepdim=True) / total
+    y_H = head_H.clamp_min(1e-12).log()
+    y_H = y_H - (y_H * weight_H).sum() / total
+    a_O = (weight_H * x_OH * y_H).sum(dim=1) / (weight_H * x_OH.pow(2)).sum(dim=1)
+    residual_O = (weight_H * (y_H - a_O[:, None] * x_OH).pow(2)).sum(dim=1)
     best_1 = residual_O.argmin(dim=0, keepdim=True)  # a tensor index: a 0-d one is read on the host
     return a_O[best_1], offsets_O[best_1]
 
