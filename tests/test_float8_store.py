@@ -110,6 +110,34 @@ def test_a_saekit_before_float8_refuses_the_store_and_reads_the_others(
     assert run_cli("info", stores["float16"]).exit_code == 0
 
 
+V1_ATTRIBUTES = {  # what saekit wrote on the float arrays of a store before float8
+    "activations": {"logical_dtype": "float16"},
+    "gradients": {"encoding": "scaled-float16", "decode": "gradients / gradient_scale[:, None]"},
+}
+
+
+def test_a_store_written_before_float8_is_still_read(tmp_path, run_cli):
+    path = tmp_path / "v1.zarr"
+    write_synthetic_store(path, synthetic_spec(1024, holdout_rows=256))
+    new = ActivationStore.open(path).read(["activations", "gradients"], 0, 1024, HOOK)
+    for array, attributes in V1_ATTRIBUTES.items():
+        metadata = path / "hooks" / HOOK / array / "zarr.json"
+        document = json.loads(metadata.read_text())
+        document["attributes"] = attributes
+        metadata.write_text(json.dumps(document))
+    store = ActivationStore.open(path)
+    assert store.spec.format_version == 1
+    old = store.read(["activations", "gradients"], 0, 1024, HOOK)
+    assert all(np.array_equal(old[name], new[name]) for name in new)
+    assert run_cli("verify", path).exit_code == 0
+    lie = json.loads((path / "hooks" / HOOK / "gradients" / "zarr.json").read_text())
+    lie["attributes"]["encoding"] = "scaled-float8"  # present, so it must agree
+    (path / "hooks" / HOOK / "gradients" / "zarr.json").write_text(json.dumps(lie))
+    refused = run_cli("info", path)
+    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert 'has encoding "scaled-float8" but the root attributes mean' in refused.stderr
+
+
 def test_harvest_train_and_eval_a_float8_store(tiny_lm, corpus, tmp_path, run_cli):
     """`sae harvest --dtype float8` stores the LM's rows within the bound; an SAE trained on it
     evaluates (NMSE, loss added) as on a float32 harvest of the same tokens, within the

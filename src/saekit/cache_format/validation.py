@@ -262,8 +262,8 @@ def _array_problems(
     if not isinstance(attributes, dict):
         problems.append(f"{where} has attributes {_shown(attributes)}, not an object")
         attributes = {}
-    for key in DECODING_ATTRS:
-        if key in plan.attrs and attributes.get(key) != plan.attrs[key]:
+    for key in DECODING_ATTRS:  # absent in stores written before saekit recorded it
+        if key in plan.attrs and key in attributes and attributes[key] != plan.attrs[key]:
             problems.append(
                 f"{where} has {key} {_shown(attributes.get(key))} but the root attributes "
                 f"mean {plan.attrs[key]!r}"
