@@ -5,8 +5,12 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
+from helpers import save
 from saekit import devices
+from saekit.errors import SaekitError
+from saekit.train.export import load_sae
 from saekit.train.losses import AuxK, AuxZipf, L1Penalty
 from saekit.train.member import Member
 from saekit.train.schedule import Plan
@@ -155,6 +159,26 @@ def test_gsae_plain_mode_scales_each_latent_by_the_gain_training_gave_it():
     selection_only = identity_sae("gsae:k=1,latents=3,beta=1,selection_only=true", 3)
     selection_only.training_forward(x1, g1)
     assert selection_only.activation.plain_gain().tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_gsae_saved_before_the_plain_mode_gain_loads_and_encodes_as_it_did(tmp_path):
+    """SAEs saved by saekit before the gain lack its state: they load with no gain, so plain
+    mode is TopK on z as that saekit computed it; any other missing tensor is still refused."""
+    gsae = identity_sae("gsae:k=1,latents=3,beta=1", 3)
+    gsae.training_forward(torch.tensor([[3.0, 0.5, 0.0]]), torch.tensor([[0.0, 10.0, 0.0]]))
+    save(tmp_path, "g", gsae, tmp_path / "store.zarr", hook="h")
+    weights = tmp_path / "saes" / "g" / "sae.safetensors"
+    later = tuple(f"activation.{m}." for m in ("median_sensitivity", "code_moment", "plain_moment"))
+    old_tensors = {k: v for k, v in load_file(weights).items() if not k.startswith(later)}
+    save_file(old_tensors, weights)
+    loaded = load_sae(tmp_path / "saes" / "g")
+    assert loaded.activation.plain_gain().tolist() == [1.0, 1.0, 1.0]
+    x = torch.tensor([[1.0, 0.4, 0.0]])
+    torch.testing.assert_close(loaded.encode(x), torch.tensor([[1.0, 0, 0]]), msg="TopK on z")
+    del old_tensors["W_enc"]
+    save_file(old_tensors, weights)
+    with pytest.raises(SaekitError, match="holds W_enc of shape none"):
+        load_sae(tmp_path / "saes" / "g")
 
 
 def test_gsae_saelens_tensors_compute_plain_mode_with_saelens_topk():

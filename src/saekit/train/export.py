@@ -78,10 +78,13 @@ def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> SAE:
     cfg = SAEConfig.read(directory / CFG_FILE)
     spec = saved_spec(cfg, directory / CFG_FILE)
     with torch.device("meta"):  # the shapes the cfg implies, without allocating anything
-        expected = {key: tuple(t.shape) for key, t in spec.build(cfg.d_in).state_dict().items()}
-    check_weights(directory / WEIGHTS_FILE, expected)
+        planned = spec.build(cfg.d_in)
+        expected = {key: tuple(t.shape) for key, t in planned.state_dict().items()}
+    later = tuple(f"activation.{module}." for module in planned.activation.later_state)
+    optional = {key for key in expected if key.startswith(later)}
+    check_weights(directory / WEIGHTS_FILE, expected, optional)
     sae = spec.build(cfg.d_in)
-    sae.load_state_dict(load_file(directory / WEIGHTS_FILE))
+    sae.load_state_dict(load_file(directory / WEIGHTS_FILE), strict=False)  # checked above
     sae.cfg = cfg
     return sae.to(device).eval()
 
@@ -99,9 +102,12 @@ def saved_spec(cfg: SAEConfig, where: Path) -> ResolvedSpec:
     return ResolvedSpec(cfg.name, spec.variant, spec.options)
 
 
-def check_weights(path: Path, expected: dict[str, tuple[int, ...]]) -> None:
+def check_weights(
+    path: Path, expected: dict[str, tuple[int, ...]], optional: set[str] = frozenset()
+) -> None:
     """Refuse a weights file that is not safetensors or whose tensors disagree with `expected`
-    (names and shapes), reading only its header."""
+    (names and shapes; the `optional` ones may be absent: state an earlier saekit did not save),
+    reading only its header."""
     try:
         with safe_open(path, "pt") as weights:
             found = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}  # noqa: SIM118
@@ -110,7 +116,7 @@ def check_weights(path: Path, expected: dict[str, tuple[int, ...]]) -> None:
     except Exception as error:  # safetensors raises its own error types for broken files
         raise SaekitError(f"{path} is not a safetensors file ({error}); {DAMAGED}") from None
     for key in sorted(set(expected) | set(found)):
-        if expected.get(key) != found.get(key):
+        if expected.get(key) != found.get(key) and not (key in optional and key not in found):
             raise SaekitError(
                 f"{path} holds {key} of shape {_shape(found.get(key))} but its cfg.json means "
                 f"{_shape(expected.get(key))}; {DAMAGED}"

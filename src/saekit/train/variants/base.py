@@ -49,6 +49,9 @@ class Activation(nn.Module):
     b_dec_from_data: ClassVar[bool] = True  # init b_dec to the geometric median of the data
     adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
     saelens_architecture: ClassVar[str]
+    # Modules (attribute names) whose state SAEs saved by an earlier saekit lack: loading such
+    # an SAE keeps their initial state, which must reproduce what that saekit computed.
+    later_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Any, d_in: int, d_sae: int) -> None:
         super().__init__()

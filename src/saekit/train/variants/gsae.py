@@ -74,6 +74,8 @@ class GradientTopK(TopK):
     options_type = GSAEOptions
     needs_gradients = True
     options: GSAEOptions
+    # saekit before the plain-mode gain: no gain (plain mode = TopK on z), no measured median
+    later_state = ("median_sensitivity", "code_moment", "plain_moment")
 
     def __init__(self, options: GSAEOptions, d_in: int, d_sae: int) -> None:
         super().__init__(options, d_in, d_sae)
