@@ -34,15 +34,17 @@ from pathlib import Path
 import torch
 
 from saekit.cache_format import ActivationStore, HookSpec
+from saekit.cache_format.nonfinite import NonFinitePolicy
 from saekit.dashboard import InspectRequest, prepare_dashboard
 from saekit.dashboard.accumulators import N_BINS
 from saekit.dashboard.scan import DECILES, ScanSettings, scan
 from saekit.dashboard.subjects import load_subjects
+from saekit.devices import resolve_device
 from saekit.evaluate.heldout import training_mean
 from saekit.evaluate.offline import offline_metrics
-from saekit.harvest.model import resolve_device
 from saekit.synthetic import SYNTHETIC_VOCAB, synthetic_spec, write_synthetic_store
-from saekit.train.export import SAEConfig, save_sae
+from saekit.train.export import save_sae
+from saekit.train.sae_config import SAEConfig
 from saekit.train.spec import parse_spec
 
 HOOK = "blocks.7.hook_resid_post"
@@ -141,9 +143,10 @@ def passes(
         lambda: synchronised(device, scan(store, subjects, settings, device))
     )
     targets = [s.target for s in subjects]
-    means = {HOOK: training_mean(store, HOOK).to(device)}
+    policy = NonFinitePolicy()
+    means = {HOOK: training_mean(store, HOOK, policy).to(device)}
     _, eval_seconds = timed(
-        lambda: synchronised(device, offline_metrics(store, targets, means, rows, device))
+        lambda: synchronised(device, offline_metrics(store, targets, means, rows, device, policy))
     )
     return inspect_seconds, eval_seconds
 
