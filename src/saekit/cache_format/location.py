@@ -148,3 +148,14 @@ def enclosing_store(location: str | Path) -> Path | None:
         if isinstance(attributes, dict) and attributes.get("format") == FORMAT_NAME:
             return candidate
     return None
+
+
+def refuse_inside_store(out: str | Path, command: str) -> None:
+    """Refuse an output (`--out`) that is or lies inside a store, symbolic links resolved: a
+    store is changed by its writer only."""
+    store = enclosing_store(out)
+    if store is not None:
+        raise SaekitError(
+            f"--out {out} lies inside the store {store}; {command} never writes into a store, "
+            "choose another directory"
+        )

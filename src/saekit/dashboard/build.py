@@ -26,7 +26,7 @@ from .pages import LogitEffects, SaeData, context_request, sae_data
 from .readout import Readout, load_readout, top_logit_effects
 from .scan import DECILES, ScanSettings, hook_groups, rows_to_scan, scan
 from .site import is_site, write_site
-from .subjects import Subject, load_subjects, sae_directories
+from .subjects import Subject, load_subjects, run_of, sae_directories
 from .tokens import load_tokenizer, token_strings
 
 
@@ -155,13 +155,12 @@ def _store_location(request: InspectRequest) -> str:
     if request.store:
         return request.store
     first = sae_directories(request.saes[0])[0]
-    run = first.parent.parent if first.parent.name == "saes" else first
-    return recorded_store(first / CFG_FILE, run)
+    return recorded_store(first / CFG_FILE, run_of(first) or first)
 
 
 def _check_out(request: InspectRequest) -> None:
     runs = [
-        directory.parent.parent if directory.parent.name == "saes" else directory
+        run_of(directory) or directory
         for path in request.saes
         for directory in sae_directories(path)
     ]

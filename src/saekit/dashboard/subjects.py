@@ -59,6 +59,11 @@ class Subject:
         return Firings(row_B[index_N], index_N, slot_N[keep], latent_N[keep], value_N[keep].float())
 
 
+def run_of(directory: Path) -> Path | None:
+    """The run a saved SAE's directory belongs to (RUN for RUN/saes/NAME), or None."""
+    return directory.parent.parent if directory.parent.name == "saes" else None
+
+
 def sae_directories(path: str) -> list[Path]:
     """The SAE directories a command-line argument names: a run (all of RUN/saes/*) or one SAE."""
     directory = Path(path)
@@ -122,6 +127,7 @@ def load_subjects(
             if mode == "grad" and not store.has_gradients(sae.cfg.hook):
                 mode = "plain"
             chosen = choose_latents(spec, sae.d_sae, directory)
-            run = directory.parent.parent.name if directory.parent.name == "saes" else ""
-            subjects.append(Subject(Target(run, sae, mode), chosen, directory))
+            run = run_of(directory)
+            target = Target(run.name if run else "", sae, mode)
+            subjects.append(Subject(target, chosen, directory))
     return subjects

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from saekit.cache_format.location import enclosing_store
+from saekit.cache_format.location import refuse_inside_store
 from saekit.errors import SaekitError
 
 
@@ -26,12 +26,7 @@ def check_output_dir(
                 f"--out {out} is inside run {run}; {command} never writes into a run, choose "
                 "another directory"
             )
-    store = enclosing_store(resolved)
-    if store is not None:
-        raise SaekitError(
-            f"--out {out} lies inside the store {store}; {command} never writes into a store, "
-            "choose another directory"
-        )
+    refuse_inside_store(out, command)
     if resolved.exists() and (
         not resolved.is_dir() or (any(resolved.iterdir()) and not is_kind(resolved))
     ):

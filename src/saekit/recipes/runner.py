@@ -26,7 +26,7 @@ import torch
 
 from saekit import __version__
 from saekit.cache_format import ActivationStore
-from saekit.cache_format.location import enclosing_store
+from saekit.cache_format.location import refuse_inside_store
 from saekit.cache_format.nonfinite import NonFinitePolicy
 from saekit.devices import resolve_device
 from saekit.errors import SaekitError
@@ -257,12 +257,7 @@ COMPARED = ("preset", "model", "store", "hook")
 def _check_out(out: Path, record: dict[str, Any]) -> None:
     """DIR lies in no store (links resolved) and is new, empty, or holds recipes of the same
     settings (then they are resumed)."""
-    store = enclosing_store(out)
-    if store is not None:
-        raise SaekitError(
-            f"--out {out} lies inside the store {store}; recipe never writes into a store, "
-            "choose another directory"
-        )
+    refuse_inside_store(out, "recipe")
     if out.exists() and not out.is_dir():
         raise SaekitError(f"--out {out} is a file; choose a directory")
     if not out.exists() or not any(out.iterdir()):

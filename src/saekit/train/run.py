@@ -25,7 +25,7 @@ import torch
 
 from saekit import __version__
 from saekit.cache_format import ActivationStore, LoaderThreads, ShuffledLoader
-from saekit.cache_format.location import absolute_location, enclosing_store
+from saekit.cache_format.location import absolute_location, refuse_inside_store
 from saekit.cache_format.nonfinite import NonFinitePolicy
 from saekit.devices import resolve_device
 from saekit.errors import IntegrityError, SaekitError
@@ -73,7 +73,7 @@ class RunResult:
 
 def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
     """Validate the request, then train every SAE on one stream of the store's rows."""
-    check_out_location(request.out)
+    refuse_inside_store(request.out, "train")
     store = ActivationStore.open(request.store, request.storage_options)
     hook = store.resolve_hook(request.hook)
     d_in = store.spec.hooks[hook].d
@@ -211,16 +211,6 @@ def run_identity(
             {"name": s.name, "variant": s.variant, "options": s.options_dict()} for s in specs
         ],
     }
-
-
-def check_out_location(out: Path) -> None:
-    """Refuse an output directory that is or lies inside a store (symbolic links resolved)."""
-    store = enclosing_store(out)
-    if store is not None:
-        raise SaekitError(
-            f"--out {out} lies inside the store {store}, which only its writer may change; "
-            "choose a directory outside it"
-        )
 
 
 def check_out_dir(out: Path, identity: dict[str, Any], resume: bool) -> None:
