@@ -43,6 +43,9 @@ def test_every_export_loads_in_saelens_and_reconstructs_the_same(tmp_path):
         settings=TrainSettings(tokens=4096, batch_size=256),
     )
     directories = list(train(request).sae_dirs.values())
+    gsae = next(load_sae(d) for d in directories if load_sae(d).cfg.variant == "gsae")
+    gain = gsae.activation.plain_gain()
+    assert (gain - 1).abs().max() > 0.01, "the g-SAE's gains must be learnt for the test to tell"
     x = torch.randn(64, 64, generator=torch.Generator().manual_seed(0)) * 10
     save_file({"x": x}, tmp_path / "x.safetensors")
     exports = [str(d / "saelens") for d in directories]
