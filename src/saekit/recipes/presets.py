@@ -2,7 +2,7 @@
 
 `small` runs each recipe on the demo's tiny LM (or any small local model) on a CPU: the hook is the
 middle layer's residual stream, a few hundred thousand tokens are harvested, SAEs have 8·d latents
-and see 1M tokens. `paper` uses the papers' settings (GPT-2 small, `blocks.7.hook_resid_post`,
+and see 512k tokens. `paper` uses the papers' settings (GPT-2 small, `blocks.7.hook_resid_post`,
 ~14M training tokens, 15,360 latents) and needs a GPU; its cost is estimated before it starts.
 Both train every SAE a claim rests on with two seeds, so a verdict can tell a difference from
 seed noise.
@@ -56,7 +56,7 @@ SMALL = Preset(
     holdout_tokens=16_384,
     harvest_batch=16,
     expansion=8,
-    train_tokens=1_048_576,
+    train_tokens=524_288,
     batch_size=1024,
     seeds=(0, 1),
     online_tokens=16_384,
