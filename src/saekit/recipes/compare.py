@@ -73,7 +73,8 @@ def l0_ratio_at_matched_metric(
             )
             ratios.append(None if needed is None else needed / l0)
         if ratios and all(r is not None for r in ratios):
-            points.append(Point(f"{metric} of L0 {l0:.3g}", ratios, [1.0] * len(ratios), False))
+            where = f"at the L0 {l0:.3g} of the other arm"
+            points.append(Point(where, ratios, [1.0] * len(ratios), False))
     return borrow_spread(points)
 
 
