@@ -10,11 +10,11 @@ A row's fields (activations, gradients, their scales, ...) sit side by side in o
 of bytes, in the store's encoding. Chunks are read straight into the records of a group buffer;
 a batch is one vectorised gather of whole records from the group buffer into a batch buffer, so
 every field of a row shares one permutation and each row is copied once. The batch is handed out
-as it is (`EncodedBatch`, in a buffer no other batch touches while any tensor uses it, pinned
-on request: one copy to a device moves all of it, and the device decodes it) or decoded to
-float32 on the loader's thread (`Batch`, from one reused buffer). Reads, gathers and decoding
-all run off the consumer's thread. Memory stays below two group buffers, one batch of
-carried-over rows and the batches in flight or kept for reuse, whatever the store's size.
+as it is (`EncodedBatch`, in a buffer of its own, pinned on request: one copy to a device moves
+all of it, and the device decodes it) or decoded to float32 on the loader's thread (`Batch`,
+from one reused buffer). Reads, gathers and decoding all run off the consumer's thread. Memory
+stays below two group buffers, one batch of carried-over rows and the batches in flight,
+whatever the store's size.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
 
 from saekit.cache_format import encoding, schema
 from saekit.cache_format.location import is_local
@@ -288,33 +287,6 @@ class _Batcher:
             list(self.gather.map(take, windows))
 
 
-class _RecycledBuffers:
-    """Buffers for the records of encoded CPU batches, each handed out again once no tensor uses
-    it (torch's weak reference to the storage it was last handed out in has expired), so a batch
-    still held, or any view of it, is never overwritten. In steady state nothing is allocated: a
-    fresh buffer costs a page fault per 4 KiB on first touch, a third of the gather's time.
-    At most `keep` buffers are kept; a short last batch gets a buffer of its own."""
-
-    def __init__(self, batch_size: int, row_bytes: int, keep: int) -> None:
-        self.shape = (batch_size, row_bytes)
-        self.keep = keep
-        self.kept: list[tuple[np.ndarray, StorageWeakRef]] = []
-
-    def __call__(self, n_rows: int) -> torch.Tensor:
-        if n_rows != self.shape[0]:
-            return torch.from_numpy(np.empty((n_rows, self.shape[1]), np.uint8))
-        free = next((i for i, (_, use) in enumerate(self.kept) if use.expired()), None)
-        if free is not None:
-            buffer_RB = self.kept.pop(free)[0]
-        else:
-            buffer_RB = np.empty(self.shape, np.uint8)
-            if len(self.kept) >= self.keep:
-                return torch.from_numpy(buffer_RB)
-        records_RB = torch.from_numpy(buffer_RB)
-        self.kept.append((buffer_RB, StorageWeakRef(records_RB.untyped_storage())))
-        return records_RB
-
-
 class ShuffledLoader:
     """Iterate over shuffled batches of one hook's rows (deterministic for a seed).
 
@@ -470,7 +442,7 @@ class ShuffledLoader:
         serves every batch. An encoded batch is handed out as it is, in a buffer of its own, so
         it stays intact however long it is held; pinned buffers come from torch's caching host
         allocator, which hands a block out again only once every tensor using it is gone and
-        the copies from it have finished, and CPU buffers are recycled on the same rule."""
+        the copies from it have finished."""
         row_bytes = self.layout.row_bytes
         if not self.encoded:
             scratch_RB = torch.from_numpy(np.empty((self.batch_size, row_bytes), np.uint8))
@@ -479,7 +451,7 @@ class ShuffledLoader:
             return lambda n_rows: torch.empty(
                 (n_rows, row_bytes), dtype=torch.uint8, pin_memory=True
             )
-        return _RecycledBuffers(self.batch_size, row_bytes, keep=self.prefetch_batches + 4)
+        return lambda n_rows: torch.from_numpy(np.empty((n_rows, row_bytes), np.uint8))
 
     def _start_group(
         self, io: ThreadPoolExecutor, epoch: int, units: list[tuple[int, int]], buffer: np.ndarray
