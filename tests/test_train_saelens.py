@@ -43,7 +43,8 @@ def test_every_export_loads_in_saelens_and_reconstructs_the_same(tmp_path):
         settings=TrainSettings(tokens=4096, batch_size=256),
     )
     directories = list(train(request).sae_dirs.values())
-    gsae = next(load_sae(d) for d in directories if load_sae(d).cfg.variant == "gsae")
+    saes = [load_sae(directory) for directory in directories]
+    (gsae,) = [sae for sae in saes if sae.cfg.variant == "gsae"]
     gain = gsae.activation.plain_gain()
     assert (gain - 1).abs().max() > 0.01, "the g-SAE's gains must be learnt for the test to tell"
     x = torch.randn(64, 64, generator=torch.Generator().manual_seed(0)) * 10
@@ -52,6 +53,6 @@ def test_every_export_loads_in_saelens_and_reconstructs_the_same(tmp_path):
     files = [tmp_path / "x.safetensors", tmp_path / "out.safetensors"]
     subprocess.run([SAELENS_PYTHON, "-c", SCRIPT, *files, *exports], check=True)
     outputs = load_file(tmp_path / "out.safetensors")
-    for i, directory in enumerate(directories):
-        expected = load_sae(directory)(x).detach()
+    for i, sae in enumerate(saes):
+        expected = sae(x).detach()
         torch.testing.assert_close(outputs[str(i)], expected, rtol=1e-4, atol=1e-4)
