@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from saekit.cache_format import encoding
+from saekit.cache_format.nonfinite import finite_rows
 from saekit.cache_format.schema import FLOAT_ENCODINGS
 from saekit.errors import SaekitError
 
@@ -173,3 +174,18 @@ def test_float8_decodes_every_bit_pattern_as_torch_converts_it():
         got = decode(stored, torch.ones(2), "scaled-float8")
         torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
     assert torch.isnan(want).sum() == 2, "0x7F and 0xFF are NaN, nothing else"
+
+
+@pytest.mark.parametrize("element", ["float16", "bfloat16", "float8_e4m3fn"])
+def test_finite_rows_agrees_with_isfinite_on_every_bit_pattern(element):
+    """Every value of the element type (all 2**bits patterns, either sign), one per row and
+    planted among finite values, is judged from its bits as `isfinite` judges it decoded."""
+    dtype = encoding.TORCH_DTYPES[element]
+    unsigned = np.dtype(f"uint{torch.finfo(dtype).bits}")
+    patterns = np.arange(2 ** (8 * unsigned.itemsize), dtype=np.uint64).astype(unsigned)
+    rows = np.zeros((len(patterns), 3), unsigned)  # zeros: finite in every format
+    rows[:, 1] = patterns
+    as_signed = torch.from_numpy(patterns.view(f"int{8 * unsigned.itemsize}"))
+    expected = torch.isfinite(as_signed.view(dtype).float()).numpy()
+    np.testing.assert_array_equal(finite_rows(rows, element), expected)
+    assert 0 < expected.sum() < len(patterns)

@@ -175,16 +175,16 @@ def as_numpy(tensor: torch.Tensor) -> np.ndarray:
     return array.view(np.uint16) if array.dtype == np.int16 else array
 
 
-def nonfinite_bits(element: str) -> tuple[np.dtype, int]:
-    """(unsigned dtype of the same width, bit mask): a stored value of the element type (an
-    encoding's `element`, e.g. `float8_e4m3fn`) is NaN or Inf exactly when every bit of the
-    mask is set. Derived from the dtype: the exponent bits of IEEE formats; every bit but the
-    sign for formats without infinities (torch's `...fn`)."""
+def nonfinite_threshold(element: str) -> tuple[np.dtype, int]:
+    """(unsigned dtype of the same width, threshold): a stored value of the element type (an
+    encoding's `element`, e.g. `float8_e4m3fn`) is NaN or Inf exactly when its bits without the
+    sign are at least the threshold. Derived from the dtype: every exponent bit set for IEEE
+    formats; every bit but the sign for formats without infinities (torch's `...fn`)."""
     dtype = TORCH_DTYPES[element]
     info = torch.finfo(dtype)
     mantissa_bits = -round(math.log2(info.eps))
     if str(dtype).endswith("fn"):
-        mask = (1 << (info.bits - 1)) - 1
+        threshold = (1 << (info.bits - 1)) - 1
     else:
-        mask = ((1 << (info.bits - 1 - mantissa_bits)) - 1) << mantissa_bits
-    return np.dtype(f"uint{info.bits}"), mask
+        threshold = ((1 << (info.bits - 1 - mantissa_bits)) - 1) << mantissa_bits
+    return np.dtype(f"uint{info.bits}"), threshold

@@ -28,12 +28,13 @@ MAX_ROWS_NAMED = 10
 
 def finite_rows(values_RD: np.ndarray, element: str) -> np.ndarray:
     """[R] bool: which rows of stored values (any storage dtype, e.g. bfloat16 or float8 bits)
-    are all finite; `element` is the encoding's value type. Reads the bits only: ~15x faster
-    than `np.isfinite` on float16."""
-    unsigned, mask = encoding.nonfinite_bits(element)
-    bits = values_RD.view(unsigned) & unsigned.type(mask)
-    special = bits == unsigned.type(mask)
-    return ~special.any(axis=tuple(range(1, values_RD.ndim)))
+    are all finite; `element` is the encoding's value type. Reads the bits only: the largest
+    magnitude bits of a row (sign cleared) against the smallest non-finite pattern (0.17 µs
+    per row of 768 float16 on the 2-core machine, 1.5x less than comparing every value with
+    the pattern and 7x less than `np.isfinite`)."""
+    unsigned, threshold = encoding.nonfinite_threshold(element)
+    magnitude = values_RD.view(unsigned) & unsigned.type(np.iinfo(unsigned).max >> 1)
+    return magnitude.max(axis=tuple(range(1, values_RD.ndim)), initial=0) < threshold
 
 
 def nonfinite_index(raw: Mapping[str, np.ndarray], spec: schema.StoreSpec) -> np.ndarray:
