@@ -295,6 +295,9 @@ def test_an_output_directory_holding_another_run_is_never_touched(small_store, t
         assert snapshot(out) == before
     done = run_cli(*train_args(small_store, out, "topk:k=4,latents=64"), "--resume")
     assert done.exit_code == 0 and "already complete" in done.stdout
+    named_args = train_args(small_store, out, "topk:k=4,latents=64,name=topk-k4-64")
+    named = run_cli(*named_args, "--resume")
+    assert named.exit_code == 0 and "already complete" in named.stdout, "the same SAE, named"
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     other = run_cli(*train_args(small_store, tmp_path / "other", "topk:k=4,latents=64"))

@@ -207,10 +207,15 @@ def run_identity(
             "hook": hook,
         },
         "settings": {**compared, "tokens": plan.tokens},
-        "saes": [
-            {"name": s.name, "variant": s.variant, "options": s.options_dict()} for s in specs
-        ],
+        "saes": [{"name": s.name, "variant": s.variant, "options": _options(s)} for s in specs],
     }
+
+
+def _options(spec: ResolvedSpec) -> dict[str, Any]:
+    """The SAE's options without `name`: the entry's own name says it, so `name=` given equal to
+    the derived name is the same SAE (how a run whose g-SAEs were named before `selection_only`
+    became the default is resumed: `selection_only=false,name=<the name it has>`)."""
+    return {key: value for key, value in spec.options_dict().items() if key != "name"}
 
 
 def check_out_dir(out: Path, identity: dict[str, Any], resume: bool) -> None:
