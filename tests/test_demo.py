@@ -15,7 +15,7 @@ def test_demo_runs_the_whole_pipeline(run_cli, tmp_path):
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     rows = {row["label"]: row for row in report["rows"]}
     assert {row["variant"] for row in rows.values()} == VARIANTS
-    assert {"gsae-k8-beta_eff0.3-256 [grad]", "gsae-k8-beta_eff0.3-256 [plain]"} <= set(rows)
+    assert {"gsae-k8-beta_eff1-256 [grad]", "gsae-k8-beta_eff1-256 [plain]"} <= set(rows)
     assert {"batchtopk-k8-256 [threshold]", "batchtopk-k8-256 [batch]"} <= set(rows)
     topk = rows["topk-k8-256"]
     assert topk["offline"]["l0"] == 8 and topk["offline"]["nmse"] < 0.05

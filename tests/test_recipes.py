@@ -41,6 +41,7 @@ CLAIMS = {
     "gsae": [
         "lower loss added than TopK at equal L0",
         "lower loss added than TopK at equal L0, without gradients at inference",
+        "lower loss added than TopK at equal L0, with augmented values",
         "fewer dead latents than TopK",
         "lower loss added than TopK at every number of latents",
         "latents steer the LM more effectively than TopK's",
@@ -113,6 +114,10 @@ def test_the_gsae_recipe_measures_every_mode_and_the_beta_drift(recipes_run):
     report = json.loads((request.out / "report.json").read_text())["recipes"]["gsae"]
     modes = {(r["variant"], r["mode"]) for r in report["rows"]}
     assert {("gsae", "grad"), ("gsae", "plain"), ("gsae", "plain-uncorrected")} <= modes
+    uncorrected = [r for r in report["rows"] if r["mode"] == "plain-uncorrected"]
+    assert not any(r["options"]["selection_only"] for r in uncorrected), "no gains to forget"
+    steered = {r["name"] for r in report["rows"] if r["steering"] and r["variant"] == "gsae"}
+    assert steered == {"gsae-k4-beta_eff1-128"}, "the headline g-SAE: the library's default"
     drift = report["findings"]["beta_drift"]
     tracked = {name: d for name, d in drift.items() if "beta_tracking" in name}
     assert len(tracked) == 2

@@ -30,7 +30,8 @@ def test_spec_sets_options_and_derives_defaults_and_name():
         ("mutual-choice:k=8,latents=256", "batchtopk-k8-256"),
         ("gsae:k=32,beta_eff=1", "gsae-k32-beta_eff1-1024"),
         ("gsae:k=32", "gsae-k32-beta_eff1-1024"),
-        ("gsae:k=16,beta=300,selection_only=yes", "gsae-k16-beta300-1024-selection_only"),
+        ("gsae:k=16,beta=300,selection_only=yes", "gsae-k16-beta300-1024"),
+        ("gsae:k=16,beta=300,selection_only=no", "gsae-k16-beta300-1024-no_selection_only"),
         ("topk:aux=zipf,latents=512", "topk-k32-512-auxzipf"),
         ("relu:l1=2.5", "relu-l1_2.5-1024"),
         (
@@ -82,14 +83,14 @@ def test_config_file_holds_settings_and_sae_tables(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text(
         'tokens = 10_000\nbatch_size = 256\nseed = 3\n\n[[sae]]\nvariant = "topk"\nk = 8\n'
-        'latents = 128\n\n[[sae]]\nvariant = "gsae"\nbeta_eff = 0.3\nselection_only = true\n'
+        'latents = 128\n\n[[sae]]\nvariant = "gsae"\nbeta_eff = 0.3\nselection_only = false\n'
     )
     settings, specs = load_config(path)
     assert settings == {"tokens": 10_000, "batch_size": 256, "seed": 3}
     assert TrainSettings(**settings).batch_size == 256
     assert [s.resolve(64).name for s in specs] == [
         "topk-k8-128",
-        "gsae-k32-beta_eff0.3-1024-selection_only",
+        "gsae-k32-beta_eff0.3-1024-no_selection_only",
     ]
 
 

@@ -127,6 +127,8 @@ def test_feature_choice_takes_only_positive_entries_and_zipf_capacities_vary():
 
 # -- g-SAE ----------------------------------------------------------------------------------------
 
+AUGMENTED = "gsae:k=1,latents=3,beta=1,selection_only=false"  # values ReLU(s), with plain gains
+
 
 def test_gsae_picks_a_small_but_consequential_latent_that_topk_misses():
     x = torch.tensor([[3.0, 0.5, 0.0]])
@@ -134,18 +136,20 @@ def test_gsae_picks_a_small_but_consequential_latent_that_topk_misses():
     topk = identity_sae("topk:k=1,latents=3", 3)
     gsae = identity_sae("gsae:k=1,latents=3,beta=1", 3)
     assert topk.encode(x).tolist() == [[3.0, 0, 0]]
-    # key s = z (1 + β|W_decᵀ g|) = [3, 0.5 * 11, 0]: latent 1 wins, with augmented value 5.5
-    assert gsae.encode(x, g).tolist() == [[0, 5.5, 0]]
-    assert gsae.training_forward(x, g).code.to_dense().tolist() == [[0, 5.5, 0]]
-    selection_only = identity_sae("gsae:k=1,latents=3,beta=1,selection_only=true", 3)
-    assert selection_only.encode(x, g).tolist() == [[0, 0.5, 0]]
-    assert identity_sae("gsae:k=1,latents=3,beta=1", 3).encode(x).tolist() == [[3.0, 0, 0]], (
-        "plain mode (no gradients) of an untrained g-SAE is TopK"
-    )
+    # key s = z (1 + β|W_decᵀ g|) = [3, 0.5 * 11, 0]: latent 1 wins, with its value z = 0.5
+    assert gsae.encode(x, g).tolist() == [[0, 0.5, 0]], "selection-only values by default"
+    assert gsae.training_forward(x, g).code.to_dense().tolist() == [[0, 0.5, 0]]
+    augmented = identity_sae(AUGMENTED, 3)
+    assert augmented.encode(x, g).tolist() == [[0, 5.5, 0]], "augmented value s = 5.5"
+    assert augmented.training_forward(x, g).code.to_dense().tolist() == [[0, 5.5, 0]]
+    for spec in ("gsae:k=1,latents=3,beta=1", AUGMENTED):
+        assert identity_sae(spec, 3).encode(x).tolist() == [[3.0, 0, 0]], (
+            "plain mode (no gradients) of an untrained g-SAE is TopK"
+        )
 
 
 def test_gsae_plain_mode_scales_each_latent_by_the_gain_training_gave_it():
-    gsae = identity_sae("gsae:k=1,latents=3,beta=1", 3)
+    gsae = identity_sae(AUGMENTED, 3)
     # batch 1: latent 1 selected with z = 0.5, a = 10 -> f = 5.5; latent 0 with z = 2, a = 1 -> 4
     x1 = torch.tensor([[3.0, 0.5, 0.0], [2.0, 0.0, 0.0]])
     g1 = torch.tensor([[0.0, 10.0, 0.0], [1.0, 0.0, 0.0]])
@@ -156,7 +160,7 @@ def test_gsae_plain_mode_scales_each_latent_by_the_gain_training_gave_it():
     # plain key m ∘ z = [2·1, 11·0.4, 0] -> latent 1, value 4.4 (not the raw 0.4)
     plain = gsae.encode(torch.tensor([[1.0, 0.4, 0.0]]))
     torch.testing.assert_close(plain, torch.tensor([[0, 4.4, 0]]))
-    selection_only = identity_sae("gsae:k=1,latents=3,beta=1,selection_only=true", 3)
+    selection_only = identity_sae("gsae:k=1,latents=3,beta=1", 3)
     selection_only.training_forward(x1, g1)
     assert selection_only.activation.plain_gain().tolist() == [1.0, 1.0, 1.0]
 
@@ -164,7 +168,7 @@ def test_gsae_plain_mode_scales_each_latent_by_the_gain_training_gave_it():
 def test_a_gsae_saved_before_the_plain_mode_gain_loads_and_encodes_as_it_did(tmp_path):
     """SAEs saved by saekit before the gain lack its state: they load with no gain, so plain
     mode is TopK on z as that saekit computed it; any other missing tensor is still refused."""
-    gsae = identity_sae("gsae:k=1,latents=3,beta=1", 3)
+    gsae = identity_sae(AUGMENTED, 3)
     gsae.training_forward(torch.tensor([[3.0, 0.5, 0.0]]), torch.tensor([[0.0, 10.0, 0.0]]))
     save(tmp_path, "g", gsae, tmp_path / "store.zarr", hook="h")
     weights = tmp_path / "saes" / "g" / "sae.safetensors"
@@ -184,7 +188,7 @@ def test_a_gsae_saved_before_the_plain_mode_gain_loads_and_encodes_as_it_did(tmp
 def test_gsae_saelens_tensors_compute_plain_mode_with_saelens_topk():
     """SAELens' TopK (pre = (x − b_dec) W_enc + b_enc; ReLU of the k largest; f W_dec + b_dec)
     on the exported tensors reconstructs what plain mode does: the gains are folded in."""
-    gsae = identity_sae("gsae:k=1,latents=3,beta=1", 3)
+    gsae = identity_sae(AUGMENTED, 3)
     gsae.training_forward(
         torch.tensor([[3.0, 0.5, 0.0], [2.0, 0.0, 0.0]]),
         torch.tensor([[0.0, 10.0, 0.0], [1.0, 0.0, 0.0]]),

@@ -80,7 +80,7 @@ def harvest_config(paths: DemoPaths) -> HarvestConfig:
 # lands near 8 too on this data (jumprelu's θ starts at 1: a short run cannot move it far).
 DEMO_SAES = (
     "topk:k=8,latents=256",
-    "gsae:k=8,latents=256,beta_eff=0.3",
+    "gsae:k=8,latents=256",
     "batchtopk:k=8,latents=256",
     "feature-choice:k=8,latents=256",
     "gated:latents=256",

@@ -1,17 +1,20 @@
 """The g-SAE recipe (Olmo et al., arXiv 2411.10397): TopK vs g-SAE at equal L0 (Fig. 4), the
 latents sweep, dead latents and steering (Fig. 5), plus the β and value-mode sweeps.
 
-Sweep (one training run per seed): TopK and g-SAE (β_eff 0.3, augmented values) at every L0 of
-the preset; at the headline L0, g-SAEs for each β_eff with augmented and selection-only values,
-and with β tracked during training; on the first seed, both at other widths. Every g-SAE is
-evaluated in grad mode (the paper's: the gradient of the clean forward, which sees the next
-token), plain mode (no gradients: the learnt per-latent gains) and plain-uncorrected (β = 0 on
-the raw pre-activations, what plain mode was before the gains).
+Sweep (one training run per seed): at every L0 of the preset, TopK, the headline g-SAE (the
+library's default: β_eff 1, selection-only values) and the literal reading of the paper's Fig. 1
+(β_eff 0.3, augmented values); at the headline L0, g-SAEs for each β_eff with both value modes,
+and both g-SAEs above with β tracked during training; on the first seed, TopK and the headline
+g-SAE at other widths. Every g-SAE is evaluated in grad mode (the paper's: the gradient of the
+clean forward, which sees the next token) and plain mode (no gradients: the learnt per-latent
+gains of augmented values, TopK on z for selection-only values); augmented g-SAEs also in
+plain-uncorrected mode (β = 0 on the raw pre-activations, what plain mode was before the gains).
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,22 +27,54 @@ from saekit.recipes.presets import Preset
 from saekit.recipes.results import Results, Series
 from saekit.recipes.tables import markdown_table, mean_range, percent
 from saekit.train.metrics import METRICS_FILE, read_metrics
+from saekit.train.spec import parse_spec
+from saekit.train.variants.gsae import DEFAULT_BETA_EFF
 
-HEADLINE_BETA_EFF = 0.3  # the g-SAE of the L0 and latents sweeps (the notes' middle value)
-TRACKED_BETA_EFFS = (0.3, 1.0)
 UNCORRECTED = "plain-uncorrected"
 SOURCE = "Olmo et al. 2024, abstract and Fig. 4 [V: abstract]"
 GRAD_NOTE = "grad mode sees the next token: its gradient includes the loss of the token predicted"
 
 
-def gsae_spec(k: int, latents: int, beta_eff: float, **flags: bool) -> str:
+@dataclass(frozen=True)
+class GSAEArm:
+    """One g-SAE of the L0 sweep: its β_eff and value mode (β fixed at initialisation)."""
+
+    label: str
+    beta_eff: float
+    selection_only: bool
+
+    def spec(self, k: int, latents: int, beta_tracking: bool = False) -> str:
+        return gsae_spec(k, latents, self.beta_eff, self.selection_only, beta_tracking)
+
+    def options(self) -> dict[str, Any]:
+        """The options that single out this arm's rows (any k and width)."""
+        return {
+            "beta_eff": self.beta_eff,
+            "selection_only": self.selection_only,
+            "beta_tracking": False,
+        }
+
+    def series(self, mode: str, **options: Any) -> Series:
+        return Series(f"{self.label} [{mode}]", "gsae", mode, {**self.options(), **options})
+
+
+# The library's default g-SAE (finding 6 of docs/recipes.md), and the paper's Fig. 1 read
+# literally (augmented values) at the β_eff of the first measurements.
+HEADLINE = GSAEArm(f"g-SAE β_eff {DEFAULT_BETA_EFF:g}", DEFAULT_BETA_EFF, selection_only=True)
+AUGMENTED = GSAEArm("g-SAE β_eff 0.3 augmented", 0.3, selection_only=False)
+ARMS = (HEADLINE, AUGMENTED)
+
+
+def gsae_spec(
+    k: int, latents: int, beta_eff: float, selection_only: bool, beta_tracking: bool = False
+) -> str:
     return spec(
         "gsae",
         k=k,
         latents=latents,
         beta_eff=beta_eff,
-        beta_tracking=flags.get("beta_tracking", False),
-        selection_only=flags.get("selection_only", False),
+        beta_tracking=beta_tracking,
+        selection_only=selection_only,
     )
 
 
@@ -58,22 +93,20 @@ class GSAERecipe(Recipe):
         latents, k0 = preset.latents(d), preset.headline_k
         specs = []
         for k in preset.gsae_k:
-            specs += [spec("topk", k=k, latents=latents), gsae_spec(k, latents, HEADLINE_BETA_EFF)]
+            specs += [spec("topk", k=k, latents=latents), *(arm.spec(k, latents) for arm in ARMS)]
         for beta_eff in preset.beta_effs:
-            for selection_only in (False, True):
-                specs.append(gsae_spec(k0, latents, beta_eff, selection_only=selection_only))
-        specs += [gsae_spec(k0, latents, b, beta_tracking=True) for b in TRACKED_BETA_EFFS]
+            for selection_only in (True, False):
+                specs.append(gsae_spec(k0, latents, beta_eff, selection_only))
+        specs += [arm.spec(k0, latents, beta_tracking=True) for arm in ARMS]
         if context.seed == preset.seeds[0]:
             for factor in preset.latents_factors:
                 width = preset.latents(d, factor)
-                specs += [
-                    spec("topk", k=k0, latents=width),
-                    gsae_spec(k0, width, HEADLINE_BETA_EFF),
-                ]
+                specs += [spec("topk", k=k0, latents=width), HEADLINE.spec(k0, width)]
         return list(dict.fromkeys(specs))
 
     def extra_modes(self, sae: torch.nn.Module) -> dict[str, torch.nn.Module]:
-        if sae.cfg.variant != "gsae":
+        """Augmented g-SAEs also without their plain-mode gains (selection-only ones have none)."""
+        if sae.cfg.variant != "gsae" or sae.cfg.options["selection_only"]:
             return {}
         uncorrected = copy.deepcopy(sae)
         uncorrected.activation.forget_plain_gain_()
@@ -85,25 +118,22 @@ class GSAERecipe(Recipe):
         )
         if variant == "topk":
             return headline
-        return variant == "gsae" and headline and _is_headline_gsae(options)
+        arm = HEADLINE.options()
+        return variant == "gsae" and headline and all(options.get(k) == v for k, v in arm.items())
 
     def analyse(self, results: Results, context: AnalysisContext) -> Analysis:
         preset = context.preset
         latents, k0 = preset.latents(context.d_in), preset.headline_k
-        headline = {"beta_eff": HEADLINE_BETA_EFF, "selection_only": False, "beta_tracking": False}
         topk = Series("TopK", "topk", "inference", {"latents": latents})
-        label = f"g-SAE β_eff {HEADLINE_BETA_EFF}"
-        grad = Series(f"{label} [grad]", "gsae", "grad", {"latents": latents, **headline})
-        plain = Series(f"{label} [plain]", "gsae", "plain", {"latents": latents, **headline})
-        raw = Series(
-            f"{label} [{UNCORRECTED}]", "gsae", UNCORRECTED, {"latents": latents, **headline}
-        )
+        grad = HEADLINE.series("grad", latents=latents)
+        plain = HEADLINE.series("plain", latents=latents)
+        augmented = [AUGMENTED.series(m, latents=latents) for m in ("grad", "plain", UNCORRECTED)]
         analysis = Analysis()
-        self._fig4(results, context, analysis, [topk, grad, plain, raw])
+        self._fig4(results, context, analysis, [topk, grad, plain, *augmented])
         self._modes_table(results, context, analysis, latents, k0)
-        self._beta_drift(context, analysis, k0, latents)
+        self._beta_drift(results, context, analysis, k0, latents)
         self._steering(results, context, analysis, topk, grad)
-        analysis.claims = self._claims(results, topk, grad, plain, k0)
+        analysis.claims = self._claims(results, topk, grad, plain, augmented[0], k0)
         return analysis
 
     # -- Fig. 4: L0 sweep, latents sweep, dead latents -------------------------------------------
@@ -111,7 +141,7 @@ class GSAERecipe(Recipe):
     def _fig4(
         self, results: Results, context: AnalysisContext, analysis: Analysis, series: list[Series]
     ) -> None:
-        topk, grad = series[0], series[1]
+        topk, grad, augmented_grad = series[0], series[1], series[3]
         line_figure(
             context.figures_dir / "gsae_fig4_l0.png",
             [
@@ -123,18 +153,13 @@ class GSAERecipe(Recipe):
                 ("NMSE", "L0 vs NMSE", _lines(results, series, "nmse")),
             ],
             "L0",
-            f"TopK vs g-SAE, {series[0].options['latents']:,} latents (Fig. 4)",
+            f"TopK vs g-SAE, {topk.options['latents']:,} latents (Fig. 4)",
         )
         k0 = context.preset.headline_k
         width_series = [
             Series("TopK", "topk", "inference", {"k": k0}),
-            Series(grad.label, "gsae", "grad", {**_options_without(grad, "latents"), "k": k0}),
-            Series(
-                grad.label.replace("grad", "plain"),
-                "gsae",
-                "plain",
-                {**_options_without(grad, "latents"), "k": k0},
-            ),
+            HEADLINE.series("grad", k=k0),
+            HEADLINE.series("plain", k=k0),
         ]
         line_figure(
             context.figures_dir / "gsae_fig4_latents.png",
@@ -161,43 +186,39 @@ class GSAERecipe(Recipe):
                     * _mean(results.values(s, "dead_fraction", lambda r, k=k: r.options["k"] == k))
                     for k in ks
                 ]
-                for s in (topk, grad)
+                for s in (topk, grad, augmented_grad)
             },
             "% of latents never firing on held-out tokens",
             "Dead latents",
         )
         rows = []
         for k in ks:
-            at_k = {s.label: _values(results, s, k) for s in series}
-            rows.append(
-                [f"{k}"]
-                + [mean_range(at_k[s.label]["loss_added"]) for s in series]
-                + [mean_range(at_k[s.label]["nmse"]) for s in series]
-                + [
-                    percent(at_k[topk.label]["dead_fraction"]),
-                    percent(at_k[grad.label]["dead_fraction"]),
-                ]
-                + [mean_range(at_k[s.label]["relative_reconstruction_bias"]) for s in series[2:]]
-            )
-        names = ["TopK", "grad", "plain", "uncorr."]
+            for s in series:
+                at_k = _values(results, s, k)
+                rows.append(
+                    [
+                        f"{k}",
+                        s.label,
+                        mean_range(at_k["loss_added"]),
+                        mean_range(at_k["nmse"]),
+                        percent(at_k["dead_fraction"]),
+                        mean_range(at_k["relative_reconstruction_bias"]),
+                    ]
+                )
         analysis.sections.append(
             "### L0 sweep (Fig. 4)\n\n"
-            f"g-SAE β_eff {HEADLINE_BETA_EFF}, augmented values, β fixed at initialisation; "
-            f"{topk.options['latents']:,} latents. {GRAD_NOTE.capitalize()}; plain mode uses no "
-            "gradient (each latent's code scaled by its learnt gain); plain-uncorrected is β = 0 "
-            "on the raw pre-activations.\n\n"
-            + markdown_table(
-                ["L0"]
-                + [f"loss added {n}" for n in names]
-                + [f"NMSE {n}" for n in names]
-                + ["dead TopK", "dead g-SAE", "γ plain", "γ uncorr."],
-                rows,
-            )
+            f"{topk.options['latents']:,} latents, β fixed at initialisation. {HEADLINE.label}: "
+            "selection-only values (the library's default); "
+            f"{AUGMENTED.label}: augmented values (the paper's Fig. 1 read literally). "
+            f"{GRAD_NOTE.capitalize()}; plain mode uses no gradient (TopK on the pre-activations "
+            "for selection-only values; each latent's code scaled by its learnt gain for augmented "
+            "ones); plain-uncorrected is β = 0 on the raw pre-activations.\n\n"
+            + markdown_table(["L0", "SAE [mode]", "loss added", "NMSE", "dead", "γ"], rows)
         )
         analysis.figures += [
             Figure("gsae_fig4_l0.png", "L0 vs loss added and NMSE, TopK vs g-SAE in each mode"),
             Figure("gsae_fig4_latents.png", f"loss added vs number of latents at L0 = {k0}"),
-            Figure("gsae_dead.png", "dead latents on held-out tokens (g-SAE in grad mode)"),
+            Figure("gsae_dead.png", "dead latents on held-out tokens (g-SAEs in grad mode)"),
         ]
 
     # -- β and value modes at the headline L0 ------------------------------------------------------
@@ -269,24 +290,35 @@ class GSAERecipe(Recipe):
         analysis.findings["modes_at_headline_l0"] = findings
 
     def _beta_drift(
-        self, context: AnalysisContext, analysis: Analysis, k0: int, latents: int
+        self,
+        results: Results,
+        context: AnalysisContext,
+        analysis: Analysis,
+        k0: int,
+        latents: int,
     ) -> None:
-        """β·median(a) over training, from the first seed's metrics, at the headline L0."""
+        """β·median(a) over training, from the first seed's metrics, for every g-SAE at the
+        headline L0 (table); the figure draws the two arms of the L0 sweep, fixed and tracked."""
+        at_headline = {r.name for r in results.select("gsae", k=k0, latents=latents)}
+        plotted = {
+            parse_spec(arm.spec(k0, latents, tracking)).resolve(context.d_in).name
+            for arm in ARMS
+            for tracking in (False, True)
+        }
         run = min(context.run_dirs.items())[1]
-        records = [r for r in read_metrics(run / METRICS_FILE) if "beta_eff_measured" in r]
         by_sae: dict[str, list[tuple[int, float]]] = {}
-        for record in records:
-            by_sae.setdefault(record["sae"], []).append(
-                (record["tokens"], record["beta_eff_measured"])
-            )
+        for record in read_metrics(run / METRICS_FILE):
+            if record.get("sae") in at_headline and "beta_eff_measured" in record:
+                by_sae.setdefault(record["sae"], []).append(
+                    (record["tokens"], record["beta_eff_measured"])
+                )
         lines, drift = [], {}
         for name, points in sorted(by_sae.items()):
-            if f"-k{k0}-" not in name or f"-{latents}" not in name or "selection_only" in name:
-                continue
             tokens, values = zip(*points, strict=True)
-            lines.append(Line(name, list(tokens), list(values), list(values), list(values)))
             drift[name] = {"first": values[0], "last": values[-1]}
-        if not lines:
+            if name in plotted:
+                lines.append(Line(name, list(tokens), list(values), list(values), list(values)))
+        if not drift:
             return
         line_figure(
             context.figures_dir / "gsae_beta_drift.png",
@@ -358,7 +390,13 @@ class GSAERecipe(Recipe):
     # -- claims ------------------------------------------------------------------------------------
 
     def _claims(
-        self, results: Results, topk: Series, grad: Series, plain: Series, k0: int
+        self,
+        results: Results,
+        topk: Series,
+        grad: Series,
+        plain: Series,
+        augmented_grad: Series,
+        k0: int,
     ) -> list[Claim]:
         def by_k(row):
             return row.options["k"]
@@ -386,6 +424,15 @@ class GSAERecipe(Recipe):
             ),
             Claim(
                 "gsae",
+                "lower loss added than TopK at equal L0, with augmented values",
+                "Olmo et al. 2024, Fig. 1 read literally (values ReLU(z ∘ (1 + β a))) [R]",
+                f"{augmented_grad.label} vs TopK",
+                "loss added (nats/token)",
+                per_key(results, augmented_grad, topk, "loss_added", by_k, l0_label),
+                note=GRAD_NOTE,
+            ),
+            Claim(
+                "gsae",
                 "fewer dead latents than TopK",
                 "Olmo et al. 2024 [S: summaries]",
                 f"{grad.label} vs TopK",
@@ -394,9 +441,7 @@ class GSAERecipe(Recipe):
                 digits=2,
             ),
         ]
-        width_grad = Series(
-            grad.label, "gsae", "grad", {**_options_without(grad, "latents"), "k": k0}
-        )
+        width_grad = HEADLINE.series("grad", k=k0)
         width_topk = Series("TopK", "topk", "inference", {"k": k0})
         claims.append(
             Claim(
@@ -438,23 +483,11 @@ class GSAERecipe(Recipe):
             "gsae",
             "latents steer the LM more effectively than TopK's",
             "Olmo et al. 2024, abstract and Fig. 5 [V: abstract; R: protocol]",
-            f"g-SAE β_eff {HEADLINE_BETA_EFF} vs TopK at L0 {k0}",
+            f"{HEADLINE.label} vs TopK at L0 {k0}",
             "mean target-logit gain",
             borrow_spread(points),
             note="probability added to other tokens is in the figure",
         )
-
-
-def _is_headline_gsae(options: dict[str, Any]) -> bool:
-    return (
-        options.get("beta_eff") == HEADLINE_BETA_EFF
-        and not options.get("selection_only")
-        and not options.get("beta_tracking")
-    )
-
-
-def _options_without(series: Series, key: str) -> dict[str, Any]:
-    return {k: v for k, v in series.options.items() if k != key}
 
 
 def _lines(results: Results, series: list[Series], metric: str) -> list[Line]:

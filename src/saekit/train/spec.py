@@ -191,7 +191,7 @@ def _float_or_none(text: str) -> float | None:
 
 def derive_name(variant: str, options: SAEOptions, given: tuple[str, ...]) -> str:
     """`variant-<headline keys>-<latents>[-<other keys set to non-defaults>]`,
-    e.g. `topk-k32-4096`, `gsae-k32-beta_eff1-16384-selection_only`."""
+    e.g. `topk-k32-4096`, `gsae-k32-beta_eff1-16384-no_selection_only`."""
     defaults = type(options)()
     parts = [variant]
     for key in options.HEADLINE:

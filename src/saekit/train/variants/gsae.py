@@ -2,8 +2,8 @@
 
     a = |W_decᵀ g|            (g = ∂loss/∂x from the store, W_dec detached)
     s = z ∘ (1 + β a)         (the ranking key)
-    I = TopK_k(s)             f_i = ReLU(s_i) on I (augmented values, default)
-                              f_i = ReLU(z_i) on I (selection_only=true)
+    I = TopK_k(s)             f_i = ReLU(z_i) on I (selection-only values, default)
+                              f_i = ReLU(s_i) on I (augmented values: selection_only=false)
 
 β has the units of 1/a; `beta_eff` sets it scale-free as β = beta_eff / median(a), the median
 taken over the (token, latent) pairs in the top-k of z: once at initialisation, or — with
@@ -11,12 +11,16 @@ taken over the (token, latent) pairs in the top-k of z: once at initialisation, 
 β · median(a) stays beta_eff while the decoder learns (a grows as decoder columns align with
 gradient directions). Every training step logs the measured β · median(a) as `beta_eff_measured`.
 
+Selection-only values are the default: with augmented values (the literal reading of the paper's
+Fig. 1) the g-SAE adds several times TopK's loss on a held-out LM, while selection-only values beat
+TopK (docs/recipes.md, finding 6).
+
 Inference with gradients (grad mode) is the training key. Without gradients (plain mode) the
-gradient factor is replaced by its expectation: each latent's code is scaled by a gain
-m_i = Σ z_i f_i / Σ z_i² over the training batches where i was selected (a moving average), the
-least-squares factor from the plain pre-activation to the code training gave; the key is m ∘ z,
-the values ReLU(m ∘ z). With selection-only values m = 1 (plain mode is TopK on z). The SAELens
-export folds m into the encoder rows, so it computes exactly plain mode.
+gradient factor of augmented values is replaced by its expectation: each latent's code is scaled
+by a gain m_i = Σ z_i f_i / Σ z_i² over the training batches where i was selected (a moving
+average), the least-squares factor from the plain pre-activation to the code training gave; the
+key is m ∘ z, the values ReLU(m ∘ z). With selection-only values m = 1 (plain mode is TopK on
+z). The SAELens export folds m into the encoder rows, so it computes exactly plain mode.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ class GSAEOptions(TopKOptions):
     beta: float | None = None  # β itself (units of 1/|d·g|)
     beta_eff: float | None = None  # or β scale-free: β = beta_eff / median(a); default 1
     beta_tracking: bool = False  # keep β·median(a) at beta_eff during training (needs beta_eff)
-    selection_only: bool = False  # values ReLU(z) instead of ReLU(s) on the selected latents
+    selection_only: bool = True  # values ReLU(z); false: augmented values ReLU(s)
 
     HEADLINE: ClassVar[tuple[str, ...]] = ("k", "beta", "beta_eff")
 
