@@ -54,6 +54,10 @@ class GSAEArm:
             "beta_tracking": False,
         }
 
+    def matches(self, options: dict[str, Any]) -> bool:
+        """Whether an SAE with these options is this arm (at some k and width)."""
+        return all(options.get(key) == value for key, value in self.options().items())
+
     def series(self, mode: str, **options: Any) -> Series:
         return Series(f"{self.label} [{mode}]", "gsae", mode, {**self.options(), **options})
 
@@ -118,8 +122,7 @@ class GSAERecipe(Recipe):
         )
         if variant == "topk":
             return headline
-        arm = HEADLINE.options()
-        return variant == "gsae" and headline and all(options.get(k) == v for k, v in arm.items())
+        return variant == "gsae" and headline and HEADLINE.matches(options)
 
     def analyse(self, results: Results, context: AnalysisContext) -> Analysis:
         preset = context.preset
