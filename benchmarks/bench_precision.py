@@ -9,11 +9,11 @@ over the same 61,440 tokens, with float32, float16 and float8 storage. Printed s
   row's largest magnitude), per-row relative error (median, max), and non-zero elements that
   became zero;
 - bytes per row of each store;
-- TopK and g-SAE (k = 8, 256 latents, ~3 epochs as in the demo) trained on the float16 and the
-  float8 store with `--seeds` seeds each, and every one evaluated the same way, on the float32
-  store's held-out rows: NMSE, loss added when spliced into the LM, and dead latents. The noise
-  is the spread between seeds on one store (standard deviation); the float8 − float16
-  difference of the means is compared to it.
+- TopK and g-SAE (default and augmented values; k = 8, 256 latents, ~3 epochs as in the demo)
+  trained on the float16 and the float8 store with `--seeds` seeds each, and every one evaluated
+  the same way, on the float32 store's held-out rows: NMSE, loss added when spliced into the
+  LM, and dead latents. The noise is the spread between seeds on one store (standard
+  deviation); the float8 − float16 difference of the means is compared to it.
 The work directory is kept (delete it to start again); stores, runs and reports are reused.
 """
 
@@ -34,7 +34,11 @@ from saekit.harvest import harvest
 from saekit.train import TrainRequest, TrainSettings, parse_spec, train
 
 DTYPES = ("float16", "float8")
-SAES = {"topk": "topk:k=8,latents=256", "gsae": "gsae:k=8,latents=256,beta_eff=0.3"}
+SAES = {
+    "topk": "topk:k=8,latents=256",
+    "gsae": "gsae:k=8,latents=256",  # the default: β_eff 1, selection-only values
+    "gsae-augmented": "gsae:k=8,latents=256,beta_eff=0.3,selection_only=false",
+}
 METRICS = {  # label -> (report section, key)
     "NMSE": ("offline", "nmse"),
     "loss added (nats)": ("online", "loss_added"),
@@ -116,7 +120,7 @@ def print_quality(results: dict[tuple[str, int], dict]) -> None:
     seeds = sorted({seed for _, seed in results})
     print(f"\nSAE quality, trained on each store with seeds {seeds}, evaluated on float32 rows")
     print(
-        f"  {'SAE':12s} {'metric':18s} {'float16 mean':>13s} {'float8 mean':>12s} "
+        f"  {'SAE':22s} {'metric':18s} {'float16 mean':>13s} {'float8 mean':>12s} "
         f"{'float8 - 16':>12s} {'noise (sd)':>11s} {'|diff|/noise':>13s}"
     )
     for name in sorted(next(iter(results.values()))):  # g-SAE rows: [grad] and [plain] modes
@@ -130,7 +134,7 @@ def print_quality(results: dict[tuple[str, int], dict]) -> None:
             noise = statistics.fmean(spread) if spread else float("nan")
             difference = means["float8"] - means["float16"]
             print(
-                f"  {name:12s} {label:18s} {means['float16']:13.5f} {means['float8']:12.5f} "
+                f"  {name:22s} {label:18s} {means['float16']:13.5f} {means['float8']:12.5f} "
                 f"{difference:12.5f} {noise:11.5f} {abs(difference) / noise:13.2f}"
             )
 
