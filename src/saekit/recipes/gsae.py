@@ -132,7 +132,9 @@ class GSAERecipe(Recipe):
         plain = HEADLINE.series("plain", latents=latents)
         augmented = [AUGMENTED.series(m, latents=latents) for m in ("grad", "plain", UNCORRECTED)]
         analysis = Analysis()
-        self._fig4(results, context, analysis, [topk, grad, plain, *augmented])
+        self._fig4(
+            results, context, analysis, topk, [grad, plain, *augmented], [topk, grad, augmented[0]]
+        )
         self._modes_table(results, context, analysis, latents, k0)
         self._beta_drift(results, context, analysis, k0, latents)
         self._steering(results, context, analysis, topk, grad)
@@ -142,9 +144,16 @@ class GSAERecipe(Recipe):
     # -- Fig. 4: L0 sweep, latents sweep, dead latents -------------------------------------------
 
     def _fig4(
-        self, results: Results, context: AnalysisContext, analysis: Analysis, series: list[Series]
+        self,
+        results: Results,
+        context: AnalysisContext,
+        analysis: Analysis,
+        topk: Series,
+        g_saes: list[Series],
+        dead: list[Series],
     ) -> None:
-        topk, grad, augmented_grad = series[0], series[1], series[3]
+        """L0 sweep of TopK and each g-SAE series; `dead`: the series of the dead-latents bars."""
+        series = [topk, *g_saes]
         line_figure(
             context.figures_dir / "gsae_fig4_l0.png",
             [
@@ -189,7 +198,7 @@ class GSAERecipe(Recipe):
                     * _mean(results.values(s, "dead_fraction", lambda r, k=k: r.options["k"] == k))
                     for k in ks
                 ]
-                for s in (topk, grad, augmented_grad)
+                for s in dead
             },
             "% of latents never firing on held-out tokens",
             "Dead latents",
