@@ -104,7 +104,9 @@ class GradientTopK(TopK):
                 self._follow_sensitivity(z_BF, sensitivity_BF)
             boost_BF = 1 + self.beta * sensitivity_BF
             pattern = top_k_per_row(z_BF * boost_BF, self.options.k)
-            factor_N = None if self.options.selection_only else pattern.take(boost_BF)
+            if self.options.selection_only:
+                return pattern, None  # plain mode needs no gain: the codes are z
+            factor_N = pattern.take(boost_BF)
             if mode == "train":
                 self._record_gain(pattern, z_BF, factor_N)
         return pattern, factor_N
@@ -119,10 +121,10 @@ class GradientTopK(TopK):
             self.beta.copy_(beta_for(self.options.beta_eff, self.median_sensitivity.value))
         self.last_beta_eff.copy_(self.beta * median)
 
-    def _record_gain(self, pattern: SparsePattern, z_BF: Tensor, factor_N: Tensor | None) -> None:
+    def _record_gain(self, pattern: SparsePattern, z_BF: Tensor, factor_N: Tensor) -> None:
         """Fold this batch's Σ z·f and Σ z² per selected latent into the plain-mode gain."""
         z_N = pattern.take(z_BF).clamp_min(0)
-        code_N = z_N if factor_N is None else z_N * factor_N
+        code_N = z_N * factor_N
         n_rows = z_BF.shape[0]
         code_F = pattern.sum_by_latent(z_N * code_N)
         plain_F = pattern.sum_by_latent(z_N * z_N)
