@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from common import synchronize
-from saekit.harvest import HarvestConfig, plan_harvest, run_batch, run_harvest
+from saekit.harvest import HarvestConfig, plan_harvest, run_harvest
 from saekit.harvest.contexts import Packing, context_stream
 from saekit.harvest.sources import resolve_source
+from saekit.lm import run_batch
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 HOOK = "blocks.7.hook_resid_post"

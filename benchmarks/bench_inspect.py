@@ -16,9 +16,9 @@ Every figure comes from one run on one machine, printed side by side:
 - in the OS's headless Chromium: time to first contentful paint and to the rendered table of the
   index, and to open one latent (skipped, with the reason, where no Chromium is installed).
 
-The store is synthetic (GPT-2-like statistics, `saekit.synthetic`); the SAEs have random weights
-(their cost does not depend on the weights); the LM for the tokenizer and the unembedding is a
-one-layer GPT-2 of width --d with GPT-2's vocabulary (the real GPT-2 tokenizer from
+The store is synthetic (GPT-2-like statistics, `saekit.cache_format.synthetic`); the SAEs have
+random weights (their cost does not depend on the weights); the LM for the tokenizer and the
+unembedding is a one-layer GPT-2 of width --d with GPT-2's vocabulary (the real GPT-2 tokenizer from
 ../shared/data when present).
 """
 
@@ -33,16 +33,16 @@ from pathlib import Path
 
 import torch
 
+from saekit.base.devices import resolve_device
 from saekit.cache_format import ActivationStore, HookSpec
 from saekit.cache_format.nonfinite import NonFinitePolicy
+from saekit.cache_format.synthetic import SYNTHETIC_VOCAB, synthetic_spec, write_synthetic_store
 from saekit.dashboard import InspectRequest, prepare_dashboard
 from saekit.dashboard.accumulators import N_BINS
 from saekit.dashboard.scan import DECILES, ScanSettings, scan
 from saekit.dashboard.subjects import load_subjects
-from saekit.devices import resolve_device
 from saekit.evaluate.heldout import training_mean
 from saekit.evaluate.offline import offline_metrics
-from saekit.synthetic import SYNTHETIC_VOCAB, synthetic_spec, write_synthetic_store
 from saekit.train.export import save_sae
 from saekit.train.sae_config import SAEConfig
 from saekit.train.spec import parse_spec

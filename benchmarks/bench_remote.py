@@ -23,8 +23,8 @@ from pathlib import Path
 
 from common import raw_shuffled_read, start_moto
 from saekit.cache_format import ActivationStore, HookSpec, LoaderThreads, ShuffledLoader
+from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 from saekit.demo import build_tiny_lm, generate_documents, write_corpus
-from saekit.synthetic import synthetic_spec, write_synthetic_store
 
 HOOK = "blocks.7.hook_resid_post"
 

@@ -49,7 +49,7 @@ from saekit.cache_format import (
     StoreWriter,
     encode_block,
 )
-from saekit.synthetic import synthetic_rows, synthetic_spec
+from saekit.cache_format.synthetic import synthetic_rows, synthetic_spec
 
 HOOK = "blocks.7.hook_resid_post"
 FIELD_SETS = {

@@ -33,6 +33,7 @@ import torch
 
 import saekit.train.sparse as sparse_module
 from common import synchronize
+from saekit.base.devices import resolve_device
 from saekit.cache_format import (
     ActivationStore,
     Batch,
@@ -41,8 +42,7 @@ from saekit.cache_format import (
     LoaderThreads,
     ShuffledLoader,
 )
-from saekit.devices import resolve_device
-from saekit.synthetic import synthetic_spec, write_synthetic_store
+from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 from saekit.train.calibration import input_scale
 from saekit.train.member import Member
 from saekit.train.schedule import Plan

@@ -46,7 +46,7 @@ import torch
 
 from bench_harvest import bare_rate
 from common import synchronize
-from saekit.devices import resolve_device
+from saekit.base.devices import resolve_device
 
 HOOK = "blocks.{layer}.hook_resid_post"
 REPO = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ from saekit.cache_format.nonfinite import NonFinitePolicy
 from saekit.evaluate.heldout import heldout_contexts, heldout_row_slots, training_mean
 from saekit.evaluate.online import online_metrics
 from saekit.evaluate.targets import load_targets
-from saekit.harvest.model import load_model
+from saekit.lm.model import load_model
 
 
 class LMBatchSelection:
@@ -66,7 +66,7 @@ def main() -> None:
     means = {hook: training_mean(store, hook, NonFinitePolicy())}
     model = load_model(args.model, device)
     fixed = online_metrics(
-        model.bridge, contexts, targets, means, args.contexts, device,
+        model, contexts, targets, means, args.contexts, device,
         row_slots=heldout_row_slots(store, args.tokens),
     )  # fmt: skip
     n, t = contexts.shape
@@ -75,7 +75,7 @@ def main() -> None:
         torch.arange(1, t).repeat(n),
     )  # every row of every context, context by context: the old LM-batch rows
     before = online_metrics(
-        model.bridge, contexts, old, means, args.contexts, device, row_slots=in_context_order
+        model, contexts, old, means, args.contexts, device, row_slots=in_context_order
     )
     print(f"{len(contexts)} contexts of {context_size} tokens; LM batch {args.contexts} contexts")
     for label, metrics in sorted({**fixed, **before}.items()):

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 from saekit.cli import main
-from saekit.synthetic import synthetic_spec, write_synthetic_store
 
 
 @dataclass

@@ -29,7 +29,7 @@ def _patch(on_event: Callable[[str, tuple], None]) -> Callable[[], None]:
     """Route every event through `on_event(kind, args)`; return a function that undoes it."""
     import zarr.storage._local as local
 
-    import saekit.train.atomic as atomic
+    import saekit.base.atomic as atomic
     import saekit.train.member as member
 
     originals = [

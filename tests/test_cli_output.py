@@ -3,7 +3,7 @@ and the console width."""
 
 import pytest
 
-from saekit.synthetic import synthetic_spec, write_synthetic_store
+from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 
 
 @pytest.fixture

@@ -8,14 +8,14 @@ import pytest
 
 from helpers import assert_same_store
 from kill_switch import KILLED, child_command, count_events
+from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore
+from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 from saekit.cache_format.verify import verify_store
-from saekit.errors import SaekitError
-from saekit.synthetic import synthetic_spec, write_synthetic_store
 
 N_ROWS = 48 * 1024
 WRITER = """
-from saekit.synthetic import synthetic_spec, write_synthetic_store
+from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 spec = synthetic_spec({n_rows}, holdout_rows=1000, activation_dtype="{dtype}")
 write_synthetic_store(sys.argv[1], spec)
 """

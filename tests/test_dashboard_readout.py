@@ -5,7 +5,7 @@ sharded and PyTorch `.bin` checkpoints."""
 import pytest
 import torch
 
-from saekit.dashboard.readout import load_readout, top_logit_effects
+from saekit.lm.readout import load_readout, top_logit_effects
 
 
 def llama(path, **save):

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from saekit.devices import resolve_device
-from saekit.errors import SaekitError
-from saekit.synthetic import synthetic_spec, write_synthetic_store
+from saekit.base.devices import resolve_device
+from saekit.base.errors import SaekitError
+from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 
 
 @pytest.fixture

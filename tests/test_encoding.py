@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from saekit.base.errors import SaekitError
 from saekit.cache_format import encoding
 from saekit.cache_format.nonfinite import finite_rows
 from saekit.cache_format.schema import FLOAT_ENCODINGS
-from saekit.errors import SaekitError
 
 
 def gpt2_like_gradients(n: int = 4096, d: int = 768, seed: int = 0) -> torch.Tensor:

@@ -11,15 +11,15 @@ import torch
 from helpers import assert_one_line_error, harvest_small_store, relu_sae, save, snapshot
 from saekit.cache_format import ActivationStore, HookSpec
 from saekit.cache_format.nonfinite import NonFinitePolicy
+from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 from saekit.evaluate import EvalRequest, evaluate
 from saekit.evaluate.heldout import heldout_contexts, heldout_row_slots, holdout_batches
 from saekit.evaluate.online import batch_mode_reconstructions
 from saekit.evaluate.targets import Target
-from saekit.harvest import run_batch
-from saekit.harvest.model import load_model
-from saekit.synthetic import synthetic_spec, write_synthetic_store
+from saekit.lm import load_model, run_batch
 from saekit.train.sae_config import SAEConfig
 from saekit.train.spec import parse_spec
+from saekit.train.variants import modes
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -162,11 +162,11 @@ def test_online_batch_mode_splices_what_offline_batch_mode_reconstructs(lm_store
     offline = list(holdout_batches(store, HOOK, ("activations",), None, 64, NonFinitePolicy()))
     x_offline = torch.cat([batch["activations"] for batch in offline])
     x_hat_offline = torch.cat([sae.decode(sae.encode_batch(b["activations"])) for b in offline])
-    bridge = load_model(str(tiny_lm), torch.device("cpu")).bridge
+    model = load_model(str(tiny_lm), torch.device("cpu"))
     contexts, slots = heldout_contexts(store, None), heldout_row_slots(store, None)
-    target = Target("run", sae, "batch")
-    spliced = batch_mode_reconstructions(bridge, contexts, [target], slots, 8, torch.device("cpu"))
-    clean = run_batch(bridge, contexts, [HOOK], gradients=False).activations[HOOK]
+    target = Target("run", sae, modes.BATCH)
+    spliced = batch_mode_reconstructions(model, contexts, [target], slots, 8, torch.device("cpu"))
+    clean = run_batch(model.bridge, contexts, [HOOK], gradients=False).activations[HOOK]
     torch.testing.assert_close(clean[slots], x_offline, rtol=1e-4, atol=1e-4, msg="same rows")
     torch.testing.assert_close(spliced[target.label][slots], x_hat_offline, rtol=1e-4, atol=1e-4)
     assert torch.equal(spliced[target.label][:, 0], clean[:, 0]), "position 0 is never replaced"

@@ -23,7 +23,7 @@ CHILD = """
 import json, sys, types, torch
 torch.set_num_threads(1)
 import saekit.evaluate.online as online
-from saekit.harvest.model import load_model
+from saekit.lm.model import load_model
 
 online.CHUNK_TOKENS = 256  # so that the batches below span several chunks
 HOOK = "blocks.0.hook_resid_post"
@@ -45,7 +45,7 @@ for batch in (8, 8, 16):  # the first run warms up
         f.write("5")
     before = resident("VmRSS")
     online.online_metrics(
-        model.bridge, contexts[:batch], [identity], {{HOOK: torch.zeros(32)}}, batch,
+        model, contexts[:batch], [identity], {{HOOK: torch.zeros(32)}}, batch,
         torch.device("cpu"),
     )
     peaks[batch] = resident("VmHWM") - before

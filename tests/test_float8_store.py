@@ -11,8 +11,8 @@ import zarr
 
 from helpers import assert_one_line_error, assert_same_store, harvest_small_store, snapshot
 from saekit.cache_format import ActivationStore, HookSpec, StoreWriter, schema
+from saekit.cache_format.synthetic import synthetic_rows, synthetic_spec, write_synthetic_store
 from saekit.cache_format.verify import verify_store
-from saekit.synthetic import synthetic_rows, synthetic_spec, write_synthetic_store
 
 HOOK = "synthetic.hook_resid"
 ROW_ERROR = 2**-4 + 1e-3  # the per-row bound docs/cache-format.md states for float8

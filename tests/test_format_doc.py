@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from saekit.cache_format import ActivationStore, HookSpec
-from saekit.synthetic import synthetic_spec, write_synthetic_store
+from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 
 DOC = Path(__file__).parent.parent / "docs" / "cache-format.md"
 

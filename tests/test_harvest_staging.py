@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from helpers import harvest_small_store
+from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore
-from saekit.errors import SaekitError
 from saekit.harvest import harvester
 from saekit.harvest.harvester import _StagedCopies
 

@@ -21,7 +21,7 @@ import zarr
 from safetensors.torch import load_file, save_file
 
 from helpers import harvest_small_store, snapshot
-from saekit.errors import SaekitError
+from saekit.base.errors import SaekitError
 from saekit.train import TrainRequest, TrainSettings, parse_spec, train
 from saekit.train.metrics import METRICS_FILE, MetricsLog
 

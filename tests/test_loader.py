@@ -8,6 +8,7 @@ import pytest
 import torch
 import zarr
 
+from saekit.base.errors import SaekitError
 from saekit.cache_format import (
     ActivationStore,
     EncodedBatch,
@@ -15,8 +16,7 @@ from saekit.cache_format import (
     ShuffledLoader,
     encoding,
 )
-from saekit.errors import SaekitError
-from saekit.synthetic import synthetic_spec, write_synthetic_store
+from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 
 CONTEXT = 16
 

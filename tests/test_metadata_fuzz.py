@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from saekit.cache_format import HookSpec
-from saekit.synthetic import synthetic_spec, write_synthetic_store
+from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 from saekit.train import TrainRequest, TrainSettings, parse_spec, train
 
 TRIALS = int(os.environ.get("SAEKIT_FUZZ_TRIALS", "300"))

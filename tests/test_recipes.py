@@ -9,9 +9,9 @@ import pytest
 
 from helpers import assert_one_line_error, snapshot
 from saekit.cache_format import HookSpec
+from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 from saekit.recipes import SMALL, RecipeRequest, run_recipes
 from saekit.recipes.claims import FAILS, HOLDS, INCONCLUSIVE
-from saekit.synthetic import synthetic_spec, write_synthetic_store
 
 # The small preset, shrunk: an 8k-token store, 2·d latents, 4k training tokens, two seeds, the
 # sweeps cut to two points each.

@@ -8,9 +8,9 @@ import pytest
 import kill_switch
 from helpers import snapshot
 from kill_switch import count_events
+from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.locking import local_lock
-from saekit.errors import SaekitError
 from saekit.harvest.distributed import (
     HARVEST_RESOURCE,
     _local_cluster,

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from saekit.errors import SaekitError
+from saekit.base.errors import SaekitError
 from saekit.harvest.contexts import Packing, context_stream, pack
 from saekit.harvest.sources import resolve_source, shuffled
 

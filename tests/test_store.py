@@ -9,10 +9,10 @@ import pytest
 import torch
 import zarr
 
+from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore, HookSpec, StoreLayout, StoreWriter, schema
+from saekit.cache_format.synthetic import synthetic_rows, synthetic_spec, write_synthetic_store
 from saekit.cache_format.writer import trim
-from saekit.errors import SaekitError
-from saekit.synthetic import synthetic_rows, synthetic_spec, write_synthetic_store
 
 
 def stream_rows(spec, n_rows):

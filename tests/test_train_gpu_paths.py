@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from host_syncs import host_syncs
-from saekit import devices
+from saekit.base import devices
 from saekit.cache_format import Batch
 from saekit.train.losses import ResidualAux
 from saekit.train.member import Member

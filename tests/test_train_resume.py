@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from kill_switch import KILLED, child_command, count_events
-from saekit.synthetic import synthetic_spec, write_synthetic_store
+from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 from saekit.train import parse_spec
 from saekit.train.checkpoint import Checkpoints
 from saekit.train.member import Member

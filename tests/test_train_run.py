@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import saekit.train.trainer as trainer_module
 from helpers import snapshot
 from saekit.cache_format import ActivationStore, HookSpec
-from saekit.synthetic import synthetic_spec, write_synthetic_store
+from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 from saekit.train import TrainRequest, TrainSettings, load_sae, parse_spec, train
 from saekit.train.checkpoint import Checkpoints
 from saekit.train.metrics import TIMING_KEYS, read_metrics

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from saekit.errors import SaekitError
+from saekit.base.errors import SaekitError
 from saekit.train.config import TrainSettings, load_config
 from saekit.train.spec import parse_spec
 

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from helpers import save
-from saekit import devices
-from saekit.errors import SaekitError
+from saekit.base import devices
+from saekit.base.errors import SaekitError
 from saekit.train.export import load_sae
 from saekit.train.losses import AuxK, AuxZipf, L1Penalty
 from saekit.train.member import Member

@@ -3,10 +3,10 @@
 import pytest
 
 from helpers import assert_same_store, snapshot
+from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore, StoreWriter
 from saekit.cache_format.locking import LOCK_DIR
-from saekit.errors import SaekitError
-from saekit.synthetic import synthetic_rows, synthetic_spec, write_synthetic_store
+from saekit.cache_format.synthetic import synthetic_rows, synthetic_spec, write_synthetic_store
 
 
 def test_second_writer_is_refused(tmp_path):

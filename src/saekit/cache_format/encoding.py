@@ -18,9 +18,9 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from saekit.base.errors import SaekitError
 from saekit.cache_format import schema
 from saekit.cache_format.schema import FloatEncoding, StoreSpec
-from saekit.errors import SaekitError
 
 FLOAT16_MAX = 65504.0
 TORCH_DTYPES = {

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from saekit.base.locations import is_local
 from saekit.cache_format import encoding, schema
-from saekit.cache_format.location import is_local
 from saekit.cache_format.nonfinite import nonfinite_index
 from saekit.cache_format.reader import ROW_INDEX, ActivationStore, Split
 from saekit.cache_format.schema import StoreSpec

@@ -7,7 +7,6 @@ import os
 import stat
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
@@ -15,21 +14,8 @@ from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
-from saekit.cache_format.schema import FORMAT_NAME
-from saekit.errors import SaekitError
-
-
-def is_local(location: str | Path) -> bool:
-    """True for plain paths and file:// URLs."""
-    return urlparse(str(location)).scheme in ("", "file")
-
-
-def local_path(location: str | Path) -> Path:
-    """The filesystem path of a local location (plain path or file:// URL)."""
-    text = str(location)
-    if text.startswith("file://"):
-        text = urlparse(text).path
-    return Path(text).expanduser()
+from saekit.base.errors import SaekitError
+from saekit.base.locations import is_local, local_path
 
 
 def refuse_links(root: Path, key: str) -> None:
@@ -75,29 +61,6 @@ class NoFollowLocalStore(LocalStore):
         super().delete_sync(key)
 
 
-def absolute_location(location: str | Path) -> str:
-    """A location as identities and configs record it: a local path made absolute (so that it
-    can be found from any working directory), a URL as given."""
-    text = str(location)
-    if not is_local(text) or text.startswith("file://"):
-        return text
-    return os.path.abspath(os.path.expanduser(text))
-
-
-def resolve_recorded_path(recorded: str, anchor: Path) -> str:
-    """A local path recorded relative to some working directory (by older saekit versions, or
-    by hand): as recorded when it exists from here, else against `anchor` or the nearest of its
-    parents where it exists, else as recorded. Absolute paths and URLs are returned as they are."""
-    path = Path(recorded).expanduser()
-    if not is_local(recorded) or path.is_absolute() or path.exists():
-        return recorded
-    anchor = Path(os.path.abspath(anchor))
-    for base in (anchor, *anchor.parents):
-        if (base / path).exists():
-            return str(base / path)
-    return recorded
-
-
 def zarr_store(
     location: str | Path, *, read_only: bool, storage_options: dict[str, Any] | None = None
 ) -> Store:
@@ -133,29 +96,3 @@ def remote_error(location: str, error: BaseException) -> SaekitError:
     elif isinstance(error, FileNotFoundError) or "bucket" in reason.lower():
         hint = "; check that the bucket exists"
     return SaekitError(f"cannot use {location}: {reason}{hint}")
-
-
-def enclosing_store(location: str | Path) -> Path | None:
-    """The saekit store a local path is or lies inside, symbolic links resolved, or None: the
-    nearest of the path and its parents whose `zarr.json` names the saekit format."""
-    real = Path(os.path.realpath(local_path(location)))
-    for candidate in (real, *real.parents):
-        try:
-            meta = json.loads((candidate / "zarr.json").read_bytes())
-        except (OSError, ValueError):
-            continue
-        attributes = meta.get("attributes") if isinstance(meta, dict) else None
-        if isinstance(attributes, dict) and attributes.get("format") == FORMAT_NAME:
-            return candidate
-    return None
-
-
-def refuse_inside_store(out: str | Path, command: str) -> None:
-    """Refuse an output (`--out`) that is or lies inside a store, symbolic links resolved: a
-    store is changed by its writer only."""
-    store = enclosing_store(out)
-    if store is not None:
-        raise SaekitError(
-            f"--out {out} lies inside the store {store}; {command} never writes into a store, "
-            "choose another directory"
-        )

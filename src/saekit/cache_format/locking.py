@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from saekit.errors import SaekitError
+from saekit.base.errors import SaekitError
 
 LOCK_DIR = "locks"
 LOCK_FILE = re.compile(r"(create|shard-\d{5})\.lock")

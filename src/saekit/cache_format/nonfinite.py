@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from saekit.base.errors import IntegrityError
 from saekit.cache_format import encoding, schema
-from saekit.errors import IntegrityError
 
 if TYPE_CHECKING:
     from saekit.cache_format.loader import Batch

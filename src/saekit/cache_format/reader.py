@@ -12,10 +12,11 @@ import zarr
 import zarr.errors
 from zarr.core.buffer.cpu import NDBuffer
 
+from saekit.base.errors import IntegrityError, SaekitError
+from saekit.base.locations import is_local
 from saekit.cache_format import encoding, schema
-from saekit.cache_format.location import is_local, remote_error, zarr_store
+from saekit.cache_format.location import remote_error, zarr_store
 from saekit.cache_format.validation import StoreMetadataError, ValidStore, validate
-from saekit.errors import IntegrityError, SaekitError
 
 Split = Literal["train", "holdout", "all"]
 SPLITS: tuple[Split, ...] = ("train", "holdout", "all")

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from saekit.errors import IntegrityError, SaekitError
+from saekit.base.errors import IntegrityError, SaekitError
+from saekit.base.outputs import STORE_FORMAT
 
-FORMAT_NAME = "saekit.activation-store"
+FORMAT_NAME = STORE_FORMAT
 # The newest format version this saekit reads. A store carries the lowest version that describes
 # it (`StoreSpec.format_version`), so that older readers refuse only stores they would misread.
 FORMAT_VERSION = 2

@@ -6,7 +6,7 @@ from typing import Any
 
 import fsspec
 
-from saekit.cache_format.location import is_local, local_path
+from saekit.base.locations import is_local, local_path
 from saekit.cache_format.reader import ActivationStore
 
 

@@ -12,18 +12,13 @@ from typing import Any
 import fsspec
 from zarr.abc.store import Store
 
+from saekit.base.errors import SaekitError
+from saekit.base.locations import is_local, local_path
+from saekit.base.outputs import enclosing_store
 from saekit.cache_format import schema
-from saekit.cache_format.location import (
-    enclosing_store,
-    is_local,
-    local_path,
-    refuse_links,
-    remote_error,
-    zarr_store,
-)
+from saekit.cache_format.location import refuse_links, remote_error, zarr_store
 from saekit.cache_format.locking import LOCK_DIR, is_lock_name, local_lock, object_lock
 from saekit.cache_format.progress import progress_key
-from saekit.errors import SaekitError
 
 
 class StoreTarget:

@@ -17,11 +17,11 @@ from typing import Any
 
 import zarr
 
+from saekit.base.errors import IntegrityError
 from saekit.cache_format import schema
 from saekit.cache_format.location import read_json
 from saekit.cache_format.progress import committed_ranges, progress_key
 from saekit.cache_format.schema import StoreSpec
-from saekit.errors import IntegrityError
 
 # Array attributes that say how stored values decode (the others are descriptive).
 DECODING_ATTRS = ("logical_dtype", "encoding")

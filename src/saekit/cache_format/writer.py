@@ -26,6 +26,7 @@ from zarr.codecs import Crc32cCodec
 from zarr.core.sync import sync
 
 from saekit import __version__
+from saekit.base.errors import IntegrityError, SaekitError
 from saekit.cache_format import encoding, schema
 from saekit.cache_format.location import remote_error
 from saekit.cache_format.locking import new_owner
@@ -33,7 +34,6 @@ from saekit.cache_format.progress import ShardProgress, committed_ranges
 from saekit.cache_format.schema import Block, StoreSpec
 from saekit.cache_format.target import StoreTarget
 from saekit.cache_format.validation import validate
-from saekit.errors import IntegrityError, SaekitError
 
 ArrayLike = np.ndarray | torch.Tensor
 EncodedBlock = dict[str, np.ndarray]

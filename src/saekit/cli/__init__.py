@@ -13,9 +13,9 @@ import traceback
 
 import typer
 
+from saekit.base.errors import SaekitError
 from saekit.cli import dashboard, demo, evaluate, harvest, recipe, store, train
 from saekit.cli.common import set_invocation
-from saekit.errors import SaekitError
 
 INTERNAL_ERROR_EXIT = 3
 

@@ -18,7 +18,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from saekit.errors import SaekitError
+from saekit.base.errors import SaekitError
 
 # Messages are never broken into lines at a width: a terminal wraps them itself, and scripts
 # and logs reading a pipe get each message whole. Tables go through `print_table`. stderr keeps

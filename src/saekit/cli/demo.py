@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the whole pipeline offline: tiny GPT-2, harvest, train 7 SAE variants, eval,
         latent dashboards."""
+        from saekit.base.errors import IntegrityError
         from saekit.cache_format import ActivationStore
         from saekit.cache_format.summary import describe
         from saekit.cache_format.verify import verify_store
@@ -36,9 +37,7 @@ def register(app: typer.Typer) -> None:
             prepare_model_and_corpus,
             train_request,
         )
-        from saekit.errors import IntegrityError
-        from saekit.evaluate import evaluate
-        from saekit.evaluate.report import link_inspect_site
+        from saekit.evaluate import evaluate, link_inspect_site
         from saekit.harvest import plan_harvest, run_harvest
         from saekit.train import train
 

@@ -113,8 +113,7 @@ def register(app: typer.Typer) -> None:
         storage_options: StorageOptions = None,
     ) -> None:
         """Evaluate every SAE of the runs on the store's held-out tokens; write a report."""
-        from saekit.evaluate import EvalRequest, evaluate
-        from saekit.evaluate.report import INSPECT_SITE, link_inspect_site
+        from saekit.evaluate import INSPECT_SITE, EvalRequest, evaluate, link_inspect_site
 
         request = EvalRequest(
             runs=tuple(runs),

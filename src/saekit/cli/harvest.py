@@ -130,10 +130,15 @@ def register(app: typer.Typer) -> None:
         storage_options: StorageOptions = None,
     ) -> None:
         """Run a causal LM over text; store activations, loss gradients, token ids and loss."""
+        from saekit.base.errors import SaekitError
         from saekit.cache_format.schema import ACTIVATION_DTYPES
-        from saekit.errors import SaekitError
-        from saekit.harvest import HarvestConfig, plan_harvest, run_harvest
-        from saekit.harvest.distributed import harvest_shards, parse_shard
+        from saekit.harvest import (
+            HarvestConfig,
+            harvest_shards,
+            parse_shard,
+            plan_harvest,
+            run_harvest,
+        )
 
         if dtype not in ACTIVATION_DTYPES:
             raise SaekitError(f"--dtype must be one of {', '.join(ACTIVATION_DTYPES)}, not {dtype}")

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from saekit.base.units import human_bytes
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.summary import describe
 from saekit.cache_format.validation import StoreMetadataError
@@ -22,7 +23,6 @@ from saekit.cli.common import (
     progress_bar,
     stop_bar,
 )
-from saekit.units import human_bytes
 
 
 def print_store_summary(info: dict) -> None:

@@ -20,7 +20,9 @@ from saekit.cli.common import (
     stop_bar,
 )
 from saekit.train import (
+    VARIANTS,
     Observer,
+    Plan,
     RunResult,
     TrainRequest,
     TrainSettings,
@@ -28,8 +30,6 @@ from saekit.train import (
     parse_spec,
     train,
 )
-from saekit.train.schedule import Plan
-from saekit.train.variants import VARIANTS
 
 SPEC_HELP = (
     "An SAE to train, as variant[:key=value,...]; repeat for several SAEs trained on the same "

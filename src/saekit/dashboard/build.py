@@ -12,22 +12,27 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from saekit.base.devices import resolve_device
+from saekit.base.errors import SaekitError
+from saekit.base.outputs import check_output_dir
 from saekit.cache_format import SPLITS, ActivationStore, Split
-from saekit.devices import resolve_device
-from saekit.errors import SaekitError
-from saekit.evaluate.offline import DENSE_THRESHOLD
-from saekit.evaluate.output_dir import check_output_dir
-from saekit.evaluate.provenance import recorded_model, recorded_store, report_provenance
-from saekit.train.export import CFG_FILE
+from saekit.evaluate import DENSE_THRESHOLD, report_head
+from saekit.lm import (
+    Readout,
+    load_readout,
+    load_tokenizer,
+    recorded_model,
+    token_strings,
+    top_logit_effects,
+)
+from saekit.train import recorded_store, run_of, sae_directories
 
 from .accumulators import BINS_PER_DECADE, LOWEST_DECADE, N_BINS
 from .contexts import encode_windows, find_windows
 from .pages import LogitEffects, SaeData, context_request, sae_data
-from .readout import Readout, load_readout, top_logit_effects
 from .scan import DECILES, ScanSettings, hook_groups, rows_to_scan, scan
 from .site import is_site, write_site
-from .subjects import Subject, load_subjects, run_of, sae_directories
-from .tokens import load_tokenizer, token_strings
+from .subjects import Subject, load_subjects
 
 
 @dataclass(frozen=True)
@@ -154,8 +159,7 @@ def _check_settings(request: InspectRequest) -> None:
 def _store_location(request: InspectRequest) -> str:
     if request.store:
         return request.store
-    first = sae_directories(request.saes[0])[0]
-    return recorded_store(first / CFG_FILE, run_of(first) or first)
+    return recorded_store(sae_directories(request.saes[0])[0])
 
 
 def _check_out(request: InspectRequest) -> None:
@@ -178,7 +182,7 @@ def _manifest(
     for key in ("saes", "out", "store", "storage_options", "model", "device"):
         settings.pop(key)
     return {
-        **report_provenance(store),
+        **report_head(store),
         "model": model,
         "logit_effects": readout is not None,
         "settings": {

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from saekit.evaluate.offline import DENSE_THRESHOLD
+from saekit.evaluate import DENSE_THRESHOLD
 
 from .contexts import ContextRequest, Windows
 from .scan import DECILES, LatentRecord

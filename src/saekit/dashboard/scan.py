@@ -15,7 +15,7 @@ from torch import Tensor
 
 from saekit.cache_format import ActivationStore, Split
 from saekit.cache_format.nonfinite import NonFinitePolicy
-from saekit.evaluate.heldout import holdout_batches
+from saekit.evaluate import holdout_batches
 
 from .accumulators import Firings, KeptRows, LogHistogram, Moments, UniformKeys, value_keys
 from .subjects import Subject

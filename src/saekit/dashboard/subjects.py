@@ -9,11 +9,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore
-from saekit.errors import SaekitError
-from saekit.evaluate.targets import Target, check_against_store, modes_of
-from saekit.train.export import CFG_FILE
-from saekit.train.sparse import DenseCode
+from saekit.evaluate import Target, check_against_store, inspection_target
+from saekit.train import SAE, DenseCode, load_sae, run_of, sae_directories
 
 from .accumulators import Firings
 
@@ -22,9 +21,8 @@ from .accumulators import Firings
 class Subject:
     """One SAE in the mode it is inspected in, and the latents inspected (in increasing order).
 
-    The mode is the SAE's first evaluation mode: `threshold` for batch-dependent variants (one
-    token at a time), `grad` for g-SAE (its training selection, with the store's gradients; `plain`
-    when the store has none), `inference` otherwise.
+    The mode is the one the SAE is used in (`evaluate.inspection_target`): its variant's first,
+    or its first that needs no gradients when the store has none.
     """
 
     target: Target
@@ -32,7 +30,7 @@ class Subject:
     directory: Path
 
     @property
-    def sae(self) -> torch.nn.Module:
+    def sae(self) -> SAE:
         return self.target.sae
 
     @property
@@ -57,25 +55,6 @@ class Subject:
         keep = (value_N > 0) & (slot_N >= 0)
         index_N = index_N[keep]
         return Firings(row_B[index_N], index_N, slot_N[keep], latent_N[keep], value_N[keep].float())
-
-
-def run_of(directory: Path) -> Path | None:
-    """The run a saved SAE's directory belongs to (RUN for RUN/saes/NAME), or None."""
-    return directory.parent.parent if directory.parent.name == "saes" else None
-
-
-def sae_directories(path: str) -> list[Path]:
-    """The SAE directories a command-line argument names: a run (all of RUN/saes/*) or one SAE."""
-    directory = Path(path)
-    if (directory / CFG_FILE).is_file():
-        return [directory]
-    saes = sorted(p for p in (directory / "saes").glob("*") if (p / CFG_FILE).is_file())
-    if not saes:
-        raise SaekitError(
-            f"{path} is neither a run nor a saved SAE; give a directory written by sae train "
-            "(RUN or RUN/saes/NAME)"
-        )
-    return saes
 
 
 def parse_latents(text: str) -> int | list[int] | None:
@@ -115,19 +94,14 @@ def load_subjects(
     paths: list[str], store: ActivationStore, latents: str, device: torch.device
 ) -> list[Subject]:
     """Every SAE named by `paths`, checked against the store, in its inspection mode."""
-    from saekit.train import load_sae
-
     spec = parse_latents(latents)
     subjects = []
     for path in paths:
         for directory in sae_directories(path):
             sae = load_sae(directory, device)
             check_against_store(sae, store, directory)
-            mode = modes_of(sae)[0]
-            if mode == "grad" and not store.has_gradients(sae.cfg.hook):
-                mode = "plain"
             chosen = choose_latents(spec, sae.d_sae, directory)
             run = run_of(directory)
-            target = Target(run.name if run else "", sae, mode)
+            target = inspection_target(run.name if run else "", sae, store)
             subjects.append(Subject(target, chosen, directory))
     return subjects

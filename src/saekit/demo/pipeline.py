@@ -8,8 +8,7 @@ from pathlib import Path
 from saekit.dashboard import InspectRequest
 from saekit.demo.corpus import generate_documents, write_corpus
 from saekit.demo.tiny_lm import build_tiny_lm
-from saekit.evaluate import EvalRequest
-from saekit.evaluate.report import INSPECT_SITE
+from saekit.evaluate import INSPECT_SITE, EvalRequest
 from saekit.harvest import HarvestConfig
 from saekit.train import TrainRequest, TrainSettings, parse_spec
 

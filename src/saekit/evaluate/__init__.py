@@ -1,5 +1,35 @@
-"""The eval stage: offline metrics on held-out rows, online splicing into the LM, reports."""
+"""The eval stage: SAEs measured on a store's held-out tokens (offline, spliced into the LM,
+steering) through one path (`Evaluation`), and the `sae eval` report."""
 
+from saekit.evaluate.evaluation import EvalSettings, Evaluation, Steering, report_row
+from saekit.evaluate.heldout import check_holdout, holdout_batches
+from saekit.evaluate.offline import DENSE_THRESHOLD
+from saekit.evaluate.report import INSPECT_SITE, link_inspect_site, report_head
 from saekit.evaluate.runner import EvalRequest, evaluate
+from saekit.evaluate.targets import (
+    Target,
+    check_against_store,
+    inspection_target,
+    load_targets,
+    targets_of,
+)
 
-__all__ = ["EvalRequest", "evaluate"]
+__all__ = [
+    "DENSE_THRESHOLD",
+    "INSPECT_SITE",
+    "EvalRequest",
+    "EvalSettings",
+    "Evaluation",
+    "Steering",
+    "Target",
+    "check_against_store",
+    "check_holdout",
+    "evaluate",
+    "holdout_batches",
+    "inspection_target",
+    "link_inspect_site",
+    "load_targets",
+    "report_head",
+    "report_row",
+    "targets_of",
+]

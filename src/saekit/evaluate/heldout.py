@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saekit.base.errors import IntegrityError, SaekitError
 from saekit.cache_format import ActivationStore, Batch, Split
 from saekit.cache_format.loader import chunk_units
 from saekit.cache_format.nonfinite import NonFinitePolicy, nonfinite_index
 from saekit.cache_format.reader import ROW_INDEX
-from saekit.errors import IntegrityError, SaekitError
 
 MEAN_SAMPLE_ROWS = 1 << 18
 SPLIT_ROWS = {"holdout": "held-out rows", "train": "training rows"}

@@ -22,11 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from saekit.evaluate.targets import Target
-from saekit.harvest.forward import run_batch
+from saekit.lm import (
+    LanguageModel,
+    after_first_position,
+    edited_logits,
+    next_token_stats,
+    run_batch,
+)
 
 
 @dataclass
@@ -78,15 +83,6 @@ class OnlineResult:
         return out
 
 
-def _replacing(new_BTD: Tensor) -> Callable:
-    """A hook function that swaps in `new_BTD` at every position but 0."""
-
-    def hook(x_BTD: Tensor, hook: object) -> Tensor:
-        return torch.cat([x_BTD[:, :1], new_BTD[:, 1:].to(x_BTD.dtype)], dim=1)
-
-    return hook
-
-
 def _reconstruction(target: Target, x_BTD: Tensor, g_BTD: Tensor | None) -> Tensor:
     """x with every position but 0 replaced by the target's reconstruction (position 0 is never
     encoded: SAEs are trained without it)."""
@@ -99,7 +95,7 @@ def _reconstruction(target: Target, x_BTD: Tensor, g_BTD: Tensor | None) -> Tens
 
 @torch.no_grad()
 def batch_mode_reconstructions(
-    bridge: object,
+    model: LanguageModel,
     contexts: Tensor,
     targets: list[Target],
     row_slots: tuple[Tensor, Tensor],
@@ -117,7 +113,7 @@ def batch_mode_reconstructions(
     clean = {hook: [] for hook in hooks}
     for first in range(0, len(contexts), batch_size):
         tokens_BT = contexts[first : first + batch_size].to(device)
-        out = run_batch(bridge, tokens_BT, hooks, gradients=False)
+        out = run_batch(model.bridge, tokens_BT, hooks, gradients=False)
         for hook in hooks:
             clean[hook].append(out.activations[hook])
     activations = {hook: torch.cat(parts) for hook, parts in clean.items()}
@@ -136,40 +132,8 @@ def batch_mode_reconstructions(
     return spliced
 
 
-def _spliced_logits(bridge: object, tokens_BT: Tensor, hook: str, new_BTD: Tensor) -> Tensor:
-    with torch.inference_mode(), bridge.hooks(fwd_hooks=[(hook, _replacing(new_BTD))]):
-        return bridge(tokens_BT, return_type="logits")
-
-
-CHUNK_TOKENS = 2048  # positions whose log-probabilities are alive at once in `next_token_stats`
-
-
-def next_token_stats(
-    logits_BTV: Tensor, tokens_BT: Tensor, clean_logits_BTV: Tensor | None = None
-) -> tuple[Tensor, Tensor | None]:
-    """Next-token CE of `logits` and, given clean logits, KL(clean ‖ these), both [B, T − 2]:
-    the predictions a splice can change, made at positions 1 to T − 2.
-
-    Computed a few contexts at a time in float32, so that the memory beyond the logits
-    themselves is a few [CHUNK_TOKENS, V] tensors, whatever the batch size (full-vocabulary
-    log-probabilities of a whole batch are ~0.2 GB per context of 1024 tokens at V = 50257).
-    """
-    b, t, _ = logits_BTV.shape
-    step = max(1, CHUNK_TOKENS // t)
-    ce, kl = [], []
-    for first in range(0, b, step):
-        rows = slice(first, first + step)
-        log_p_BTV = F.log_softmax(logits_BTV[rows, 1:-1].float(), dim=-1)
-        ce.append(-log_p_BTV.gather(-1, tokens_BT[rows, 2:, None]).squeeze(-1))
-        if clean_logits_BTV is not None:
-            log_q_BTV = F.log_softmax(clean_logits_BTV[rows, 1:-1].float(), dim=-1)
-            kl_BTV = F.kl_div(log_p_BTV, log_q_BTV, log_target=True, reduction="none")
-            kl.append(kl_BTV.sum(dim=-1))
-    return torch.cat(ce), torch.cat(kl) if kl else None
-
-
 def online_metrics(
-    bridge: object,
+    model: LanguageModel,
     contexts: Tensor,
     targets: list[Target],
     means: dict[str, Tensor],
@@ -194,11 +158,11 @@ def online_metrics(
         if row_slots is None:
             raise ValueError("batch-mode targets need the held-out rows' slots (row_slots)")
         precomputed = batch_mode_reconstructions(
-            bridge, contexts, targets, row_slots, batch_size, device
+            model, contexts, targets, row_slots, batch_size, device
         )
     for first in range(0, len(contexts), batch_size):
         tokens_BT = contexts[first : first + batch_size].to(device)
-        clean = run_batch(bridge, tokens_BT, hooks, gradients=gradients, keep_logits=True)
+        clean = run_batch(model.bridge, tokens_BT, hooks, gradients=gradients, keep_logits=True)
         clean_logits_BTV, clean.logits = clean.logits, None
         result.clean.add(clean.loss[:, 1:-1])
         for hook in hooks:
@@ -207,7 +171,8 @@ def online_metrics(
                 (result.zero[hook], torch.zeros_like(x_BTD)),
                 (result.mean[hook], means[hook].to(device).expand_as(x_BTD)),
             ):
-                logits_BTV = _spliced_logits(bridge, tokens_BT, hook, replacement)
+                edits = {hook: after_first_position(replacement)}
+                logits_BTV = edited_logits(model.bridge, tokens_BT, edits)
                 sums.add(next_token_stats(logits_BTV, tokens_BT)[0])
                 del logits_BTV
         with torch.no_grad():
@@ -218,7 +183,8 @@ def online_metrics(
                     spliced_BTD = _reconstruction(
                         target, clean.activations[target.hook], clean.gradients.get(target.hook)
                     )
-                logits_BTV = _spliced_logits(bridge, tokens_BT, target.hook, spliced_BTD)
+                edits = {target.hook: after_first_position(spliced_BTD)}
+                logits_BTV = edited_logits(model.bridge, tokens_BT, edits)
                 ce_BT, kl_BT = next_token_stats(logits_BTV, tokens_BT, clean_logits_BTV)
                 del logits_BTV
                 result.spliced[target.label].add(ce_BT, kl_BT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # (after the backend is chosen)
 from matplotlib.figure import Figure
 
-from saekit.train.atomic import write_atomically, write_text
+from saekit import __version__
+from saekit.base.atomic import write_atomically, write_text
+from saekit.cache_format import ActivationStore
+from saekit.train import modes
 
 INSPECT_SITE = "inspect/index.html"  # where `sae eval --inspect` builds the latent dashboards
 PLOTS = {
@@ -22,7 +26,28 @@ PLOTS = {
     "l0_vs_loss_added": "l0_vs_loss_added.png",
     "dead_latents": "dead_latents.png",
 }
-MARKERS = {"inference": "o", "threshold": "o", "grad": "^", "plain": "v", "batch": "s"}
+MARKERS = {
+    modes.INFERENCE: "o",
+    modes.THRESHOLD: "o",
+    modes.GRAD: "^",
+    modes.PLAIN: "v",
+    modes.PLAIN_UNCORRECTED: "D",
+    modes.BATCH: "s",
+}
+
+
+def report_head(store: ActivationStore) -> dict:
+    """The head of a report (eval's, inspect's): which saekit wrote it, when, from which store."""
+    return {
+        "saekit_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "store": {
+            "location": store.location,
+            "identity": store.spec.identity,
+            "holdout_rows": store.n_rows("holdout"),
+            "rows": store.n_rows_committed,
+        },
+    }
 
 
 def _number(value: Any, digits: int = 4) -> str:
@@ -70,7 +95,7 @@ def markdown(report: dict) -> str:
             f"| {_number(on.get('loss_added'))} | {_number(on.get('ce_recovered_zero'))} "
             f"| {_number(on.get('ce_recovered_mean'))} | {_number(on.get('kl'))} |"
         )
-    steered = [row for row in report["rows"] if row.get("steering")]
+    steered = list({row["name"]: row for row in report["rows"] if row.get("steering")}.values())
     if steered:
         lines += [
             "",
@@ -91,9 +116,12 @@ def markdown(report: dict) -> str:
         "never fire on these tokens; dense: firing on more than 10 % of them; γ = E‖x̂‖² / E[x·x̂] "
         "(< 1: shrinkage); loss added = CE spliced − CE clean (nats per predicted token); CE "
         "recovered = (CE ablated − CE spliced) / (CE ablated − CE clean), ablating with zeros or "
-        "the training mean. Modes: `threshold` = learnt inference thresholds, `batch` = the "
-        "training-time selection over batches of the training size; `grad` = g-SAE selection "
-        "with the clean-model gradient (it sees the next token), `plain` = β = 0.",
+        "the training mean. Modes: "
+        + "; ".join(
+            f"`{mode}` = {modes.DESCRIPTIONS[mode]}"
+            for mode in dict.fromkeys(row["mode"] for row in report["rows"])
+        )
+        + ".",
         "",
         *[f"![{name}]({file})" for name, file in PLOTS.items()],
         "",

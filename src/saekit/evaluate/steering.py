@@ -1,4 +1,4 @@
-"""Steering (the g-SAE paper's Fig. 5; the protocol is a reconstruction, algorithms §9).
+"""Steering (the g-SAE paper's Fig. 5; the protocol is a reconstruction, docs/algorithms.md §9).
 
 For a sample of alive latents of an SAE: the targets of latent i are the 10 tokens its decoder
 direction promotes most, read through the final layer norm and the unembedding as the LM applies
@@ -26,6 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from saekit.lm import (
+    LanguageModel,
+    added_at_last_position,
+    direction_logits,
+    edited_logits,
+    reads_residual_stream,
+)
+from saekit.train import SAE
+
 TARGET_TOKENS = 10
 
 
@@ -42,31 +51,16 @@ class Effects:
         return self.p_targets / max(self.p_targets + self.p_others, 1e-12)
 
 
-def direction_logits(bridge: object, directions_LD: Tensor) -> Tensor:
-    """How each direction moves the logits through the final norm and unembedding: [L, V]."""
-    directions_LD = directions_LD.float()
-    if getattr(bridge.cfg, "normalization_type", None) in ("LN", "LNPre"):
-        directions_LD = directions_LD - directions_LD.mean(dim=1, keepdim=True)
-    weight = getattr(bridge.ln_final, "weight", None)
-    if weight is not None:
-        directions_LD = directions_LD * weight.float()
-    return directions_LD @ bridge.W_U.float()
-
-
-def target_tokens(bridge: object, directions_LD: Tensor) -> Tensor:
+def target_tokens(model: LanguageModel, directions_LD: Tensor) -> Tensor:
     """The TARGET_TOKENS tokens each direction promotes most: [L, TARGET_TOKENS]."""
-    return torch.topk(direction_logits(bridge, directions_LD), TARGET_TOKENS, dim=1).indices
+    return torch.topk(direction_logits(model.bridge, directions_LD), TARGET_TOKENS, dim=1).indices
 
 
-def _last_logits(bridge: object, tokens_BT: Tensor, hook: str, push_D: Tensor | None) -> Tensor:
-    def add_at_last(x_BTD: Tensor, hook: object) -> Tensor:
-        x_BTD = x_BTD.clone()
-        x_BTD[:, -1] += push_D.to(x_BTD.dtype)
-        return x_BTD
-
-    hooks = [] if push_D is None else [(hook, add_at_last)]
-    with torch.inference_mode(), bridge.hooks(fwd_hooks=hooks):
-        return bridge(tokens_BT, return_type="logits")[:, -1].float()
+def _last_logits(
+    model: LanguageModel, tokens_BT: Tensor, hook: str, push_D: Tensor | None
+) -> Tensor:
+    edits = {} if push_D is None else {hook: added_at_last_position(push_D)}
+    return edited_logits(model.bridge, tokens_BT, edits)[:, -1].float()
 
 
 def _effects(clean_BV: Tensor, steered_BV: Tensor, targets_T: Tensor) -> Effects:
@@ -83,7 +77,7 @@ def _effects(clean_BV: Tensor, steered_BV: Tensor, targets_T: Tensor) -> Effects
 
 
 def _alive_sample(
-    sae: torch.nn.Module, sample_x_ND: Tensor, n_latents: int, seed: int
+    sae: SAE, sample_x_ND: Tensor, n_latents: int, seed: int
 ) -> tuple[Tensor, np.ndarray]:
     """(codes of the sample, a random sample of the latents that fire on it)."""
     f_NF = sae.encode(sample_x_ND)
@@ -92,34 +86,30 @@ def _alive_sample(
     return f_NF, rng.choice(alive, size=min(n_latents, len(alive)), replace=False)
 
 
-def _in_residual_stream(bridge: object, sae: torch.nn.Module) -> bool:
-    return bridge.W_U.shape[0] == sae.d_in
-
-
 @torch.no_grad()
 def steering_metrics(
-    bridge: object,
-    sae: torch.nn.Module,
+    model: LanguageModel,
+    sae: SAE,
     sample_x_ND: Tensor,
     contexts: Tensor,
     n_latents: int = 64,
     seed: int = 0,
 ) -> dict[str, float | int] | None:
     """Steering statistics of one SAE, or None when its hook is not in the residual stream."""
-    if not _in_residual_stream(bridge, sae):
+    if not reads_residual_stream(model.bridge, sae.d_in):
         return None
-    device = bridge.W_U.device
+    device = model.device
     f_NF, latents = _alive_sample(sae, sample_x_ND.to(device), n_latents, seed)
     if len(latents) == 0:
         return {"latents": 0}
     tokens_BT = contexts.to(device)
-    clean_BV = _last_logits(bridge, tokens_BT, sae.cfg.hook, None)
-    targets_LT = target_tokens(bridge, sae.W_dec[:, latents].T)
+    clean_BV = _last_logits(model, tokens_BT, sae.cfg.hook, None)
+    targets_LT = target_tokens(model, sae.W_dec[:, latents].T)
     effects = []
     for latent, targets_T in zip(latents.tolist(), targets_LT, strict=True):
         values = f_NF[:, latent]
         push_D = torch.quantile(values[values != 0], 0.9) * sae.W_dec[:, latent]
-        steered_BV = _last_logits(bridge, tokens_BT, sae.cfg.hook, push_D)
+        steered_BV = _last_logits(model, tokens_BT, sae.cfg.hook, push_D)
         effects.append(_effects(clean_BV, steered_BV, targets_T))
     p_t = np.array([e.p_targets for e in effects])
     precision = np.array([e.precision for e in effects])
@@ -136,8 +126,8 @@ def steering_metrics(
 
 @torch.no_grad()
 def steering_sweep(
-    bridge: object,
-    sae: torch.nn.Module,
+    model: LanguageModel,
+    sae: SAE,
     sample_x_ND: Tensor,
     contexts: Tensor,
     alphas: tuple[float, ...],
@@ -145,23 +135,23 @@ def steering_sweep(
     seed: int = 0,
 ) -> dict | None:
     """Per α: mean effects of adding α · E‖x‖ · d̂_i over a sample of alive latents."""
-    if not _in_residual_stream(bridge, sae):
+    if not reads_residual_stream(model.bridge, sae.d_in):
         return None
-    device = bridge.W_U.device
+    device = model.device
     sample_x_ND = sample_x_ND.to(device)
     _, latents = _alive_sample(sae, sample_x_ND, n_latents, seed)
     if len(latents) == 0:
         return {"latents": 0, "contexts": len(contexts), "per_alpha": []}
     norm = float(sample_x_ND.norm(dim=1).mean())
     tokens_BT = contexts.to(device)
-    clean_BV = _last_logits(bridge, tokens_BT, sae.cfg.hook, None)
+    clean_BV = _last_logits(model, tokens_BT, sae.cfg.hook, None)
     units_LD = (sae.W_dec[:, latents] / sae.W_dec[:, latents].norm(dim=0)).T
-    targets_LT = target_tokens(bridge, units_LD)
+    targets_LT = target_tokens(model, units_LD)
     per_alpha = []
     for alpha in alphas:
         effects = [
             _effects(
-                clean_BV, _last_logits(bridge, tokens_BT, sae.cfg.hook, alpha * norm * unit_D), t
+                clean_BV, _last_logits(model, tokens_BT, sae.cfg.hook, alpha * norm * unit_D), t
             )
             for unit_D, t in zip(units_LD, targets_LT, strict=True)
         ]

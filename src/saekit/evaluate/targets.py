@@ -1,34 +1,30 @@
-"""What gets evaluated: every saved SAE of every run, in each of its inference modes."""
+"""What gets evaluated: saved SAEs, each in the inference modes its variant has.
+
+A *target* is one row of a report: an SAE in one mode. The variant says which modes it has and
+computes codes in each (`saekit.train.modes` names them); nothing here knows a variant.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore
-from saekit.errors import SaekitError
-
-if TYPE_CHECKING:
-    from saekit.train.sparse import Code
+from saekit.train import SAE, Code, load_sae, modes, saved_saes
 
 DEFAULT_BATCH_ROWS = 4096
 
 
 @dataclass
 class Target:
-    """One row of a report: an SAE in one mode.
-
-    Modes: `inference` (one token at a time), `threshold` and `batch` for batch-dependent variants
-    (learnt thresholds, or the training-time selection over a batch), `grad` and `plain` for
-    g-SAE (selection with the clean-model gradient, or with β = 0).
-    """
+    """One row of a report: an SAE (loaded with `load_sae`, so `sae.cfg` is set) in one mode."""
 
     run: str
-    sae: torch.nn.Module  # saekit.train.SAE with its `cfg`
+    sae: SAE
     mode: str
 
     @property
@@ -45,31 +41,29 @@ class Target:
 
     @property
     def label(self) -> str:
-        return self.name if self.mode == "inference" else f"{self.name} [{self.mode}]"
+        return self.name if self.mode == modes.INFERENCE else f"{self.name} [{self.mode}]"
 
     @property
     def needs_gradients(self) -> bool:
-        return self.mode == "grad"
+        return self.mode in modes.USES_GRADIENTS
 
     @property
     def batch_dependent(self) -> bool:
-        return self.mode == "batch"
-
-    def code(self, x_BD: Tensor, g_BD: Tensor | None = None) -> Code:
-        """Codes of raw activations in this target's mode, sparse where the variant makes them
-        sparse (`g_BD` is used in grad mode only)."""
-        activation = self.sae.activation
-        if self.mode == "batch":
-            return activation.encode_batch(self.sae, x_BD, None)
-        return activation.encode(self.sae, x_BD, g_BD if self.mode == "grad" else None)
+        return self.mode in modes.BATCH_DEPENDENT
 
     @property
     def batch_rows(self) -> int:
-        """Rows per selection: the training batch size in batch mode (else any batching gives
-        the same codes; 4096 then)."""
+        """Rows per selection: the training batch size for batch-dependent modes (else any
+        batching gives the same codes; 4096 then)."""
         if self.batch_dependent:
             return int(self.sae.cfg.training.get("batch_size", DEFAULT_BATCH_ROWS))
         return DEFAULT_BATCH_ROWS
+
+    def code(self, x_BD: Tensor, g_BD: Tensor | None = None) -> Code:
+        """Codes of raw activations in this target's mode, sparse where the variant makes them
+        sparse (`g_BD` is read by modes that use gradients only)."""
+        gradients_BD = g_BD if self.needs_gradients else None
+        return self.sae.activation.code_in(self.mode, self.sae, x_BD, gradients_BD)
 
     def reconstruct(self, x_BD: Tensor, g_BD: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(codes f, reconstruction x̂) of raw activations in this target's mode."""
@@ -77,25 +71,26 @@ class Target:
         return f_BF, self.sae.decode(f_BF)
 
 
-def modes_of(sae: torch.nn.Module) -> list[str]:
-    """The inference modes a saved SAE is evaluated in (see `Target`)."""
-    from saekit.train.variants.base import BatchSelection
+def targets_of(run: str, sae: SAE, diagnostic: bool = False) -> list[Target]:
+    """The SAE in each of its variant's modes (`diagnostic`: also those that only explain)."""
+    variant_modes = sae.activation.modes(sae.activation.options, diagnostic)
+    return [Target(run, sae, mode) for mode in variant_modes]
 
-    if sae.activation.needs_gradients:
-        return ["grad", "plain"]
-    if isinstance(sae.activation, BatchSelection):
-        return ["threshold", "batch"]
-    return ["inference"]
+
+def inspection_target(run: str, sae: SAE, store: ActivationStore) -> Target:
+    """The SAE in the mode it is used in (its variant's first), or in its first mode that needs
+    no gradients when the store has none at its hook."""
+    targets = targets_of(run, sae)
+    if not store.has_gradients(sae.cfg.hook):
+        targets = [t for t in targets if not t.needs_gradients]
+    return targets[0]
 
 
 def load_targets(runs: list[str], store: ActivationStore, device: torch.device) -> list[Target]:
     """Every SAE under `RUN/saes/`, checked against the store, in every mode."""
-    from saekit.train import load_sae
-
     targets = []
     for run in runs:
-        directory = Path(run)
-        sae_dirs = sorted(p for p in (directory / "saes").glob("*") if (p / "cfg.json").is_file())
+        sae_dirs = saved_saes(Path(run))
         if not sae_dirs:
             raise SaekitError(
                 f"{run} holds no trained SAEs (no saes/<name>/cfg.json); give a "
@@ -104,11 +99,11 @@ def load_targets(runs: list[str], store: ActivationStore, device: torch.device) 
         for sae_dir in sae_dirs:
             sae = load_sae(sae_dir, device)
             check_against_store(sae, store, sae_dir)
-            targets += [Target(directory.name, sae, mode) for mode in modes_of(sae)]
+            targets += targets_of(Path(run).name, sae)
     return targets
 
 
-def check_against_store(sae: torch.nn.Module, store: ActivationStore, where: Path) -> None:
+def check_against_store(sae: SAE, store: ActivationStore, where: Path) -> None:
     """Refuse an SAE whose hook the store lacks or whose input width differs from the store's."""
     cfg = sae.cfg
     if cfg.hook not in store.spec.hooks:

@@ -1,6 +1,6 @@
 """The harvest stage: run a causal LM over text and store activations and loss gradients."""
 
-from saekit.harvest.forward import GRADIENT_CONVENTION, BatchOutput, run_batch
+from saekit.harvest.distributed import harvest_shards, parse_shard
 from saekit.harvest.harvester import (
     HarvestConfig,
     HarvestPlan,
@@ -11,13 +11,12 @@ from saekit.harvest.harvester import (
 )
 
 __all__ = [
-    "GRADIENT_CONVENTION",
-    "BatchOutput",
     "HarvestConfig",
     "HarvestPlan",
     "HarvestResult",
     "harvest",
+    "harvest_shards",
+    "parse_shard",
     "plan_harvest",
-    "run_batch",
     "run_harvest",
 ]

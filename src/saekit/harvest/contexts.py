@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from saekit.errors import SaekitError
+from saekit.base.errors import SaekitError
 
 TOKENIZE_BATCH = 256
 

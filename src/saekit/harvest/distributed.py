@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
+from saekit.base.devices import resolve_device
+from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.locking import new_owner
-from saekit.devices import resolve_device
-from saekit.errors import SaekitError
 from saekit.harvest.harvester import (
     HarvestConfig,
     HarvestPlan,

@@ -29,17 +29,16 @@ import numpy as np
 import torch
 
 from saekit import __version__
+from saekit.base.devices import resolve_device
+from saekit.base.errors import SaekitError
+from saekit.base.locations import absolute_location
 from saekit.cache_format import HookSpec, RowBlock, StoreLayout, StoreSpec, StoreWriter
 from saekit.cache_format.encoding import as_numpy, raise_for_problems
-from saekit.cache_format.location import absolute_location
 from saekit.cache_format.schema import MAX_SHARDS, Block
 from saekit.cache_format.writer import check_resumable, check_target, encode_rows, row_problems
-from saekit.devices import resolve_device
-from saekit.errors import SaekitError
 from saekit.harvest.contexts import Packing, context_stream
-from saekit.harvest.forward import GRADIENT_CONVENTION, run_batch
-from saekit.harvest.model import LoadedModel, check_hooks, hook_widths, load_model
 from saekit.harvest.sources import TextSource, resolve_source, shuffled
+from saekit.lm import GRADIENT_CONVENTION, LanguageModel, load_model, run_batch
 
 DOCUMENT_SHUFFLE_BUFFER = 10_000
 DEFAULT_HOLDOUT_TOKENS = 1 << 16
@@ -86,7 +85,7 @@ class HarvestPlan:
     """A validated harvest: the loaded model, the source and the store's spec."""
 
     config: HarvestConfig
-    model: LoadedModel
+    model: LanguageModel
     source: TextSource
     packing: Packing
     spec: StoreSpec
@@ -150,7 +149,7 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
     source = resolve_source(config.dataset, config.split, config.text_column)
     model = load_model(config.model, device)
     hooks = list(config.hooks)
-    check_hooks(model, hooks)
+    model.check_hooks(hooks)
     if config.context_size > model.n_ctx:
         raise SaekitError(
             f"--context-size {config.context_size} is above the model's context "
@@ -159,7 +158,7 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
     if next(iter(source.documents()), None) is None:
         raise SaekitError(f"dataset {config.dataset} holds no text")
     packing = Packing.for_tokenizer(model.tokenizer, config.context_size)
-    widths = hook_widths(model, hooks)
+    widths = model.hook_widths(hooks)
     identity = {
         "producer": "saekit harvest",
         **model.identity,

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from saekit.cache_format.location import absolute_location
-from saekit.errors import SaekitError
-from saekit.fingerprint import files_fingerprint
+from saekit.base.errors import SaekitError
+from saekit.base.fingerprint import files_fingerprint
+from saekit.base.locations import absolute_location
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
-
 from saekit.cache_format import ActivationStore
 from saekit.recipes.claims import Claim
 from saekit.recipes.presets import Preset
@@ -81,13 +79,10 @@ class Recipe:
     paper: ClassVar[str]
     needs_gradients: ClassVar[bool] = False
     steered_per_seed: ClassVar[int] = 0  # SAEs per seed with a steering sweep (cost estimate)
+    diagnostic_modes: ClassVar[bool] = False  # also evaluate SAEs in modes that only explain
 
     def stages(self, preset: Preset) -> list[Stage]:
         raise NotImplementedError
-
-    def extra_modes(self, sae: torch.nn.Module) -> dict[str, torch.nn.Module]:
-        """Extra evaluation modes of a trained SAE: mode name -> the SAE to evaluate in it."""
-        return {}
 
     def steers(self, variant: str, options: dict[str, Any], preset: Preset, d_in: int) -> bool:
         """Whether the steering sweep runs for this SAE."""

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saekit.lm import ModelShape
 from saekit.recipes.base import Recipe, StageContext
 from saekit.recipes.presets import Preset
-from saekit.train.spec import parse_spec
+from saekit.train import VARIANTS, parse_spec
 
 ASSUMED_TFLOPS = 20.0  # sustained float32/TF32 rate of an A100-class GPU on these products
-MODES = {"gsae": 3, "batchtopk": 2, "feature-choice": 2}  # evaluation modes per variant
-DENSE = ("relu", "gated", "jumprelu")  # variants whose decoder product is dense
+BACKWARD_FACTOR = 3  # a forward and a backward pass cost about three forward passes
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,11 @@ class Estimate:
 
 
 def estimate(
-    recipes: list[Recipe], preset: Preset, d_in: int, lm_params: float, harvesting: bool
+    recipes: list[Recipe], preset: Preset, d_in: int, model: ModelShape, harvesting: bool
 ) -> Estimate:
-    """FLOPs of harvesting (if needed), training every stage of every seed, and evaluating."""
+    """FLOPs of harvesting (if needed), training every stage of every seed, and evaluating
+    (every SAE spliced in each of its modes, and the steering sweeps)."""
+    lm_token = model.forward_flops_per_token
     steps = preset.train_tokens // preset.batch_size
     train = evaluate = 0.0
     saes = 0
@@ -56,11 +58,11 @@ def estimate(
             for seed in seeds:
                 for text in stage.specs(StageContext(preset, d_in, seed)):
                     resolved = parse_spec(text).resolve(d_in)
+                    variant = VARIANTS[resolved.variant]
                     per_row = 2 * d_in * resolved.latents  # one dense product
-                    products = 6 if resolved.variant in DENSE else 4  # forward + backward
-                    train += steps * preset.batch_size * products * per_row
-                    modes = MODES.get(resolved.variant, 1)
-                    evaluate += modes * preset.online_tokens * 2 * lm_params
+                    train += steps * preset.batch_size * variant.dense_products * per_row
+                    modes = variant.modes(resolved.options, recipe.diagnostic_modes)
+                    evaluate += len(modes) * preset.online_tokens * lm_token
                     saes += 1
         evaluate += (
             recipe.steered_per_seed
@@ -69,8 +71,7 @@ def estimate(
             * len(preset.steering_alphas)
             * preset.steering_contexts
             * preset.context_size
-            * 2
-            * lm_params
+            * lm_token
         )
-    harvest = 6 * lm_params * preset.harvest_tokens if harvesting else 0.0
+    harvest = BACKWARD_FACTOR * lm_token * preset.harvest_tokens if harvesting else 0.0
     return Estimate(harvest, train, evaluate, saes)

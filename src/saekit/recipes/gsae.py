@@ -13,11 +13,8 @@ plain-uncorrected mode (β = 0 on the raw pre-activations, what plain mode was b
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 from saekit.recipes.base import Analysis, AnalysisContext, Figure, Recipe, Stage, StageContext, spec
 from saekit.recipes.claims import Claim, Point
@@ -88,6 +85,7 @@ class GSAERecipe(Recipe):
     paper = "Olmo et al., Features that Make a Difference (arXiv 2411.10397), Fig. 4 and 5"
     needs_gradients = True
     steered_per_seed = 2  # TopK and g-SAE at the headline L0
+    diagnostic_modes = True  # augmented g-SAEs also without their plain-mode gains
 
     def stages(self, preset: Preset) -> list[Stage]:
         return [Stage("main", self.specs)]
@@ -107,14 +105,6 @@ class GSAERecipe(Recipe):
                 width = preset.latents(d, factor)
                 specs += [spec("topk", k=k0, latents=width), HEADLINE.spec(k0, width)]
         return list(dict.fromkeys(specs))
-
-    def extra_modes(self, sae: torch.nn.Module) -> dict[str, torch.nn.Module]:
-        """Augmented g-SAEs also without their plain-mode gains (selection-only ones have none)."""
-        if sae.cfg.variant != "gsae" or sae.cfg.options["selection_only"]:
-            return {}
-        uncorrected = copy.deepcopy(sae)
-        uncorrected.activation.forget_plain_gain_()
-        return {UNCORRECTED: uncorrected}
 
     def steers(self, variant: str, options: dict[str, Any], preset: Preset, d_in: int) -> bool:
         headline = options.get("k") == preset.headline_k and options["latents"] == preset.latents(

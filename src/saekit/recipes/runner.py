@@ -25,24 +25,14 @@ from typing import Any
 import torch
 
 from saekit import __version__
+from saekit.base.atomic import write_json
+from saekit.base.devices import resolve_device
+from saekit.base.errors import SaekitError
+from saekit.base.outputs import refuse_inside_store
 from saekit.cache_format import ActivationStore
-from saekit.cache_format.location import refuse_inside_store
-from saekit.cache_format.nonfinite import NonFinitePolicy
-from saekit.devices import resolve_device
-from saekit.errors import SaekitError
-from saekit.evaluate.heldout import (
-    check_holdout,
-    heldout_contexts,
-    heldout_row_slots,
-    holdout_batches,
-    training_mean,
-)
-from saekit.evaluate.offline import offline_metrics
-from saekit.evaluate.online import online_metrics
-from saekit.evaluate.steering import steering_sweep
-from saekit.evaluate.targets import Target, modes_of
+from saekit.evaluate import EvalSettings, Evaluation, Steering, check_holdout, targets_of
 from saekit.harvest import HarvestConfig, plan_harvest, run_harvest
-from saekit.harvest.model import load_model
+from saekit.lm import ModelShape, load_model_for_store
 from saekit.recipes.base import AnalysisContext, Recipe, StageContext
 from saekit.recipes.choice import ChoiceRecipe
 from saekit.recipes.cost import Estimate, estimate
@@ -51,9 +41,15 @@ from saekit.recipes.gsae import GSAERecipe
 from saekit.recipes.presets import PRESETS, Preset
 from saekit.recipes.report import write_report
 from saekit.recipes.results import Results, Row
-from saekit.train import TrainRequest, TrainSettings, load_sae, parse_spec, train
-from saekit.train.atomic import write_json
-from saekit.train.checkpoint import Checkpoints
+from saekit.train import (
+    Checkpoints,
+    TrainRequest,
+    TrainSettings,
+    load_sae,
+    parse_spec,
+    saved_saes,
+    train,
+)
 from saekit.train.trainer import Observer
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (GSAERecipe(), ChoiceRecipe(), GatedRecipe())}
@@ -100,30 +96,6 @@ class Outcome:
     evaluated_rows: int = 0
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """What the recipe needs to know about the LM before loading it."""
-
-    name: str
-    n_layers: int
-    n_ctx: int
-    d_model: int
-    parameters: float
-
-    @classmethod
-    def read(cls, name: str) -> ModelShape:
-        from transformers import AutoConfig
-
-        try:
-            config = AutoConfig.from_pretrained(name)
-        except (OSError, ValueError) as error:
-            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise SaekitError(f"cannot read model {name}: {first_line}") from None
-        layers, d = int(config.num_hidden_layers), int(config.hidden_size)
-        n_ctx = int(getattr(config, "n_positions", None) or config.max_position_embeddings)
-        return cls(name, layers, n_ctx, d, 12 * layers * d * d + config.vocab_size * d)
-
-
 def resolve_recipes(names: tuple[str, ...]) -> list[Recipe]:
     chosen: list[str] = []
     for name in names:
@@ -157,7 +129,7 @@ def run_recipes(request: RecipeRequest, reporter: Reporter | None = None) -> Out
     _check_out(out, record)
     device = resolve_device(request.device)
     d_in = store.spec.hooks[hook].d if store is not None else model.d_model
-    cost = estimate(recipes, preset, d_in, model.parameters, harvesting=store is None)
+    cost = estimate(recipes, preset, d_in, model, harvesting=store is None)
     reporter.message(f"preset {preset.name}: {cost.describe()}")
     out.mkdir(parents=True, exist_ok=True)
     record = _merge_record(out, record, [r.name for r in recipes])
@@ -166,7 +138,7 @@ def run_recipes(request: RecipeRequest, reporter: Reporter | None = None) -> Out
     if store is None:
         with _timed(timings, "harvest"):
             store = _harvest(request, preset, model, hook, out, reporter)
-    evaluator = Evaluator(store, hook, preset, device, model.name, reporter)
+    evaluator = Evaluator(store, preset, device, model.name, reporter)
     outcome = Outcome(out / "report.md", cost)
     for recipe in recipes:
         recipe_timings = timings.setdefault(recipe.name, {})
@@ -400,30 +372,26 @@ class Evaluator:
     def __init__(
         self,
         store: ActivationStore,
-        hook: str,
         preset: Preset,
         device: torch.device,
         model: str,
         reporter: Reporter,
     ) -> None:
-        self.store, self.hook, self.preset, self.device = store, hook, preset, device
-        self.model_name, self.reporter = model, reporter
-        self._bridge = None
-        self._means: dict[str, torch.Tensor] | None = None
-
-    @property
-    def bridge(self):
-        if self._bridge is None:
-            self._bridge = load_model(self.model_name, self.device).bridge
-        return self._bridge
-
-    @property
-    def means(self) -> dict[str, torch.Tensor]:
-        if self._means is None:
-            self._means = {
-                self.hook: training_mean(self.store, self.hook, NonFinitePolicy()).to(self.device)
-            }
-        return self._means
+        self.preset, self.device, self.reporter = preset, device, reporter
+        settings = EvalSettings(
+            offline_tokens=None,
+            online_tokens=preset.online_tokens,
+            batch_size=preset.eval_batch,
+            steering=Steering(
+                preset.steering_latents, preset.steering_contexts, preset.steering_alphas
+            ),
+        )
+        self.evaluation = Evaluation(
+            store,
+            device,
+            settings,
+            load_model=lambda hooks: load_model_for_store(store, hooks, device, model),
+        )
 
     def evaluate_run(
         self, recipe: Recipe, run_name: str, seed: int, run_dir: Path, out: Path
@@ -431,77 +399,21 @@ class Evaluator:
         """Evaluate what the run's cache lacks; return the number of rows evaluated."""
         cache = out / recipe.name / "evals" / f"{run_name}.json"
         cached = json.loads(cache.read_text()) if cache.exists() else {}
-        targets, steered = [], {}
-        for sae_dir in sorted(p.parent for p in (run_dir / "saes").glob("*/cfg.json")):
+        targets, steered = [], set()
+        for sae_dir in saved_saes(run_dir):
             sae = load_sae(sae_dir, self.device)
-            modes = {mode: sae for mode in modes_of(sae)} | recipe.extra_modes(sae)
-            targets += [Target(run_name, model, mode) for mode, model in modes.items()]
+            targets += targets_of(run_name, sae, diagnostic=recipe.diagnostic_modes)
             if recipe.steers(sae.cfg.variant, sae.cfg.options, self.preset, sae.d_in):
-                steered[sae.cfg.name] = sae
+                steered.add(sae.cfg.name)
         todo = [t for t in targets if t.label not in cached]
-        to_steer = {
-            name: sae
-            for name, sae in steered.items()
-            if any(t.name == name and t.label not in cached for t in targets)
-        }
         if not todo:
             return 0
         self.reporter.message(f"{recipe.name}: evaluating {len(todo)} rows of run {run_name}")
-        offline = offline_metrics(
-            self.store, todo, self.means, None, self.device, NonFinitePolicy()
-        )
-        contexts = heldout_contexts(self.store, self.preset.online_tokens)
-        online = online_metrics(
-            self.bridge,
-            contexts,
-            todo,
-            self.means,
-            self.preset.eval_batch,
-            self.device,
-            row_slots=heldout_row_slots(self.store, self.preset.online_tokens),
-        )
-        steering = {name: self._steer(sae) for name, sae in to_steer.items()}
-        for target in todo:
-            cached[target.label] = {
-                "run": run_name,
-                "seed": seed,
-                "name": target.name,
-                "label": target.label,
-                "variant": target.variant,
-                "mode": target.mode,
-                "options": target.sae.cfg.options,
-                "k": target.sae.cfg.k,
-                "d_sae": target.sae.d_sae,
-                "offline": offline[target.label],
-                "online": online[target.label],
-                "steering": steering.get(target.name),
-            }
+        for row in self.evaluation.rows(todo, steer=steered):
+            cached[row["label"]] = row
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_json(cache, cached)
         return len(todo)
-
-    def _steer(self, sae: torch.nn.Module) -> dict | None:
-        sample = next(
-            holdout_batches(
-                self.store,
-                self.hook,
-                ("activations",),
-                STEERING_SAMPLE_ROWS,
-                STEERING_SAMPLE_ROWS,
-                NonFinitePolicy(),
-            )
-        )["activations"]
-        contexts = heldout_contexts(self.store, None)
-        generator = torch.Generator().manual_seed(0)
-        picked = contexts[torch.randperm(len(contexts), generator=generator)]
-        return steering_sweep(
-            self.bridge,
-            sae,
-            sample,
-            picked[: self.preset.steering_contexts],
-            self.preset.steering_alphas,
-            self.preset.steering_latents,
-        )
 
 
 # -- the report -----------------------------------------------------------------------------------

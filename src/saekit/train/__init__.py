@@ -4,26 +4,53 @@ Evaluation uses `load_sae(directory)`: the saved SAE (raw-activation space) with
 (`SAEConfig`); see docs/variants.md for the contract.
 """
 
+from saekit.train.checkpoint import Checkpoints
 from saekit.train.config import TrainSettings, load_config
-from saekit.train.export import load_sae
+from saekit.train.export import CFG_FILE, load_sae
+from saekit.train.layout import (
+    recorded_store,
+    run_of,
+    sae_directories,
+    sae_directory,
+    saved_saes,
+)
+from saekit.train.metrics import METRICS_FILE, read_metrics
 from saekit.train.run import RunResult, TrainRequest, train
 from saekit.train.sae import SAE
 from saekit.train.sae_config import SAEConfig
+from saekit.train.schedule import Plan
+from saekit.train.sparse import Code, DenseCode, SparseCode
 from saekit.train.spec import SAESpec, parse_spec
 from saekit.train.trainer import Observer
-from saekit.train.variants import VARIANTS
+from saekit.train.variants import VARIANTS, modes
+from saekit.train.zipf import fit_zipf
 
 __all__ = [
+    "CFG_FILE",
+    "METRICS_FILE",
     "SAE",
     "VARIANTS",
+    "Checkpoints",
+    "Code",
+    "DenseCode",
     "Observer",
+    "Plan",
     "RunResult",
     "SAEConfig",
     "SAESpec",
+    "SparseCode",
     "TrainRequest",
     "TrainSettings",
+    "fit_zipf",
     "load_config",
     "load_sae",
+    "modes",
     "parse_spec",
+    "read_metrics",
+    "recorded_store",
+    "run_of",
+    "sae_directories",
+    "sae_directory",
+    "saved_saes",
     "train",
 ]

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from saekit.errors import SaekitError
+from saekit.base.errors import SaekitError
 
 
 def input_scale(x_BD: Tensor) -> float:

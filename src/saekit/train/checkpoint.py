@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from saekit.errors import SaekitError
-from saekit.train.atomic import write_json, write_torch
+from saekit.base.atomic import write_json, write_torch
+from saekit.base.errors import SaekitError
 
 LATEST = "latest.json"
 TRAINER_STATE = "trainer.pt"

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saekit.devices import check_device_name
-from saekit.errors import SaekitError
+from saekit.base.devices import check_device_name
+from saekit.base.errors import SaekitError
 from saekit.train.spec import SAESpec, convert, spec_from_table, suggest
 
 

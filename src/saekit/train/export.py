@@ -17,8 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from saekit.errors import SaekitError
-from saekit.train.atomic import write_json, write_safetensors
+from saekit.base.atomic import write_json, write_safetensors
+from saekit.base.errors import SaekitError
 from saekit.train.sae import SAE
 from saekit.train.sae_config import DAMAGED, SAE_FORMAT, SAEConfig
 from saekit.train.spec import ResolvedSpec, make_spec

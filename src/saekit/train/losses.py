@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor
 
-from saekit import devices
+from saekit.base import devices
 from saekit.train.sparse import SparseCode, SparsePattern, gather_pre_activations
 
 if TYPE_CHECKING:

@@ -6,9 +6,9 @@ import os
 
 import torch
 
-from saekit.errors import SaekitError
+from saekit.base.errors import SaekitError
+from saekit.base.units import human_bytes
 from saekit.train.spec import ResolvedSpec
-from saekit.units import human_bytes
 
 FLOAT_BYTES = 4
 # float32 copies of the parameters held while training: weights, gradients, Adam's two moments

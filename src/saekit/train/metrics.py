@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from saekit.errors import SaekitError
+from saekit.base.errors import SaekitError
 
 METRICS_FILE = "metrics.jsonl"
 # Keys that measure the machine rather than the training: they differ between identical runs.

@@ -24,12 +24,13 @@ import numpy as np
 import torch
 
 from saekit import __version__
+from saekit.base.atomic import write_json
+from saekit.base.devices import resolve_device
+from saekit.base.errors import IntegrityError, SaekitError
+from saekit.base.locations import absolute_location
+from saekit.base.outputs import refuse_inside_store
 from saekit.cache_format import ActivationStore, LoaderThreads, ShuffledLoader
-from saekit.cache_format.location import absolute_location, refuse_inside_store
 from saekit.cache_format.nonfinite import NonFinitePolicy
-from saekit.devices import resolve_device
-from saekit.errors import IntegrityError, SaekitError
-from saekit.train.atomic import write_json
 from saekit.train.calibration import geometric_median, input_scale
 from saekit.train.checkpoint import Checkpoint, Checkpoints
 from saekit.train.config import TrainSettings

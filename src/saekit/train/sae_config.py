@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from saekit import __version__
-from saekit.errors import SaekitError
+from saekit.base.errors import SaekitError
 
 SAE_FORMAT = "saekit.sae"
 SAE_FORMAT_VERSION = 1

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from saekit.errors import SaekitError
+from saekit.base.errors import SaekitError
 from saekit.train.sae import SAE
 from saekit.train.variants import VARIANTS, SAEOptions, all_names, canonical_name
 

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saekit.base.errors import SaekitError
 from saekit.cache_format import Batch, EncodedBatch
 from saekit.cache_format.nonfinite import NonFinitePolicy, NonFiniteRows
-from saekit.errors import SaekitError
 from saekit.train.checkpoint import Checkpoints
 from saekit.train.member import Member
 from saekit.train.metrics import METRICS_FILE, MetricsLog

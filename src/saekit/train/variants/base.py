@@ -25,6 +25,7 @@ from saekit.train.sparse import (
     sparse_is_faster,
 )
 from saekit.train.thresholds import WindowedEMA
+from saekit.train.variants import modes
 from saekit.train.variants.options import SAEOptions
 
 if TYPE_CHECKING:
@@ -49,6 +50,9 @@ class Activation(nn.Module):
     b_dec_from_data: ClassVar[bool] = True  # init b_dec to the geometric median of the data
     adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
     saelens_architecture: ClassVar[str]
+    # products of a [B, D] and a [D, F] matrix per training step (forward and backward): what a
+    # step of this variant costs, for the recipes' estimates
+    dense_products: ClassVar[int] = 6
     # Modules (attribute names) whose state SAEs saved by an earlier saekit lack: loading such
     # an SAE keeps their initial state, which must reproduce what that saekit computed.
     later_state: ClassVar[tuple[str, ...]] = ()
@@ -70,6 +74,22 @@ class Activation(nn.Module):
     def encode_batch(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
         """Codes with the training-time selection over this batch (no state updated)."""
         return self.encode(sae, x_BD, gradients_BD)
+
+    @classmethod
+    def modes(cls, options: Any, diagnostic: bool = False) -> tuple[str, ...]:
+        """The inference modes an SAE of these options is evaluated in (`variants.modes`), the
+        first the one it is used in; `diagnostic` adds modes that only explain a result."""
+        return (modes.INFERENCE,)
+
+    def code_in(self, mode: str, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
+        """Codes of raw activations in one of this variant's modes (`gradients_BD` is read only
+        by modes that use gradients)."""
+        self._check_mode(mode)
+        return self.encode(sae, x_BD, None)
+
+    def _check_mode(self, mode: str) -> None:
+        if mode not in self.modes(self.options, diagnostic=True):
+            raise ValueError(f"variant {self.name} has no inference mode {mode!r}")
 
     def loss_terms(self) -> list[losses.LossTerm]:
         raise NotImplementedError
@@ -105,6 +125,7 @@ class Selection(Activation):
     """
 
     options: Any
+    dense_products = 4  # the decoder reads k columns per row, not F
 
     def select(
         self, sae: SAE, z_BF: Tensor, gradients_BD: Tensor | None, mode: Mode
@@ -175,6 +196,16 @@ class BatchSelection(Selection):
             if mode == "train":
                 self.threshold.update(smallest, observed)
         return pattern, None
+
+    @classmethod
+    def modes(cls, options: Any, diagnostic: bool = False) -> tuple[str, ...]:
+        return (modes.THRESHOLD, modes.BATCH)
+
+    def code_in(self, mode: str, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
+        self._check_mode(mode)
+        if mode == modes.BATCH:
+            return self.encode_batch(sae, x_BD, None)
+        return self.encode(sae, x_BD, None)
 
     def saelens_tensors(self, sae: SAE) -> dict[str, Tensor]:
         return {**super().saelens_tensors(sae), "threshold": self.threshold.value.expand(sae.d_sae)}

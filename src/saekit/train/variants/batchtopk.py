@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from saekit import devices
+from saekit.base import devices
 from saekit.train.sparse import SparsePattern
 from saekit.train.variants.base import BatchSelection
 from saekit.train.variants.options import ThresholdOptions

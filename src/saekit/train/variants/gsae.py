@@ -33,8 +33,9 @@ import torch
 from torch import Tensor
 
 from saekit.train.sae import SAE
-from saekit.train.sparse import SparsePattern
+from saekit.train.sparse import Code, SparseCode, SparsePattern
 from saekit.train.thresholds import WindowedEMA
+from saekit.train.variants import modes
 from saekit.train.variants.base import Mode
 from saekit.train.variants.options import SAEOptions, check
 from saekit.train.variants.registry import register
@@ -139,11 +140,22 @@ class GradientTopK(TopK):
         ratio_F = self.code_moment.value / torch.where(known_F, plain_F, 1.0)
         return torch.where(known_F, ratio_F, 1.0)
 
-    @torch.no_grad()
-    def forget_plain_gain_(self) -> None:
-        """Drop the learnt gains: plain mode becomes TopK on z (β = 0), as without them."""
-        for moment in (self.code_moment, self.plain_moment):
-            moment.observations.zero_()
+    @classmethod
+    def modes(cls, options: GSAEOptions, diagnostic: bool = False) -> tuple[str, ...]:
+        """grad and plain; with `diagnostic`, augmented g-SAEs also without their plain-mode
+        gains (selection-only ones have none)."""
+        uncorrected = diagnostic and not options.selection_only
+        return (modes.GRAD, modes.PLAIN, *((modes.PLAIN_UNCORRECTED,) if uncorrected else ()))
+
+    def code_in(self, mode: str, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
+        self._check_mode(mode)
+        if mode == modes.GRAD:
+            return self.encode(sae, x_BD, gradients_BD)
+        if mode == modes.PLAIN:
+            return self.encode(sae, x_BD, None)
+        z_BF = sae.pre_activations(x_BD)  # plain-uncorrected: TopK on z (β = 0)
+        pattern = top_k_per_row(z_BF, self.options.k)
+        return SparseCode(pattern, pattern.take(z_BF).relu())
 
     def step_metrics(self) -> dict[str, Tensor]:
         return {"beta_eff_measured": self.last_beta_eff}

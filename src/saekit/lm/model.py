@@ -1,4 +1,4 @@
-"""Load a causal LM through TransformerLens' TransformerBridge and check hook names against it."""
+"""A causal LM loaded through TransformerLens' TransformerBridge: its identity, hooks and widths."""
 
 from __future__ import annotations
 
@@ -10,16 +10,18 @@ from typing import Any
 
 import torch
 
-from saekit.cache_format.location import absolute_location
-from saekit.errors import SaekitError
-from saekit.fingerprint import files_fingerprint, text_fingerprint
+from saekit.base.errors import SaekitError
+from saekit.base.fingerprint import files_fingerprint, text_fingerprint
+from saekit.base.locations import absolute_location
+from saekit.lm.forward import run_batch
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 @dataclass
-class LoadedModel:
-    """A TransformerBridge with frozen parameters, its tokenizer and what identifies it."""
+class LanguageModel:
+    """A TransformerBridge with frozen parameters, its tokenizer and what identifies it
+    (`identity`: the model's location, hub revision, weights and tokenizer fingerprints)."""
 
     bridge: Any  # transformer_lens.model_bridge.TransformerBridge
     name: str
@@ -34,8 +36,43 @@ class LoadedModel:
         return int(self.bridge.cfg.n_ctx)
 
     @property
+    def d_model(self) -> int:
+        return int(self.bridge.cfg.d_model)
+
+    @property
+    def d_vocab(self) -> int:
+        return int(self.bridge.cfg.d_vocab)
+
+    @property
     def device(self) -> torch.device:
         return next(self.bridge.parameters()).device
+
+    def check_hooks(self, hooks: list[str]) -> None:
+        """Every hook must exist; on a typo the closest valid names are suggested."""
+        if not hooks:
+            raise SaekitError("give at least one --hook, e.g. --hook blocks.0.hook_resid_post")
+        if len(set(hooks)) != len(hooks):
+            raise SaekitError(f"a hook is given twice in {hooks}")
+        valid = list(self.bridge.hook_dict)
+        for hook in hooks:
+            if hook not in self.bridge.hook_dict:
+                close = difflib.get_close_matches(hook, valid, n=3, cutoff=0.5)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise SaekitError(f"model {self.name} has no hook '{hook}'{hint}")
+
+    def hook_widths(self, hooks: list[str]) -> dict[str, int]:
+        """Run two tokens through the model; every hook must give [batch, position, d]."""
+        probe_BT = torch.full((1, 2), self.tokenizer.eos_token_id or 0, device=self.device)
+        out = run_batch(self.bridge, probe_BT, hooks, gradients=False)
+        widths = {}
+        for hook, x in out.activations.items():
+            if x.ndim != 3 or tuple(x.shape[:2]) != (1, 2):
+                raise SaekitError(
+                    f"hook {hook} gives shape {list(x.shape)}, not [batch, position, d]; "
+                    "choose a hook on the residual stream or another per-token vector"
+                )
+            widths[hook] = int(x.shape[-1])
+        return widths
 
 
 def _model_files(name: str) -> tuple[Path | None, str | None]:
@@ -52,7 +89,7 @@ def _model_files(name: str) -> tuple[Path | None, str | None]:
     return None, None
 
 
-def load_model(name: str, device: torch.device) -> LoadedModel:
+def load_model(name: str, device: torch.device) -> LanguageModel:
     """Load a Hugging Face causal LM (hub name or local HF-format directory), parameters frozen."""
     local = Path(name).expanduser()
     if local.exists() and not (local / "config.json").is_file():
@@ -89,7 +126,7 @@ def load_model(name: str, device: torch.device) -> LoadedModel:
         else None,
         "tokenizer_fingerprint": tokenizer_fingerprint(bridge.tokenizer),
     }
-    return LoadedModel(bridge=bridge, name=name, identity=identity)
+    return LanguageModel(bridge=bridge, name=name, identity=identity)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -98,34 +135,3 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     if backend is not None:
         return text_fingerprint(backend.to_str())
     return text_fingerprint(repr(sorted(tokenizer.get_vocab().items())))
-
-
-def check_hooks(model: LoadedModel, hooks: list[str]) -> None:
-    """Every hook must exist; on a typo the closest valid names are suggested."""
-    if not hooks:
-        raise SaekitError("give at least one --hook, e.g. --hook blocks.0.hook_resid_post")
-    if len(set(hooks)) != len(hooks):
-        raise SaekitError(f"a hook is given twice in {hooks}")
-    valid = list(model.bridge.hook_dict)
-    for hook in hooks:
-        if hook not in model.bridge.hook_dict:
-            close = difflib.get_close_matches(hook, valid, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise SaekitError(f"model {model.name} has no hook '{hook}'{hint}")
-
-
-def hook_widths(model: LoadedModel, hooks: list[str]) -> dict[str, int]:
-    """Run two tokens through the model; every hook must give [batch, position, d]."""
-    probe = torch.full((1, 2), model.tokenizer.eos_token_id or 0, device=model.device)
-    from saekit.harvest.forward import run_batch
-
-    out = run_batch(model.bridge, probe, hooks, gradients=False)
-    widths = {}
-    for hook, x in out.activations.items():
-        if x.ndim != 3 or tuple(x.shape[:2]) != (1, 2):
-            raise SaekitError(
-                f"hook {hook} gives shape {list(x.shape)}, not [batch, position, d]; "
-                "choose a hook on the residual stream or another per-token vector"
-            )
-        widths[hook] = int(x.shape[-1])
-    return widths

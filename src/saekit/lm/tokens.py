@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore
-from saekit.errors import SaekitError
-from saekit.harvest.model import tokenizer_fingerprint
+from saekit.lm.model import tokenizer_fingerprint
 
 
 def load_tokenizer(model: str, store: ActivationStore) -> Any:

@@ -1,7 +1,8 @@
-"""Logit effects: what a latent's decoder direction does to the next-token logits, read through
-the LM's final norm and unembedding only.
+"""The LM's readout: what a direction of the residual stream does to the next-token logits,
+read through the final norm and the unembedding.
 
-Only those two modules are loaded, not the model: the architecture is instantiated on the `meta`
+`direction_logits` reads them from a loaded model (steering). `load_readout` reads them alone,
+without loading the model (latent dashboards): the architecture is instantiated on the `meta`
 device (no memory), the unembedding is `get_output_embeddings()` (Hugging Face's API), the final
 norm is the last normalisation module of the base model outside its list of blocks, and their
 tensors alone are read from the checkpoint (`safetensors`, sharded or not, or a PyTorch `.bin`;
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from saekit.errors import SaekitError
+from saekit.base.errors import SaekitError
 
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -179,3 +180,22 @@ def _load_tensor(path: str, key: str) -> Tensor:
         with safe_open(path, "pt") as file:
             return file.get_tensor(key)
     return torch.load(path, map_location="cpu", mmap=True, weights_only=True)[key]
+
+
+def direction_logits(bridge: object, directions_LD: Tensor) -> Tensor:
+    """How each direction moves the logits of a loaded model through its final norm and
+    unembedding, as the LM applies them (the norm's centring and weight, then `W_U`; its division
+    by the token's scale is a positive factor that keeps the ranking): [L, V]."""
+    directions_LD = directions_LD.float()
+    if getattr(bridge.cfg, "normalization_type", None) in ("LN", "LNPre"):
+        directions_LD = directions_LD - directions_LD.mean(dim=1, keepdim=True)
+    weight = getattr(bridge.ln_final, "weight", None)
+    if weight is not None:
+        directions_LD = directions_LD * weight.float()
+    return directions_LD @ bridge.W_U.float()
+
+
+def reads_residual_stream(bridge: object, d: int) -> bool:
+    """Whether vectors of width `d` live in the model's residual stream (the unembedding reads
+    them), so that their logit effects are defined."""
+    return bridge.W_U.shape[0] == d

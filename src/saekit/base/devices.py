@@ -12,7 +12,7 @@ import re
 
 import torch
 
-from saekit.errors import SaekitError
+from saekit.base.errors import SaekitError
 
 DEVICE_HELP = "auto, cpu, cuda (the current GPU) or cuda:N"
 _CUDA_INDEX = re.compile(r"cuda:(\d+)")

@@ -1,0 +1,56 @@
+"""Where a run keeps its saved SAEs, and how a command-line argument names them.
+
+    RUN/saes/<name>/cfg.json         one saved SAE per directory (see `export.py`)
+
+An argument naming SAEs is a run (all of `RUN/saes/*`) or one SAE directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from saekit.base.errors import SaekitError
+from saekit.base.locations import resolve_recorded_path
+from saekit.train.export import CFG_FILE
+from saekit.train.sae_config import SAEConfig
+
+SAES_DIR = "saes"
+
+
+def sae_directory(run: Path, name: str) -> Path:
+    """Where the run saves the SAE called `name`."""
+    return run / SAES_DIR / name
+
+
+def saved_saes(run: Path) -> list[Path]:
+    """The directories of the run's saved SAEs (those with a cfg.json), by name."""
+    return sorted(p for p in (run / SAES_DIR).glob("*") if (p / CFG_FILE).is_file())
+
+
+def sae_directories(path: str | Path) -> list[Path]:
+    """The SAE directories an argument names: a run (all of RUN/saes/*) or one SAE."""
+    directory = Path(path)
+    if (directory / CFG_FILE).is_file():
+        return [directory]
+    saes = saved_saes(directory)
+    if not saes:
+        raise SaekitError(
+            f"{path} is neither a run nor a saved SAE; give a directory written by sae train "
+            "(RUN or RUN/saes/NAME)"
+        )
+    return saes
+
+
+def run_of(directory: Path) -> Path | None:
+    """The run a saved SAE's directory belongs to (RUN for RUN/saes/NAME), or None."""
+    return directory.parent.parent if directory.parent.name == SAES_DIR else None
+
+
+def recorded_store(sae_dir: Path) -> str:
+    """The store a saved SAE's `cfg.json` says it was trained on (a relative local path of an
+    older run is looked for beside its run)."""
+    cfg_file = sae_dir / CFG_FILE
+    location = SAEConfig.read(cfg_file).store.get("location")
+    if not isinstance(location, str) or not location:
+        raise SaekitError(f"{cfg_file} names no store; give one with --store")
+    return resolve_recorded_path(location, run_of(sae_dir) or sae_dir)
