@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 from saekit.recipes import SMALL, RecipeRequest, Reporter, run_recipes
+from saekit.recipes.choice import ChoiceGrid
+from saekit.recipes.gsae import GRIDS as GSAE_GRIDS
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "experiments" / "output"
@@ -23,12 +25,14 @@ DATA_CANDIDATES = (ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared
 RESEARCH = dataclasses.replace(
     SMALL,
     name="small-research",
-    gsae_k=(16, 32),
-    headline_k=16,
-    latents_factors=(0.5, 1.0),
-    choice_k=(16, 32),
     online_tokens=8192,
     eval_batch=8,
+    grids={
+        "gsae": dataclasses.replace(
+            GSAE_GRIDS["small"], k=(16, 32), headline_k=16, width_factors=(0.5, 1.0)
+        ),
+        "choice": ChoiceGrid(k=(16, 32)),
+    },
 )
 
 

@@ -11,7 +11,10 @@ from helpers import assert_one_line_error, snapshot
 from saekit.cache_format import HookSpec
 from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 from saekit.recipes import SMALL, RecipeRequest, run_recipes
+from saekit.recipes.choice import ChoiceGrid
 from saekit.recipes.claims import FAILS, HOLDS, INCONCLUSIVE
+from saekit.recipes.gated import GatedGrid
+from saekit.recipes.gsae import GSAEGrid
 
 # The small preset, shrunk: an 8k-token store, 2·d latents, 4k training tokens, two seeds, the
 # sweeps cut to two points each.
@@ -26,15 +29,19 @@ FAST = dataclasses.replace(
     batch_size=256,
     online_tokens=256,
     eval_batch=8,
-    gsae_k=(4, 8),
-    headline_k=4,
-    latents_factors=(0.5, 1.0),
-    beta_effs=(0.3,),
-    choice_k=(4, 8),
-    l1_grid=(2.0, 8.0),
     steering_latents=4,
     steering_contexts=4,
-    steering_alphas=(0.5, 1.0),
+    grids={
+        "gsae": GSAEGrid(
+            k=(4, 8),
+            headline_k=4,
+            width_factors=(0.5, 1.0),
+            beta_effs=(0.3,),
+            steering_alphas=(0.5, 1.0),
+        ),
+        "choice": ChoiceGrid(k=(4, 8)),
+        "gated": GatedGrid(l1=(2.0, 8.0)),
+    },
 )
 
 CLAIMS = {

@@ -140,9 +140,15 @@ class Evaluation:
             self._checked_hooks.update(new)
         return self._model.model
 
-    def rows(self, targets: list[Target], steer: Collection[str] = ()) -> list[dict[str, Any]]:
+    def rows(
+        self,
+        targets: list[Target],
+        steer: Collection[str] = (),
+        steering: Steering | None = None,
+    ) -> list[dict[str, Any]]:
         """Every target measured, as report rows in the targets' order; the SAEs named in
-        `steer` are also steered (when the evaluation is online and `settings.steering` set)."""
+        `steer` are also steered when the evaluation is online, as `steering` says (default:
+        `settings.steering`)."""
         if not targets:
             return []
         hooks = sorted({t.hook for t in targets})
@@ -152,7 +158,7 @@ class Evaluation:
             self.store, targets, means, self.settings.offline_tokens, self.device, self.policy
         )
         online: dict[str, dict] = {}
-        steering: dict[str, dict | None] = {}
+        steered: dict[str, dict | None] = {}
         if self.online:
             model = self.model(hooks)
             self._stage("splicing SAEs into the LM", len(self.contexts))
@@ -166,10 +172,11 @@ class Evaluation:
                 on_batch=self.progress.advance if self.progress else lambda n: None,
                 row_slots=heldout_row_slots(self.store, self.settings.online_tokens),
             )
-            if self.settings.steering is not None:
-                steering = self._steer(model, targets, set(steer))
+            plan = steering or self.settings.steering
+            if plan is not None and steer:
+                steered = self._steer(model, targets, set(steer), plan)
         return [
-            report_row(t, offline[t.label], online.get(t.label), steering.get(t.name))
+            report_row(t, offline[t.label], online.get(t.label), steered.get(t.name))
             for t in targets
         ]
 
@@ -178,11 +185,9 @@ class Evaluation:
             self.progress.stage(description, total)
 
     def _steer(
-        self, model: LanguageModel, targets: list[Target], names: set[str]
+        self, model: LanguageModel, targets: list[Target], names: set[str], plan: Steering
     ) -> dict[str, dict | None]:
         """Steering numbers of each SAE named, by name."""
-        plan = self.settings.steering
-        assert plan is not None
         generator = torch.Generator().manual_seed(self.settings.seed)
         order = torch.randperm(len(self.contexts), generator=generator)
         picked = self.contexts[order[: plan.contexts]]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from saekit.lm import ModelShape
-from saekit.recipes.base import Recipe, StageContext
+from saekit.recipes.declarations import Recipe, StageInputs
 from saekit.recipes.presets import Preset
 from saekit.train import VARIANTS, parse_spec
 
@@ -53,25 +53,25 @@ def estimate(
     train = evaluate = 0.0
     saes = 0
     for recipe in recipes:
-        for stage in recipe.stages(preset):
-            seeds = preset.seeds if stage.seeds == "all" else preset.seeds[:1]
-            for seed in seeds:
-                for text in stage.specs(StageContext(preset, d_in, seed)):
+        scope = recipe.scope(preset, d_in)
+        steer_per_sae = (
+            preset.steering_latents
+            * max(len(recipe.steering_alphas(scope)), 1)
+            * preset.steering_contexts
+            * preset.context_size
+            * lm_token
+        )
+        for stage in recipe.stages(scope):
+            for seed in stage.seeds(preset):
+                for text in stage.specs(StageInputs(scope, seed)):
                     resolved = parse_spec(text).resolve(d_in)
                     variant = VARIANTS[resolved.variant]
                     per_row = 2 * d_in * resolved.latents  # one dense product
                     train += steps * preset.batch_size * variant.dense_products * per_row
                     modes = variant.modes(resolved.options, recipe.diagnostic_modes)
                     evaluate += len(modes) * preset.online_tokens * lm_token
+                    if recipe.steers(scope, resolved.variant, resolved.options_dict()):
+                        evaluate += steer_per_sae
                     saes += 1
-        evaluate += (
-            recipe.steered_per_seed
-            * len(preset.seeds)
-            * preset.steering_latents
-            * len(preset.steering_alphas)
-            * preset.steering_contexts
-            * preset.context_size
-            * lm_token
-        )
     harvest = BACKWARD_FACTOR * lm_token * preset.harvest_tokens if harvesting else 0.0
     return Estimate(harvest, train, evaluate, saes)

@@ -1,4 +1,6 @@
-"""Presets: the scale a recipe runs at.
+"""Presets: the scale every recipe runs at. Each recipe declares its own grid per preset (its
+L0s, λs, widths) in its own file; a preset may override a recipe's grid (`grids`), which is how
+tests shrink a recipe.
 
 `small` runs each recipe on the demo's tiny LM (or any small local model) on a CPU: the hook is the
 middle layer's residual stream, a few hundred thousand tokens are harvested, SAEs have 8·d latents
@@ -10,12 +12,14 @@ seed noise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
 class Preset:
-    """Every setting a recipe takes from its preset."""
+    """The scale shared by every recipe."""
 
     name: str
     hook: str | None  # None: the middle layer's residual stream, blocks.{n_layers // 2}
@@ -24,22 +28,14 @@ class Preset:
     holdout_tokens: int
     harvest_batch: int  # contexts per LM pass
     expansion: int  # latents = expansion · d
-    train_tokens: int
+    train_tokens: int  # per SAE
     batch_size: int
     seeds: tuple[int, ...]  # every SAE a claim rests on is trained once per seed
     online_tokens: int  # held-out tokens spliced into the LM (offline metrics use them all)
     eval_batch: int  # contexts per LM pass when splicing
-    gsae_k: tuple[int, ...]  # g-SAE paper, Fig. 4: L0 grid of TopK and g-SAE
-    headline_k: int  # L0 of the β, value-mode and latents sweeps
-    latents_factors: tuple[float, ...]  # the latents sweep, in multiples of expansion · d
-    beta_effs: tuple[float, ...]
-    choice_k: tuple[int, ...]  # Mutual / Feature Choice: L0 grid
-    l1_grid: tuple[float, ...]  # Gated and ReLU+L1: λ sweep
-    steering_latents: int
-    steering_contexts: int
-    steering_alphas: tuple[
-        float, ...
-    ]  # added α · E‖x‖ · d_i, in units of the mean norm at the hook
+    steering_latents: int  # alive latents steered per steered SAE
+    steering_contexts: int  # held-out contexts each latent is steered on
+    grids: Mapping[str, Any] = field(default_factory=dict)  # recipe name -> its grid, overriding
 
     def hook_for(self, n_layers: int) -> str:
         return self.hook or f"blocks.{n_layers // 2}.hook_resid_post"
@@ -61,15 +57,8 @@ SMALL = Preset(
     seeds=(0, 1),
     online_tokens=16_384,
     eval_batch=16,
-    gsae_k=(8, 16, 32),
-    headline_k=16,
-    latents_factors=(0.5, 1.0, 2.0),
-    beta_effs=(0.1, 0.3, 1.0),
-    choice_k=(8, 16, 32),
-    l1_grid=(1.0, 2.0, 4.0, 8.0, 16.0),
     steering_latents=32,
     steering_contexts=32,
-    steering_alphas=(0.25, 0.5, 1.0, 2.0),
 )
 
 PAPER = Preset(
@@ -85,15 +74,8 @@ PAPER = Preset(
     seeds=(0, 1),
     online_tokens=262_144,
     eval_batch=32,
-    gsae_k=(16, 32, 64, 128),
-    headline_k=32,
-    latents_factors=(0.25, 0.5, 1.0, 2.0),
-    beta_effs=(0.1, 0.3, 1.0),
-    choice_k=(16, 32, 64),
-    l1_grid=(1.0, 2.0, 4.0, 8.0, 16.0),
     steering_latents=256,
     steering_contexts=256,
-    steering_alphas=(0.25, 0.5, 1.0, 2.0),
 )
 
 PRESETS = {preset.name: preset for preset in (SMALL, PAPER)}

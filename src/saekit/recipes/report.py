@@ -9,15 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from saekit import __version__
-from saekit.recipes.base import Analysis, Recipe
+from saekit.base.atomic import write_text
+from saekit.recipes.analysis import Analysis
 from saekit.recipes.claims import Claim
 from saekit.recipes.cost import Estimate
-from saekit.recipes.results import Row
 from saekit.recipes.tables import markdown_table
 
 RECONSTRUCTIONS = (
-    "The papers' exact procedures are partly unknown (algorithms-notes marks them); these are "
-    "the recipes' reconstructions: g-SAE's β_eff scale, its eval modes and the steering protocol "
+    "The papers' exact procedures are partly unknown (docs/algorithms.md lists what is "
+    "reconstructed and how reliable each source is); these are the recipes' reconstructions: "
+    "g-SAE's β_eff scale, its eval modes and the steering protocol "
     "(targets through the final norm and unembedding, strength α · E‖x‖); the gradient as the "
     "sum of next-token CE over the context; aux_zipf; Feature Choice's Zipf capacities fitted to "
     "a TopK SAE's densities, and aux_zipf as the paper's headline FC row; the compute-matched "
@@ -33,14 +34,11 @@ VERDICTS = (
 
 
 def write_report(
-    out: Path,
-    record: dict[str, Any],
-    analyses: dict[str, tuple[Recipe, Analysis, list[Row]]],
-    estimate: Estimate,
+    out: Path, record: dict[str, Any], analyses: list[Analysis], estimate: Estimate
 ) -> None:
     """Write `report.md` and `report.json` into `out` (figures are already in `figures/`)."""
-    claims = [c for _, analysis, _ in analyses.values() for c in analysis.claims]
-    (out / "report.md").write_text(_markdown(record, analyses, claims, estimate))
+    claims = [c for analysis in analyses for c in analysis.claims]
+    write_text(out / "report.md", _markdown(record, analyses, claims, estimate))
     report = {
         "saekit_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -48,31 +46,28 @@ def write_report(
         "timings_s": record.get("timings", {}),
         "estimate": {"gpu_hours": estimate.gpu_hours, "description": estimate.describe()},
         "recipes": {
-            name: {
-                "title": recipe.title,
-                "paper": recipe.paper,
+            analysis.recipe.name: {
+                "title": analysis.recipe.title,
+                "paper": analysis.recipe.paper,
                 "claims": [c.to_json() for c in analysis.claims],
                 "findings": analysis.findings,
                 "figures": [f.file for f in analysis.figures],
-                "rows": [row.data for row in rows],
+                "rows": [row.data for row in analysis.rows],
             }
-            for name, (recipe, analysis, rows) in analyses.items()
+            for analysis in analyses
         },
         "claims": [c.to_json() for c in claims],
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=True))
+    write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=True))
 
 
 def _markdown(
-    record: dict[str, Any],
-    analyses: dict[str, tuple[Recipe, Analysis, list[Row]]],
-    claims: list[Claim],
-    estimate: Estimate,
+    record: dict[str, Any], analyses: list[Analysis], claims: list[Claim], estimate: Estimate
 ) -> str:
     preset = record["preset"]
     timings = record.get("timings", {})
     lines = [
-        f"# SAE recipes: {', '.join(analyses)}",
+        f"# SAE recipes: {', '.join(analysis.recipe.name for analysis in analyses)}",
         "",
         f"Model `{record['model']}`, hook `{record['hook']}`, preset `{preset['name']}`: "
         f"{preset['train_tokens']:,} training tokens per SAE in batches of "
@@ -87,12 +82,14 @@ def _markdown(
         RECONSTRUCTIONS,
         "",
     ]
-    for name, (recipe, analysis, _) in analyses.items():
-        lines += [f"## {name}: {recipe.title}", "", f"{recipe.paper}.", ""]
+    for analysis in analyses:
+        recipe = analysis.recipe
+        lines += [f"## {recipe.name}: {recipe.title}", "", f"{recipe.paper}.", ""]
         for section in analysis.sections:
-            lines += [section, ""]
-        for figure in analysis.figures:
-            lines += [f"![{figure.caption}](figures/{figure.file})", "", f"*{figure.caption}.*", ""]
+            lines += [section.text, ""] if section.text else []
+            for figure in section.figures:
+                caption = figure.caption
+                lines += [f"![{caption}](figures/{figure.file})", "", f"*{caption}.*", ""]
     lines += [
         "## Claims",
         "",

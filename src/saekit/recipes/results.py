@@ -78,6 +78,10 @@ class Series:
     mode: str
     options: dict[str, Any]
 
+    def at(self, **options: Any) -> Series:
+        """The same series narrowed to rows with these option values (e.g. one k)."""
+        return Series(self.label, self.variant, self.mode, {**self.options, **options})
+
     def rows(self, rows: Iterable[Row], seed: int | None = None) -> list[Row]:
         return [
             r
@@ -100,6 +104,10 @@ class Results:
         self, variant: str | None = None, mode: str | None = None, **options: Any
     ) -> list[Row]:
         return [r for r in self.rows if r.matches(variant, mode, options)]
+
+    def swept(self, series: Series, key: str) -> list[Any]:
+        """The values the series' rows take for option `key`, sorted (a sweep's points)."""
+        return sorted({r.options[key] for r in series.rows(self.rows)})
 
     def seeds_of(self, series: Series) -> list[int]:
         return sorted({r.seed for r in series.rows(self.rows)})

@@ -4,7 +4,7 @@ Evaluation uses `load_sae(directory)`: the saved SAE (raw-activation space) with
 (`SAEConfig`); see docs/variants.md for the contract.
 """
 
-from saekit.train.checkpoint import Checkpoints
+from saekit.train.checkpoint import run_finished
 from saekit.train.config import TrainSettings, load_config
 from saekit.train.export import CFG_FILE, load_sae
 from saekit.train.layout import (
@@ -30,7 +30,6 @@ __all__ = [
     "METRICS_FILE",
     "SAE",
     "VARIANTS",
-    "Checkpoints",
     "Code",
     "DenseCode",
     "Observer",
@@ -48,6 +47,7 @@ __all__ = [
     "parse_spec",
     "read_metrics",
     "recorded_store",
+    "run_finished",
     "run_of",
     "sae_directories",
     "sae_directory",

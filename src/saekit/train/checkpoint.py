@@ -128,3 +128,9 @@ def _names_a_checkpoint(latest: Any) -> bool:
         and _STEP_DIR.fullmatch(directory) is not None
         and isinstance(latest.get("complete"), bool)
     )
+
+
+def run_finished(run_dir: Path) -> bool:
+    """Whether the run in `run_dir` trained to its end (its last checkpoint is complete)."""
+    latest = Checkpoints(run_dir).latest()
+    return latest is not None and bool(latest["complete"])

@@ -1,0 +1,6 @@
+"""Every recipe `sae recipe` knows, in the order `all` runs them."""
+
+from saekit.recipes import choice, gated, gsae
+from saekit.recipes.declarations import Recipe
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (gsae.RECIPE, choice.RECIPE, gated.RECIPE)}

@@ -1,0 +1,125 @@
+"""Where two series are compared (the `Comparison`s a claim declares), and a declared claim
+judged on the evaluated rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from saekit.recipes.claims import FAILS, HOLDS, Claim, Point
+from saekit.recipes.compare import (
+    GRID_POINTS,
+    at_matched_l0,
+    borrow_spread,
+    l0_ratio_at_matched_metric,
+    per_key,
+    shared_l0_range,
+)
+from saekit.recipes.declarations import ClaimSpec, Comparison
+from saekit.recipes.pareto import geometric_grid
+from saekit.recipes.results import Results, Series
+
+
+@dataclass(frozen=True)
+class PerKey(Comparison):
+    """Rows of both series paired by one option (`k`, `latents`), a point per value: `where` is
+    formatted with the value (e.g. "L0 {}", "{:,} latents")."""
+
+    key: str
+    where: str
+
+    def points(self, results: Results, claimed: Series, other: Series, metric: str) -> list[Point]:
+        return per_key(
+            results,
+            claimed,
+            other,
+            metric,
+            lambda row: row.options[self.key],
+            self.where.format,
+        )
+
+
+@dataclass(frozen=True)
+class AtMatchedL0(Comparison):
+    """Both series' Pareto curves at the same L0s, spread over the range both cover."""
+
+    def points(self, results: Results, claimed: Series, other: Series, metric: str) -> list[Point]:
+        return at_matched_l0(results, claimed, other, metric)
+
+
+@dataclass(frozen=True)
+class L0RatioAtMatched(Comparison):
+    """At the fidelity `other` reaches at L0s spread over the range both cover, the L0 `claimed`
+    needs, as a ratio of `other`'s (below 1: `claimed` needs fewer)."""
+
+    def points(self, results: Results, claimed: Series, other: Series, metric: str) -> list[Point]:
+        shared = shared_l0_range(results, claimed, other, metric)
+        if shared is None:
+            return []
+        l0s = geometric_grid(*shared, GRID_POINTS)
+        return l0_ratio_at_matched_metric(results, claimed, other, metric, l0s)
+
+
+@dataclass(frozen=True)
+class SteeringAt(Comparison):
+    """The steering sweep of both series' SAEs at L0 `k`, a point per strength α; the metric is
+    a steering number (higher is better)."""
+
+    k: int
+
+    def points(self, results: Results, claimed: Series, other: Series, metric: str) -> list[Point]:
+        curves = [steering_by_seed(results, s, self.k) for s in (claimed, other)]
+        if not all(curves):
+            return []
+        seeds = sorted(set(curves[0]) & set(curves[1]))
+        alphas = sorted(next(iter(curves[0].values())))
+        points = [
+            Point(
+                f"α {alpha:g}",
+                [curves[0][seed][alpha][metric] for seed in seeds],
+                [curves[1][seed][alpha][metric] for seed in seeds],
+                higher_is_better=True,
+            )
+            for alpha in alphas
+        ]
+        return borrow_spread(points)
+
+
+@dataclass(frozen=True)
+class NeverAbove(Comparison):
+    """No row of the claimed series has a metric above zero (a verdict without a comparison):
+    `what` names the rows, `words` the metric, in the claim's note."""
+
+    what: str
+    words: str
+
+
+def steering_by_seed(results: Results, series: Series, k: int) -> dict[int, dict[float, dict]]:
+    """seed -> α -> steering numbers of the series' SAE at L0 `k`."""
+    out = {}
+    for row in series.at(k=k).rows(results.rows):
+        if row.steering and row.steering.get("per_alpha"):
+            out[row.seed] = {entry["alpha"]: entry for entry in row.steering["per_alpha"]}
+    return out
+
+
+def judge(recipe: str, claim: ClaimSpec, results: Results) -> Claim:
+    """The declared claim with its points measured on `results`, and so its verdict."""
+    judged = Claim(
+        recipe,
+        claim.text,
+        claim.source,
+        claim.arms_text,
+        claim.metric_label,
+        note=claim.note,
+        digits=claim.digits,
+    )
+    if isinstance(claim.at, NeverAbove):
+        rows = claim.claimed.rows(results.rows)
+        worst = max((row.metric(claim.metric) for row in rows), default=float("nan"))
+        judged.fixed_verdict = HOLDS if worst == 0 else FAILS
+        judged.note = (
+            f"largest {claim.at.words} of {len(rows)} {claim.at.what}: {100 * worst:.2f} %"
+        )
+        return judged
+    judged.points = claim.at.points(results, claim.claimed, claim.other, claim.metric)
+    return judged

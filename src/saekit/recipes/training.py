@@ -1,0 +1,93 @@
+"""A recipe's sweep trained: one `sae train` run per stage and seed, many SAEs per data pass.
+A run that finished is not trained again; one that was cut short is resumed."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from saekit.base.errors import SaekitError
+from saekit.cache_format import ActivationStore
+from saekit.recipes.declarations import Recipe, Scope, StageInputs
+from saekit.recipes.workspace import Workspace
+from saekit.train import (
+    Observer,
+    TrainRequest,
+    TrainSettings,
+    parse_spec,
+    run_finished,
+    sae_directory,
+    saved_saes,
+    train,
+)
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """One run of a recipe: its seed and directory."""
+
+    name: str
+    seed: int
+    directory: Path
+
+
+def train_recipe(
+    recipe: Recipe,
+    scope: Scope,
+    store: ActivationStore,
+    hook: str,
+    workspace: Workspace,
+    device: str,
+    observe: Callable[[], contextlib.AbstractContextManager[Observer | None]],
+    message: Callable[[str], None],
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[list[TrainedRun], list[str]]:
+    """Train every stage of the recipe, one run per seed; return its runs and the names of the
+    runs this call trained."""
+    preset, runs, trained_now = scope.preset, [], []
+    trained: dict[int, dict[str, Path]] = {seed: {} for seed in preset.seeds}
+    for stage in recipe.stages(scope):
+        for seed in stage.seeds(preset):
+            inputs = StageInputs(scope, seed, trained[seed], store, hook)
+            specs = [parse_spec(text) for text in stage.specs(inputs)]
+            run_name = f"{stage.name}-s{seed}"
+            run_dir = workspace.run(recipe.name, run_name)
+            names = [spec.resolve(scope.d_in).name for spec in specs]
+            if not _complete(run_dir, names):
+                message(f"{recipe.name}: training run {run_name} ({len(specs)} SAEs)")
+                settings = TrainSettings(
+                    tokens=preset.train_tokens,
+                    batch_size=preset.batch_size,
+                    seed=seed,
+                    device=device,
+                )
+                request = TrainRequest(
+                    store=store.location,
+                    hook=hook,
+                    out=run_dir,
+                    specs=specs,
+                    settings=settings,
+                    resume=run_dir.exists(),
+                    storage_options=storage_options,
+                )
+                with observe() as observer:
+                    train(request, observer)
+                trained_now.append(f"{recipe.name}/{run_name}")
+            trained[seed].update({name: sae_directory(run_dir, name) for name in names})
+            runs.append(TrainedRun(run_name, seed, run_dir))
+    return runs, trained_now
+
+
+def _complete(run_dir: Path, names: list[str]) -> bool:
+    """Whether the run finished and exported every SAE it should hold."""
+    if not run_finished(run_dir):
+        return False
+    if {p.name for p in saved_saes(run_dir)} != set(names):
+        raise SaekitError(
+            f"run {run_dir} holds other SAEs than this recipe trains; it was made by another "
+            "version or preset — choose a new --out"
+        )
+    return True
