@@ -165,6 +165,45 @@ def test_gsae_plain_mode_scales_each_latent_by_the_gain_training_gave_it():
     assert selection_only.activation.plain_gain().tolist() == [1.0, 1.0, 1.0]
 
 
+def test_each_variant_names_its_modes_and_codes_in_each():
+    """The variant, not a table elsewhere, says which modes a saved SAE is evaluated in; each
+    mode codes as the variant's own entry points do (plain-uncorrected: TopK on z, the gains
+    ignored)."""
+    x = torch.tensor([[1.0, 0.4, 0.0], [0.2, 0.3, 0.9]])
+    g = torch.tensor([[0.0, 10.0, 0.0], [1.0, 0.0, 0.0]])
+    for spec, expected in (
+        ("topk:k=1,latents=3", ("inference",)),
+        ("relu:latents=3", ("inference",)),
+        ("batchtopk:k=1,latents=3", ("threshold", "batch")),
+        ("feature-choice:k=1,latents=3", ("threshold", "batch")),
+        ("gsae:k=1,latents=3,beta=1", ("grad", "plain")),
+    ):
+        sae = identity_sae(spec, 3)
+        assert sae.activation.modes(sae.activation.options) == expected, spec
+    topk = identity_sae("topk:k=1,latents=3", 3)
+    assert torch.equal(
+        topk.activation.code_in("inference", topk, x, None).to_dense(), topk.encode(x)
+    )
+    batchtopk = identity_sae("batchtopk:k=1,latents=3", 3)
+    codes = batchtopk.activation.code_in("batch", batchtopk, x, None).to_dense()
+    assert torch.equal(codes, batchtopk.encode_batch(x))
+    gsae = identity_sae(AUGMENTED, 3)
+    assert gsae.activation.modes(gsae.activation.options, diagnostic=True)[-1] == (
+        "plain-uncorrected"
+    ), "augmented g-SAEs have a diagnostic mode without their gains"
+    selection_only = identity_sae("gsae:k=1,latents=3,beta=1", 3).activation
+    assert "plain-uncorrected" not in selection_only.modes(selection_only.options, True)
+    gsae.training_forward(torch.tensor([[3.0, 0.5, 0.0]]), g[:1])  # learns a gain of 11 on 1
+    grad = gsae.activation.code_in("grad", gsae, x, g).to_dense()
+    assert torch.equal(grad, gsae.encode(x, g))
+    plain = gsae.activation.code_in("plain", gsae, x, None).to_dense()
+    torch.testing.assert_close(plain, torch.tensor([[0, 4.4, 0], [0, 3.3, 0]]))
+    uncorrected = gsae.activation.code_in("plain-uncorrected", gsae, x, None).to_dense()
+    assert torch.equal(uncorrected, torch.tensor([[1.0, 0, 0], [0, 0, 0.9]])), "TopK on z"
+    with pytest.raises(ValueError, match="no inference mode"):
+        topk.activation.code_in("grad", topk, x, g)
+
+
 def test_a_gsae_saved_before_the_plain_mode_gain_loads_and_encodes_as_it_did(tmp_path):
     """SAEs saved by saekit before the gain lack its state: they load with no gain, so plain
     mode is TopK on z as that saekit computed it; any other missing tensor is still refused."""
