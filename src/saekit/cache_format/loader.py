@@ -191,7 +191,7 @@ class LoaderThreads:
         preempt torch's compute threads: store/RAM 0.92 with 4, 1.0 with 1 at d = 768). Training
         on an accelerator, the CPUs serve only the loader: three quarters read, a quarter
         gathers. Object storage and HTTP get at least 16 reads, since each mostly waits on the
-        network (zarr-store.md §5: keep 16-64 chunk reads in flight)."""
+        network (measured when the store was designed: 16-64 chunk reads in flight hide it)."""
         cpus = cpus or len(os.sched_getaffinity(0))
         if torch.device(device).type == "cpu":
             read, gather = max(1, min(4, cpus // 4)), 1

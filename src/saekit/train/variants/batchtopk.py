@@ -1,5 +1,5 @@
 """BatchTopK = Mutual Choice: keep the k·B largest positive pre-activations of the whole batch
-(algorithms §3). Inference: one global threshold θ, f = z · 1[z > θ]."""
+(docs/algorithms.md §3). Inference: one global threshold θ, f = z · 1[z > θ]."""
 
 from __future__ import annotations
 
