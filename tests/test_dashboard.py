@@ -166,8 +166,8 @@ def test_the_pass_equals_a_dense_computation_over_the_same_rows(embed_store, tmp
             values = f[:, latent][fires[:, latent]]
             order = np.lexsort((row[fires[:, latent]].numpy(), -values.numpy()))[:4]
             assert record.top.entries(latent)[0] == row[fires[:, latent]][order].tolist()
-            bins = torch.bincount(log_bin(values), minlength=record.histogram.counts_SB.shape[1])
-            assert torch.equal(record.histogram.counts_SB[latent], bins)
+            bins = torch.bincount(log_bin(values), minlength=record.histogram.counts_SH.shape[1])
+            assert torch.equal(record.histogram.counts_SH[latent], bins)
         if subject.target.needs_gradients:
             term = (g @ subject.sae.W_dec.detach()).abs()
             expected = (term * fires).sum(0).double() / fires.sum(0).clamp_min(1)

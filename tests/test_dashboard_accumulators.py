@@ -151,7 +151,7 @@ def test_histogram_and_moments_match_brute_force():
         v = value[latent == cell].double().numpy()
         clipped = np.clip(v, edges[0], edges[-1] * (1 - 1e-12))  # outside values: end bins
         expected = np.histogram(clipped, bins=edges)[0]
-        np.testing.assert_array_equal(histogram.counts_SB[cell].numpy(), expected)
+        np.testing.assert_array_equal(histogram.counts_SH[cell].numpy(), expected)
         assert moments.count_S[cell] == len(v)
         assert moments.sum_S[cell].item() == pytest.approx(v.sum(), rel=1e-12)
         assert moments.max_S[cell].item() == np.float32(v.max())

@@ -204,7 +204,7 @@ def test_encoded_batches_decode_on_cuda_to_the_cpu_values(dtype_store):
     decoded = list(small_batches(dtype_store))
     encoded = list(small_batches(dtype_store, encoded=True, pin_device="cuda"))
     for plain, packed in zip(decoded, encoded, strict=True):
-        assert packed.records_RB.is_pinned()
+        assert packed.records_RY.is_pinned()
         on_device = packed.on("cuda")
         for name in FIELDS:
             assert on_device[name].device.type == "cuda"

@@ -209,7 +209,7 @@ def test_cuda_segment_sums_are_deterministic():
         torch.arange(200_000) * 50 + latent_N, n_rows=200_000, n_latents=50
     )
     on_gpu = SparsePattern(
-        pattern.crow_R1.cuda(), pattern.latent_N.cuda(), pattern.row_N.cuda(), 200_000, 50
+        pattern.crow.cuda(), pattern.latent_N.cuda(), pattern.row_N.cuda(), 200_000, 50
     )
     sums = [on_gpu.sum_by_latent(values_N.cuda()) for _ in range(5)]
     assert all(torch.equal(s, sums[0]) for s in sums)

@@ -54,7 +54,7 @@ def test_patterns_from_flat_indices_and_masks_agree_and_are_row_sorted():
     flat = keep.flatten().nonzero().squeeze(1)
     from_flat = SparsePattern.from_flat_indices(flat.flip(0), 3, 4)  # order does not matter
     for pattern in (from_mask, from_flat):
-        assert pattern.crow_R1.tolist() == [0, 2, 2, 5]
+        assert pattern.crow.tolist() == [0, 2, 2, 5]
         assert pattern.latent_N.tolist() == [1, 3, 0, 1, 2]
         assert pattern.row_N.tolist() == [0, 0, 2, 2, 2]
 

@@ -104,21 +104,21 @@ class RecordLayout:
             offset += fields[name].nbytes
         return cls(fields, -(-offset // RECORD_ALIGNMENT) * RECORD_ALIGNMENT)
 
-    def numpy_fields(self, records_RB: np.ndarray) -> dict[str, np.ndarray]:
+    def numpy_fields(self, records_RY: np.ndarray) -> dict[str, np.ndarray]:
         """Views of every field of `[rows, row_bytes]` uint8 records, in storage dtypes."""
-        n = len(records_RB)
+        n = len(records_RY)
         return {
-            name: records_RB[:, f.offset : f.offset + f.nbytes]
+            name: records_RY[:, f.offset : f.offset + f.nbytes]
             .view(f.dtype)
             .reshape(n, *f.row_shape)
             for name, f in self.fields.items()
         }
 
-    def tensor_fields(self, records_RB: torch.Tensor) -> dict[str, torch.Tensor]:
+    def tensor_fields(self, records_RY: torch.Tensor) -> dict[str, torch.Tensor]:
         """`numpy_fields` for a uint8 tensor on any device (bfloat16 bits come as int16)."""
-        n = len(records_RB)
+        n = len(records_RY)
         return {
-            name: records_RB[:, f.offset : f.offset + f.nbytes]
+            name: records_RY[:, f.offset : f.offset + f.nbytes]
             .view(encoding.torch_dtype(f.dtype))
             .reshape(n, *f.row_shape)
             for name, f in self.fields.items()
@@ -133,7 +133,7 @@ class EncodedBatch:
     it in one non-blocking copy and decodes it there; decoding on the CPU gives exactly the
     loader's float32 batches."""
 
-    records_RB: torch.Tensor
+    records_RY: torch.Tensor
     layout: RecordLayout
     spec: StoreSpec
     fields: tuple[str, ...]
@@ -142,16 +142,16 @@ class EncodedBatch:
     nonfinite_rows: np.ndarray = dataclasses.field(default_factory=lambda: _NO_ROWS)
 
     def __len__(self) -> int:
-        return len(self.records_RB)
+        return len(self.records_RY)
 
     def raw(self) -> dict[str, torch.Tensor]:
         """Views of the stored fields (storage dtypes, scales included, gradients not descaled)."""
-        return self.layout.tensor_fields(self.records_RB)
+        return self.layout.tensor_fields(self.records_RY)
 
     def to(self, device: str | torch.device) -> EncodedBatch:
         """The records on `device`; asynchronous from pinned memory."""
-        records = self.records_RB.to(device, non_blocking=True)
-        return dataclasses.replace(self, records_RB=records)
+        records = self.records_RY.to(device, non_blocking=True)
+        return dataclasses.replace(self, records_RY=records)
 
     def decode(self) -> Batch:
         """The fields asked for, where the records are: activations and gradients as float32.
@@ -191,7 +191,7 @@ class LoaderThreads:
         preempt torch's compute threads: store/RAM 0.92 with 4, 1.0 with 1 at d = 768). Training
         on an accelerator, the CPUs serve only the loader: three quarters read, a quarter
         gathers. Object storage and HTTP get at least 16 reads, since each mostly waits on the
-        network (zarr-store.md §5: keep 16-64 chunk reads in flight)."""
+        network (measured when the store was designed: 16-64 chunk reads in flight hide it)."""
         cpus = cpus or len(os.sched_getaffinity(0))
         if torch.device(device).type == "cpu":
             read, gather = max(1, min(4, cpus // 4)), 1
@@ -216,7 +216,7 @@ class _Group:
     """A group of chunks being read into (the first rows of) a group buffer."""
 
     epoch: int
-    buffer_RB: np.ndarray
+    buffer_RY: np.ndarray
     n_rows: int
     reads: list[Future[None]]
 
@@ -224,7 +224,7 @@ class _Group:
         """The group's records, once every read has landed."""
         for read in self.reads:
             read.result()
-        return self.buffer_RB[: self.n_rows]
+        return self.buffer_RY[: self.n_rows]
 
 
 class _Batcher:
@@ -243,43 +243,43 @@ class _Batcher:
         self.batch_size = batch_size
         self.new_batch = new_batch
         self.gather, self.gather_threads = gather, gather_threads
-        self.carry_RB = np.empty((batch_size, row_bytes), np.uint8)
+        self.carry_RY = np.empty((batch_size, row_bytes), np.uint8)
         self.carried = 0
 
-    def serve(self, records_RB: np.ndarray, order: np.ndarray) -> Iterator[torch.Tensor]:
+    def serve(self, records_RY: np.ndarray, order: np.ndarray) -> Iterator[torch.Tensor]:
         """Batches of the carried rows followed by a group's rows in `order`; what does not fill
         a batch is carried over."""
         first = 0
         while self.carried + len(order) - first >= self.batch_size:
-            batch_RB = self.new_batch(self.batch_size)
-            into_RB = batch_RB.numpy()
+            batch_RY = self.new_batch(self.batch_size)
+            into_RY = batch_RY.numpy()
             head, self.carried = self.carried, 0
-            into_RB[:head] = self.carry_RB[:head]
+            into_RY[:head] = self.carry_RY[:head]
             stop = first + self.batch_size - head
-            self._gather(records_RB, order[first:stop], into_RB[head:])
+            self._gather(records_RY, order[first:stop], into_RY[head:])
             first = stop
-            yield batch_RB
+            yield batch_RY
         rest = order[first:]
-        self._gather(records_RB, rest, self.carry_RB[self.carried : self.carried + len(rest)])
+        self._gather(records_RY, rest, self.carry_RY[self.carried : self.carried + len(rest)])
         self.carried += len(rest)
 
     def rest(self) -> torch.Tensor | None:
         """The carried rows as a last, short batch (None when there are none)."""
         if not self.carried:
             return None
-        batch_RB = self.new_batch(self.carried)
-        batch_RB.numpy()[:] = self.carry_RB[: self.carried]
+        batch_RY = self.new_batch(self.carried)
+        batch_RY.numpy()[:] = self.carry_RY[: self.carried]
         self.carried = 0
-        return batch_RB
+        return batch_RY
 
-    def _gather(self, records_RB: np.ndarray, index: np.ndarray, into_RB: np.ndarray) -> None:
+    def _gather(self, records_RY: np.ndarray, index: np.ndarray, into_RY: np.ndarray) -> None:
         """into[i] = records[index[i]], whole records, split between the gather threads."""
         n, threads = len(index), self.gather_threads
         bounds = [n * i // threads for i in range(threads + 1)]
         windows = [slice(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
         def take(window: slice) -> None:
-            np.take(records_RB, index[window], axis=0, out=into_RB[window], mode="clip")
+            np.take(records_RY, index[window], axis=0, out=into_RY[window], mode="clip")
 
         if len(windows) == 1:
             take(windows[0])
@@ -378,20 +378,20 @@ class ShuffledLoader:
         if self.pin_device is not None:  # pinned allocations of this thread use the batches' GPU
             torch.cuda.set_device(self.pin_device)
         try:
-            for records_RB, epoch in self._batch_records():
-                if not put(self._batch(records_RB, epoch)):
+            for records_RY, epoch in self._batch_records():
+                if not put(self._batch(records_RY, epoch)):
                     return
             put(None)
         except BaseException as error:
             put(error)
 
-    def _batch(self, records_RB: torch.Tensor, epoch: int) -> Batch | EncodedBatch:
+    def _batch(self, records_RY: torch.Tensor, epoch: int) -> Batch | EncodedBatch:
         """Every batch passes here once built, its raw rows on the CPU: the rows holding NaN or
         Inf are found here, from the stored bits, and travel with the batch."""
-        raw = self.layout.numpy_fields(records_RB.numpy())
+        raw = self.layout.numpy_fields(records_RY.numpy())
         bad = nonfinite_index(raw, self.store.spec)
         batch = EncodedBatch(
-            records_RB, self.layout, self.store.spec, self.fields, epoch, bad, raw[ROW_INDEX][bad]
+            records_RY, self.layout, self.store.spec, self.fields, epoch, bad, raw[ROW_INDEX][bad]
         )
         return batch if self.encoded else batch.decode()
 
@@ -427,14 +427,14 @@ class ShuffledLoader:
                 reading.append(self._start_group(io, *plan, free.pop()))
             while reading:
                 group = reading.pop(0)
-                records_RB, epoch = group.ready(), group.epoch
-                order = rng.permutation(self._eligible(records_RB))
-                for batch_RB in batcher.serve(records_RB, order):
-                    yield batch_RB, epoch
+                records_RY, epoch = group.ready(), group.epoch
+                order = rng.permutation(self._eligible(records_RY))
+                for batch_RY in batcher.serve(records_RY, order):
+                    yield batch_RY, epoch
                 if (plan := next(plans, None)) is not None:
-                    reading.append(self._start_group(io, *plan, group.buffer_RB))
-            if not self.drop_last and (batch_RB := batcher.rest()) is not None:
-                yield batch_RB, epoch
+                    reading.append(self._start_group(io, *plan, group.buffer_RY))
+            if not self.drop_last and (batch_RY := batcher.rest()) is not None:
+                yield batch_RY, epoch
 
     def _batch_buffers(self) -> Callable[[int], torch.Tensor]:
         """Where the records of each batch go. A decoded batch never shares memory with its
@@ -445,8 +445,8 @@ class ShuffledLoader:
         the copies from it have finished."""
         row_bytes = self.layout.row_bytes
         if not self.encoded:
-            scratch_RB = torch.from_numpy(np.empty((self.batch_size, row_bytes), np.uint8))
-            return lambda n_rows: scratch_RB[:n_rows]
+            scratch_RY = torch.from_numpy(np.empty((self.batch_size, row_bytes), np.uint8))
+            return lambda n_rows: scratch_RY[:n_rows]
         if self.pin_device is not None:
             return lambda n_rows: torch.empty(
                 (n_rows, row_bytes), dtype=torch.uint8, pin_memory=True
@@ -473,8 +473,8 @@ class ShuffledLoader:
         ]
         return _Group(epoch, buffer, int(offsets[-1]), reads)
 
-    def _eligible(self, records_RB: np.ndarray) -> np.ndarray:
+    def _eligible(self, records_RY: np.ndarray) -> np.ndarray:
         """Indices of the group's rows that may be served (position 0 excluded on request)."""
         if not self.exclude_position_zero:
-            return np.arange(len(records_RB))
-        return np.flatnonzero(self.layout.numpy_fields(records_RB)[schema.POSITION] != 0)
+            return np.arange(len(records_RY))
+        return np.flatnonzero(self.layout.numpy_fields(records_RY)[schema.POSITION] != 0)

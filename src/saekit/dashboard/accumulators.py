@@ -74,11 +74,11 @@ class LogHistogram:
     """Per latent, counts of its activations in the log-spaced bins of `log_bin`."""
 
     def __init__(self, n_slots: int, device: torch.device) -> None:
-        self.counts_SB = torch.zeros(n_slots, N_BINS, dtype=torch.int64, device=device)
+        self.counts_SH = torch.zeros(n_slots, N_BINS, dtype=torch.int64, device=device)
 
     def add(self, slot_N: Tensor, value_N: Tensor) -> None:
         flat_N = slot_N * N_BINS + log_bin(value_N)
-        self.counts_SB.view(-1).index_add_(0, flat_N, torch.ones_like(flat_N))
+        self.counts_SH.view(-1).index_add_(0, flat_N, torch.ones_like(flat_N))
 
 
 KEY_BITS = 32
@@ -87,55 +87,55 @@ _MASK32 = EMPTY_KEY - 1
 
 
 class KeptRows:
-    """Per latent ("cell"), the `capacity` entries with the smallest keys, sorted by key.
+    """Per latent (its slot), the `capacity` entries with the smallest keys, sorted by key.
 
     Keys are integers in [0, 2³²) (`value_keys`, `UniformKeys`). Rows must be offered in
     increasing order (the pass reads the store in order): among equal keys the earlier row wins.
-    Empty places have key `EMPTY_KEY` and row −1. Only entries that beat their cell's current
+    Empty places have key `EMPTY_KEY` and row −1. Only entries that beat their slot's current
     worst are sorted, so late in a long pass almost nothing is.
     """
 
-    def __init__(self, n_cells: int, capacity: int, device: torch.device) -> None:
+    def __init__(self, n_slots: int, capacity: int, device: torch.device) -> None:
         self.capacity = capacity
-        self.key_CR = torch.full((n_cells, capacity), EMPTY_KEY, dtype=torch.int64, device=device)
-        self.row_CR = torch.full((n_cells, capacity), -1, dtype=torch.int64, device=device)
-        self.value_CR = torch.zeros((n_cells, capacity), dtype=torch.float32, device=device)
+        self.key_SK = torch.full((n_slots, capacity), EMPTY_KEY, dtype=torch.int64, device=device)
+        self.row_SK = torch.full((n_slots, capacity), -1, dtype=torch.int64, device=device)
+        self.value_SK = torch.zeros((n_slots, capacity), dtype=torch.float32, device=device)
 
-    def offer(self, cell_N: Tensor, key_N: Tensor, row_N: Tensor, value_N: Tensor) -> None:
-        """Keep whichever of these entries rank among the `capacity` best of their cell."""
+    def offer(self, slot_N: Tensor, key_N: Tensor, row_N: Tensor, value_N: Tensor) -> None:
+        """Keep whichever of these entries rank among the `capacity` best of their slot."""
         if self.capacity == 0:
             return
-        better_N = key_N < self.key_CR[cell_N, -1]
+        better_N = key_N < self.key_SK[slot_N, -1]
         if not bool(better_N.any()):
             return
-        cell_N, key_N, row_N, value_N = (t[better_N] for t in (cell_N, key_N, row_N, value_N))
-        # The candidates by cell, best first (stable: equal keys keep their row order) ...
-        order = torch.argsort((cell_N << KEY_BITS) | key_N, stable=True)
-        cell_N, key_N, row_N, value_N = (t[order] for t in (cell_N, key_N, row_N, value_N))
-        touched_T, count_T = torch.unique_consecutive(cell_N, return_counts=True)
-        first_N = (count_T.cumsum(0) - count_T).repeat_interleave(count_T)
-        rank_N = torch.arange(len(cell_N), device=cell_N.device) - first_N
-        keep = rank_N < self.capacity  # ... of which at most `capacity` per cell can make it,
-        index_T = torch.arange(len(touched_T), device=cell_N.device)
-        place = (index_T.repeat_interleave(count_T)[keep], rank_N[keep])
-        shape = (len(touched_T), self.capacity)
-        new_key = torch.full(shape, EMPTY_KEY, dtype=torch.int64, device=cell_N.device)
-        new_row = torch.full(shape, -1, dtype=torch.int64, device=cell_N.device)
-        new_value = torch.zeros(shape, dtype=torch.float32, device=cell_N.device)
+        slot_N, key_N, row_N, value_N = (t[better_N] for t in (slot_N, key_N, row_N, value_N))
+        # The candidates by slot, best first (stable: equal keys keep their row order) ...
+        order = torch.argsort((slot_N << KEY_BITS) | key_N, stable=True)
+        slot_N, key_N, row_N, value_N = (t[order] for t in (slot_N, key_N, row_N, value_N))
+        touched_U, count_U = torch.unique_consecutive(slot_N, return_counts=True)
+        first_N = (count_U.cumsum(0) - count_U).repeat_interleave(count_U)
+        rank_N = torch.arange(len(slot_N), device=slot_N.device) - first_N
+        keep = rank_N < self.capacity  # ... of which at most `capacity` per slot can make it,
+        index_U = torch.arange(len(touched_U), device=slot_N.device)
+        place = (index_U.repeat_interleave(count_U)[keep], rank_N[keep])
+        shape = (len(touched_U), self.capacity)
+        new_key = torch.full(shape, EMPTY_KEY, dtype=torch.int64, device=slot_N.device)
+        new_row = torch.full(shape, -1, dtype=torch.int64, device=slot_N.device)
+        new_value = torch.zeros(shape, dtype=torch.float32, device=slot_N.device)
         new_key[place], new_row[place], new_value[place] = key_N[keep], row_N[keep], value_N[keep]
         # ... merged with the kept ones (first, so that they win ties: their rows are earlier).
-        keys = torch.cat([self.key_CR[touched_T], new_key], dim=1)
+        keys = torch.cat([self.key_SK[touched_U], new_key], dim=1)
         keys, best = keys.sort(dim=1, stable=True)
         best = best[:, : self.capacity]
-        self.key_CR[touched_T] = keys[:, : self.capacity]
-        self.row_CR[touched_T] = torch.cat([self.row_CR[touched_T], new_row], 1).gather(1, best)
-        values = torch.cat([self.value_CR[touched_T], new_value], 1)
-        self.value_CR[touched_T] = values.gather(1, best)
+        self.key_SK[touched_U] = keys[:, : self.capacity]
+        self.row_SK[touched_U] = torch.cat([self.row_SK[touched_U], new_row], 1).gather(1, best)
+        values = torch.cat([self.value_SK[touched_U], new_value], 1)
+        self.value_SK[touched_U] = values.gather(1, best)
 
-    def entries(self, cell: int) -> tuple[list[int], list[float]]:
-        """The rows and values kept for one cell, best first."""
-        filled = self.row_CR[cell] >= 0
-        return self.row_CR[cell][filled].tolist(), self.value_CR[cell][filled].tolist()
+    def entries(self, slot: int) -> tuple[list[int], list[float]]:
+        """The rows and values kept for one slot, best first."""
+        filled = self.row_SK[slot] >= 0
+        return self.row_SK[slot][filled].tolist(), self.value_SK[slot][filled].tolist()
 
 
 def value_keys(value_N: Tensor) -> Tensor:

@@ -99,7 +99,7 @@ class Dashboard:
         progress.stage("latent statistics", rows_to_scan(store, subjects, settings))
         records = scan(store, subjects, settings, self.device, progress.advance)
         requests = [context_request(s, r) for s, r in zip(subjects, records, strict=True)]
-        centres = np.concatenate([r.centers_K for r in requests])
+        centres = np.concatenate([r.centers_Q for r in requests])
         progress.stage("finding contexts", None)
         windows = find_windows(store, request.split, centres, request.before, request.after)
         progress.stage("encoding contexts", windows.rows_to_encode * len(hook_groups(subjects)))

@@ -102,19 +102,19 @@ def find_windows(
 
 @dataclass
 class ContextRequest:
-    """The contexts wanted for one subject: context k is the latent in slot `slot_K[k]` around
-    row `centers_K[k]`, where the pass recorded the value `value_K[k]`; `values_KW` receives the
+    """The contexts wanted for one subject: context q is the latent in slot `slot_Q[q]` around
+    row `centers_Q[q]`, where the pass recorded the value `value_Q[q]`; `values_QW` receives the
     latent's activation on every window token (NaN outside the sequence and at position 0)."""
 
     subject: Subject
-    slot_K: np.ndarray
-    centers_K: np.ndarray
-    value_K: np.ndarray
-    values_KW: np.ndarray | None = None
+    slot_Q: np.ndarray
+    centers_Q: np.ndarray
+    value_Q: np.ndarray
+    values_QW: np.ndarray | None = None
 
     @property
-    def latents_K(self) -> np.ndarray:
-        return self.subject.latents_S.numpy()[self.slot_K]
+    def latents_Q(self) -> np.ndarray:
+        return self.subject.latents_S.numpy()[self.slot_Q]
 
 
 @torch.no_grad()
@@ -126,12 +126,12 @@ def encode_windows(
     batch_rows: int,
     on_rows: Callable[[int], None] = lambda n: None,
 ) -> None:
-    """Fill every request's `values_KW` from one batched encode of the window rows per hook."""
+    """Fill every request's `values_QW` from one batched encode of the window rows per hook."""
     encoded = windows.encoded_CW
     rows_U = np.unique(windows.rows_CW[encoded])
     for request in requests:
-        request.values_KW = np.full(
-            (len(request.centers_K), windows.rows_CW.shape[1]), np.nan, np.float32
+        request.values_QW = np.full(
+            (len(request.centers_Q), windows.rows_CW.shape[1]), np.nan, np.float32
         )
     for (hook, gradients), indices in hook_groups([r.subject for r in requests]).items():
         members = [requests[i] for i in indices]
@@ -149,21 +149,21 @@ def encode_windows(
                     torch.from_numpy(u_P[low:high] - first).to(device),
                     torch.from_numpy(latent_P[low:high]).to(device),
                 ]
-                request.values_KW.reshape(-1)[flat_P[low:high]] = taken.cpu().numpy()
+                request.values_QW.reshape(-1)[flat_P[low:high]] = taken.cpu().numpy()
             on_rows(len(x_BD))
 
 
 def _pairs(
     request: ContextRequest, windows: Windows, encoded_CW: np.ndarray, rows_U: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(index into rows_U, latent, flat index into values_KW) of every value a request needs,
+    """(index into rows_U, latent, flat index into values_QW) of every value a request needs,
     sorted by the index into rows_U."""
-    window_K = windows.index_of(request.centers_K)
-    wanted_KW = encoded_CW[window_K]
-    u_KW = np.searchsorted(rows_U, windows.rows_CW[window_K])
-    latent_KW = np.broadcast_to(request.latents_K[:, None], wanted_KW.shape)
-    flat_KW = np.arange(wanted_KW.size).reshape(wanted_KW.shape)
-    u_P, latent_P, flat_P = u_KW[wanted_KW], latent_KW[wanted_KW], flat_KW[wanted_KW]
+    window_Q = windows.index_of(request.centers_Q)
+    wanted_QW = encoded_CW[window_Q]
+    u_QW = np.searchsorted(rows_U, windows.rows_CW[window_Q])
+    latent_QW = np.broadcast_to(request.latents_Q[:, None], wanted_QW.shape)
+    flat_QW = np.arange(wanted_QW.size).reshape(wanted_QW.shape)
+    u_P, latent_P, flat_P = u_QW[wanted_QW], latent_QW[wanted_QW], flat_QW[wanted_QW]
     order = np.argsort(u_P, kind="stable")
     return u_P[order], latent_P[order].astype(np.int64), flat_P[order]
 

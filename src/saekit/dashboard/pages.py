@@ -58,10 +58,10 @@ def context_request(subject: Subject, record: LatentRecord) -> ContextRequest:
     """The contexts shown for a subject: every kept top row and sampled row of every latent."""
     slots, rows, values = [], [], []
     for kept in (record.top, record.sample):
-        filled = kept.row_CR >= 0
+        filled = kept.row_SK >= 0
         slots.append(filled.nonzero()[:, 0].cpu().numpy())
-        rows.append(kept.row_CR[filled].cpu().numpy())
-        values.append(kept.value_CR[filled].cpu().numpy())
+        rows.append(kept.row_SK[filled].cpu().numpy())
+        values.append(kept.value_SK[filled].cpu().numpy())
     return ContextRequest(
         subject, np.concatenate(slots), np.concatenate(rows), np.concatenate(values)
     )
@@ -79,10 +79,10 @@ def sae_data(
     mean_S = record.moments.mean_S().cpu().numpy()
     max_S = record.moments.max_S.cpu().numpy()
     density_S = count_S / max(record.rows, 1)
-    histogram_SB = record.histogram.counts_SB.cpu().numpy()
-    top_rows_SR, sample_rows_SR = (
-        record.top.row_CR.cpu().numpy(),
-        record.sample.row_CR.cpu().numpy(),
+    histogram_SH = record.histogram.counts_SH.cpu().numpy()
+    top_rows_SK, sample_rows_SK = (
+        record.top.row_SK.cpu().numpy(),
+        record.sample.row_SK.cpu().numpy(),
     )
     grad_terms = _grad_terms(record)
     contexts = _contexts_by_key(request, windows)
@@ -90,8 +90,8 @@ def sae_data(
     latents: dict[int, dict] = {}
     fires_on: list[list[int]] = []
     for slot, latent in enumerate(subject.latents_S.tolist()):
-        top = [contexts[(slot, row)] for row in top_rows_SR[slot] if row >= 0]
-        sample = [contexts[(slot, row)] for row in sample_rows_SR[slot] if row >= 0]
+        top = [contexts[(slot, row)] for row in top_rows_SK[slot] if row >= 0]
+        sample = [contexts[(slot, row)] for row in sample_rows_SK[slot] if row >= 0]
         fires_on.append(_commonest_centre_tokens(top))
         detail = {
             "latent": latent,
@@ -99,7 +99,7 @@ def sae_data(
             "density": rounded(float(density_S[slot])),
             "mean": rounded(float(mean_S[slot])),
             "max": rounded(float(max_S[slot])),
-            "histogram": _histogram(histogram_SB[slot]),
+            "histogram": _histogram(histogram_SH[slot]),
             "grad_term": grad_terms[slot] if grad_terms else None,
             "top": top,
             "bands": _bands(sample),
@@ -150,16 +150,16 @@ def _contexts_by_key(request: ContextRequest, windows: Windows) -> dict[tuple[in
     """Each shown context as a record, keyed by (slot, row): tokens of the window (trimmed to its
     sequence), the latent's value on each (None where not encoded) and the centre's place."""
     result = {}
-    window_K = windows.index_of(request.centers_K)
-    keys = zip(request.slot_K.tolist(), request.centers_K.tolist(), strict=True)
-    for k, (slot, row) in enumerate(keys):
-        inside = windows.rows_CW[window_K[k]] >= 0
-        values = request.values_KW[k][inside]
+    window_Q = windows.index_of(request.centers_Q)
+    keys = zip(request.slot_Q.tolist(), request.centers_Q.tolist(), strict=True)
+    for q, (slot, row) in enumerate(keys):
+        inside = windows.rows_CW[window_Q[q]] >= 0
+        values = request.values_QW[q][inside]
         result[(slot, row)] = {
             "row": row,
-            "value": rounded(float(request.value_K[k])),
+            "value": rounded(float(request.value_Q[q])),
             "centre": int(inside[: windows.offset].sum()),
-            "tokens": windows.tokens_CW[window_K[k]][inside].tolist(),
+            "tokens": windows.tokens_CW[window_Q[q]][inside].tolist(),
             "values": [None if math.isnan(v) else rounded(float(v), 3) for v in values],
         }
     return result
@@ -171,13 +171,13 @@ def _commonest_centre_tokens(contexts: list[dict]) -> list[int]:
     return [token for token, _ in counts.most_common(FIRES_ON_TOKENS)]
 
 
-def _histogram(counts_B: np.ndarray) -> dict:
+def _histogram(counts_H: np.ndarray) -> dict:
     """The non-empty range of a latent's log-spaced histogram."""
-    nonzero = np.flatnonzero(counts_B)
+    nonzero = np.flatnonzero(counts_H)
     if not len(nonzero):
         return {"first_bin": 0, "counts": []}
     first, last = int(nonzero[0]), int(nonzero[-1])
-    return {"first_bin": first, "counts": counts_B[first : last + 1].tolist()}
+    return {"first_bin": first, "counts": counts_H[first : last + 1].tolist()}
 
 
 def _grad_terms(record: LatentRecord) -> list[dict] | None:
@@ -186,10 +186,10 @@ def _grad_terms(record: LatentRecord) -> list[dict] | None:
         return None
     mean_S = record.grad_moments.mean_S().cpu().numpy()
     max_S = record.grad_moments.max_S.cpu().numpy()
-    histogram_SB = record.grad_histogram.counts_SB.cpu().numpy()
+    histogram_SH = record.grad_histogram.counts_SH.cpu().numpy()
     return [
         {"mean": rounded(float(m)), "max": rounded(float(x)), "histogram": _histogram(h)}
-        for m, x, h in zip(mean_S, max_S, histogram_SB, strict=True)
+        for m, x, h in zip(mean_S, max_S, histogram_SH, strict=True)
     ]
 
 

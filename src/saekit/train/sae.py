@@ -76,8 +76,10 @@ class SAE(nn.Module):
     def encode(self, x_BD: Tensor, gradients_BD: Tensor | None = None) -> Tensor:
         """Codes f [B, F] of each token on its own (thresholds for batch-dependent variants).
 
-        `gradients_BD` (∂loss/∂x, same space as x) is used by g-SAE only: None selects plain
-        mode (β = 0), given gradients select grad mode.
+        `gradients_BD` (∂loss/∂x, same space as x) is used by g-SAE only: given gradients select
+        grad mode (the training key); None selects plain mode, which needs no gradient — TopK on
+        z for selection-only g-SAEs, and for augmented values TopK on m ∘ z with each latent's
+        code scaled by its learnt gain m_i (see `saekit.train.variants.gsae`).
         """
         return self.activation.encode(self, x_BD, gradients_BD).to_dense()
 

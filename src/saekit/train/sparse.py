@@ -46,7 +46,7 @@ def sparse_is_faster(kept: int, entries: int) -> bool:
 class SparsePattern:
     """Which entries of a [n_rows, n_latents] matrix are kept: CSR, columns sorted in each row."""
 
-    crow_R1: Tensor  # row i's entries are latent_N[crow[i]:crow[i+1]]
+    crow: Tensor  # [n_rows + 1] CSR pointers: row i's entries are latent_N[crow[i]:crow[i + 1]]
     latent_N: Tensor
     row_N: Tensor
     n_rows: int
@@ -58,17 +58,17 @@ class SparsePattern:
         n_rows, k = indices_BK.shape
         device = indices_BK.device
         latent_N = indices_BK.sort(dim=1).values.reshape(-1)
-        crow_R1 = torch.arange(0, n_rows * k + 1, k, device=device)
+        crow = torch.arange(0, n_rows * k + 1, k, device=device)
         row_N = torch.arange(n_rows, device=device).repeat_interleave(k)
-        return cls(crow_R1, latent_N, row_N, n_rows, n_latents)
+        return cls(crow, latent_N, row_N, n_rows, n_latents)
 
     @classmethod
     def from_flat_indices(cls, flat_N: Tensor, n_rows: int, n_latents: int) -> SparsePattern:
         """The pattern of the distinct entries `flat = row * n_latents + latent`."""
         flat_N = flat_N.sort().values
         row_N = torch.div(flat_N, n_latents, rounding_mode="floor")
-        crow_R1 = compressed_pointers(row_N, n_rows)
-        return cls(crow_R1, flat_N - row_N * n_latents, row_N, n_rows, n_latents)
+        crow = compressed_pointers(row_N, n_rows)
+        return cls(crow, flat_N - row_N * n_latents, row_N, n_rows, n_latents)
 
     @classmethod
     def from_mask(cls, keep_BF: Tensor) -> SparsePattern:
@@ -86,19 +86,19 @@ class SparsePattern:
 
     def csr(self, values_N: Tensor) -> Tensor:
         """The [n_rows, n_latents] CSR matrix with `values_N` at the pattern."""
-        return _csr(self.crow_R1, self.latent_N, values_N, (self.n_rows, self.n_latents))
+        return _csr(self.crow, self.latent_N, values_N, (self.n_rows, self.n_latents))
 
     def csr_transposed(self, values_N: Tensor) -> Tensor:
         """The [n_latents, n_rows] CSR matrix: the transpose of `csr(values_N)`."""
-        order_N, crow_F1, row_N = self._by_latent
-        return _csr(crow_F1, row_N, values_N[order_N], (self.n_latents, self.n_rows))
+        order_N, latent_crow, row_N = self._by_latent
+        return _csr(latent_crow, row_N, values_N[order_N], (self.n_latents, self.n_rows))
 
     @cached_property
     def _by_latent(self) -> tuple[Tensor, Tensor, Tensor]:
         """The entries in latent-major order: (permutation, compressed latent index, rows)."""
         order_N = torch.argsort(self.latent_N, stable=True)
-        crow_F1 = compressed_pointers(self.latent_N[order_N], self.n_latents)
-        return order_N, crow_F1, self.row_N[order_N]
+        latent_crow = compressed_pointers(self.latent_N[order_N], self.n_latents)
+        return order_N, latent_crow, self.row_N[order_N]
 
     def take(self, dense_BF: Tensor) -> Tensor:
         """The pattern's entries of a dense matrix, in pattern order."""
@@ -106,12 +106,12 @@ class SparsePattern:
 
     def sum_by_row(self, values_N: Tensor) -> Tensor:
         """[n_rows]: the sum of each row's values (in pattern order)."""
-        return segment_sum(values_N, self.crow_R1)
+        return segment_sum(values_N, self.crow)
 
     def sum_by_latent(self, values_N: Tensor) -> Tensor:
         """[n_latents]: the sum of each latent's values, added in row order."""
-        order_N, crow_F1, _ = self._by_latent
-        return segment_sum(values_N[order_N], crow_F1)
+        order_N, latent_crow, _ = self._by_latent
+        return segment_sum(values_N[order_N], latent_crow)
 
 
 def compressed_pointers(sorted_N: Tensor, n_segments: int) -> Tensor:
@@ -120,7 +120,7 @@ def compressed_pointers(sorted_N: Tensor, n_segments: int) -> Tensor:
     return torch.searchsorted(sorted_N, bounds)
 
 
-def segment_sum(values_N: Tensor, crow_S1: Tensor) -> Tensor:
+def segment_sum(values_N: Tensor, crow: Tensor) -> Tensor:
     """`[values_N[crow[s]:crow[s + 1]].sum() for s]`, each segment added in order.
 
     Values are passed as a column: for 2-D data torch's CUDA kernel gives each segment to one
@@ -129,8 +129,8 @@ def segment_sum(values_N: Tensor, crow_S1: Tensor) -> Tensor:
     torch's check of the pointers, which reads them back to the host.
     """
     if len(values_N) == 0:  # torch refuses empty data
-        return values_N.new_zeros(len(crow_S1) - 1)
-    return torch.segment_reduce(values_N[:, None], "sum", offsets=crow_S1, unsafe=True)[:, 0]
+        return values_N.new_zeros(len(crow) - 1)
+    return torch.segment_reduce(values_N[:, None], "sum", offsets=crow, unsafe=True)[:, 0]
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
@@ -153,14 +153,14 @@ class _GatherPreActivations(torch.autograd.Function):
         x_cent_BD, W_enc_FD = ctx.saved_tensors
         pattern: SparsePattern = ctx.pattern
         grad_N = grad_N.contiguous()
-        grad_x = grad_W = grad_b = None
+        grad_x = grad_weight = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.sparse.mm(pattern.csr(grad_N), W_enc_FD)
         if ctx.needs_input_grad[1]:
-            grad_W = torch.sparse.mm(pattern.csr_transposed(grad_N), x_cent_BD)
+            grad_weight = torch.sparse.mm(pattern.csr_transposed(grad_N), x_cent_BD)
         if ctx.needs_input_grad[2]:
             grad_b = pattern.sum_by_latent(grad_N)
-        return grad_x, grad_W, grad_b, None, None
+        return grad_x, grad_weight, grad_b, None, None
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -177,15 +177,15 @@ class _SparseDecode(torch.autograd.Function):
         values_N, W_FD = ctx.saved_tensors
         pattern: SparsePattern = ctx.pattern
         grad_BD = grad_BD.contiguous()
-        grad_values = grad_W = None
+        grad_values = grad_weight = None
         if ctx.needs_input_grad[0]:  # one dot product per kept entry: grad[b] · W[f]
             sampled = torch.sparse.sampled_addmm(
                 pattern.csr(torch.zeros_like(values_N)), grad_BD, W_FD.t()
             )
             grad_values = sampled.values()
         if ctx.needs_input_grad[1]:
-            grad_W = torch.sparse.mm(pattern.csr_transposed(values_N), grad_BD)
-        return grad_values, grad_W, None
+            grad_weight = torch.sparse.mm(pattern.csr_transposed(values_N), grad_BD)
+        return grad_values, grad_weight, None
 
 
 def gather_pre_activations(

@@ -31,18 +31,18 @@ def fit_zipf(densities_F: Tensor, head: float = 0.8) -> tuple[Tensor, Tensor]:
     n = len(densities_F)
     sorted_F = densities_F.double().sort(descending=True).values
     n_head = max(2, int(n * head))
-    head_H = sorted_F[:n_head]
-    fired_H = (head_H > 0).double()
-    weight_H = torch.where(fired_H.sum() >= 2, fired_H, torch.ones_like(fired_H))
-    total = weight_H.sum()
-    ranks_H = torch.arange(1, n_head + 1, dtype=torch.float64, device=densities_F.device)
+    head_Z = sorted_F[:n_head]
+    fired_Z = (head_Z > 0).double()
+    weight_Z = torch.where(fired_Z.sum() >= 2, fired_Z, torch.ones_like(fired_Z))
+    total = weight_Z.sum()
+    ranks_Z = torch.arange(1, n_head + 1, dtype=torch.float64, device=densities_F.device)
     offsets_O = torch.tensor(_OFFSETS, dtype=torch.float64, device=densities_F.device)
-    x_OH = -(ranks_H + offsets_O[:, None]).log()
-    x_OH = x_OH - (x_OH * weight_H).sum(dim=1, keepdim=True) / total
-    y_H = head_H.clamp_min(1e-12).log()
-    y_H = y_H - (y_H * weight_H).sum() / total
-    a_O = (weight_H * x_OH * y_H).sum(dim=1) / (weight_H * x_OH.pow(2)).sum(dim=1)
-    residual_O = (weight_H * (y_H - a_O[:, None] * x_OH).pow(2)).sum(dim=1)
+    x_OZ = -(ranks_Z + offsets_O[:, None]).log()
+    x_OZ = x_OZ - (x_OZ * weight_Z).sum(dim=1, keepdim=True) / total
+    y_Z = head_Z.clamp_min(1e-12).log()
+    y_Z = y_Z - (y_Z * weight_Z).sum() / total
+    a_O = (weight_Z * x_OZ * y_Z).sum(dim=1) / (weight_Z * x_OZ.pow(2)).sum(dim=1)
+    residual_O = (weight_Z * (y_Z - a_O[:, None] * x_OZ).pow(2)).sum(dim=1)
     best_1 = residual_O.argmin(dim=0, keepdim=True)  # a tensor index: a 0-d one is read on the host
     return a_O[best_1], offsets_O[best_1]
 

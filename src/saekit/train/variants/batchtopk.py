@@ -1,5 +1,5 @@
 """BatchTopK = Mutual Choice: keep the k·B largest positive pre-activations of the whole batch
-(algorithms §3). Inference: one global threshold θ, f = z · 1[z > θ]."""
+(docs/algorithms.md §3). Inference: one global threshold θ, f = z · 1[z > θ]."""
 
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ def top_of_batch(z_BF: Tensor, n: int) -> tuple[Tensor, Tensor]:
         return top.values, top.indices
     n_rows, n_latents = z_BF.shape
     per_row = min(n_latents, CANDIDATES_PER_K * -(-n // n_rows))
-    candidates_BC = z_BF.topk(per_row, dim=1, sorted=False).values.flatten()
-    bound = candidates_BC.kthvalue(len(candidates_BC) - n + 1).values
+    candidates_N = z_BF.topk(per_row, dim=1, sorted=False).values.flatten()
+    bound = candidates_N.kthvalue(len(candidates_N) - n + 1).values
     flat_N = (z_BF.flatten() >= bound).nonzero().squeeze(1)
     top = z_BF.flatten()[flat_N].topk(n, sorted=False)
     return top.values, flat_N[top.indices]

@@ -1,4 +1,4 @@
-"""Feature Choice: each latent j takes at most m_j tokens of the batch (algorithms §4).
+"""Feature Choice: each latent j takes at most m_j tokens of the batch (docs/algorithms.md §4).
 
 Capacities sum to the TopK budget k·B: uniform (k·B/F, integerised exactly) or Zipf
 (m_j ∝ (j + b)^-a by fixed latent index, capped at B, surplus redistributed). Per column of

@@ -1,4 +1,4 @@
-"""Gated SAE with weight tying (algorithms §7).
+"""Gated SAE with weight tying (docs/algorithms.md §7).
 
     π_gate = W_gate x' + b_gate            (the core's W_enc, b_enc; x' = x − b_dec)
     π_mag  = exp(r_mag) ⊙ (W_gate x') + b_mag

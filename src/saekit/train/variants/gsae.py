@@ -1,4 +1,5 @@
-"""g-SAE: TopK whose ranking key weighs each latent by its effect on the LM loss (algorithms §5).
+"""g-SAE: TopK whose ranking key weighs each latent by its effect on the LM loss
+(docs/algorithms.md §5).
 
     a = |W_decᵀ g|            (g = ∂loss/∂x from the store, W_dec detached)
     s = z ∘ (1 + β a)         (the ranking key)

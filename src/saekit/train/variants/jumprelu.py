@@ -1,4 +1,4 @@
-"""JumpReLU with straight-through threshold gradients (algorithms §8).
+"""JumpReLU with straight-through threshold gradients (docs/algorithms.md §8).
 
 f = z · H(z − θ), θ = exp(log θ) per latent; loss ‖x − x̂‖² + λ Σ_i H(z_i − θ_i). The step H has
 no gradient; straight-through estimators with the rectangle kernel K(u) = 1[|u| < ½] and

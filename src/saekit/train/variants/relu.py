@@ -1,4 +1,4 @@
-"""ReLU + decoder-norm-weighted L1, Anthropic's April-2024 recipe (algorithms §8).
+"""ReLU + decoder-norm-weighted L1, Anthropic's April-2024 recipe (docs/algorithms.md §8).
 
 f = ReLU(z); loss ‖x − x̂‖² + λ Σ_i f_i ‖d_i‖ with an unconstrained decoder whose columns start
 at norm 0.1 (W_enc = W_decᵀ, biases 0); λ warms up over the first 5 % of training.

@@ -1,4 +1,4 @@
-"""TopK (+ AuxK): keep the k largest pre-activations of each token (algorithms §2)."""
+"""TopK (+ AuxK): keep the k largest pre-activations of each token (docs/algorithms.md §2)."""
 
 from __future__ import annotations
 
