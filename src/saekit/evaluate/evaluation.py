@@ -203,15 +203,15 @@ class Evaluation:
                 STEERING_SAMPLE_ROWS,
                 self.policy,
             )
-            sample_ND = next(batches)["activations"]
+            sample_BD = next(batches)["activations"]
             if plan.alphas:
                 results[target.name] = steering_sweep(
-                    model, target.sae, sample_ND, picked, plan.alphas, plan.latents,
+                    model, target.sae, sample_BD, picked, plan.alphas, plan.latents,
                     self.settings.seed,
                 )  # fmt: skip
             else:
                 results[target.name] = steering_metrics(
-                    model, target.sae, sample_ND, picked, plan.latents, self.settings.seed
+                    model, target.sae, sample_BD, picked, plan.latents, self.settings.seed
                 )
         return results
 

@@ -1,6 +1,7 @@
 """Offline metrics on the store's held-out rows: reconstruction, sparsity, latent usage, shrinkage.
 
-Definitions (algorithms §9), over the same held-out tokens (position 0 excluded) for every SAE:
+Definitions (docs/algorithms.md §9), over the same held-out tokens (position 0 excluded) for
+every SAE:
 - nmse (= FVU) = Σ‖x − x̂‖² / Σ‖x − μ‖², μ the mean of the training rows; variance_explained =
   1 − nmse; nmse_per_token = mean ‖x − x̂‖² / ‖x‖² (OpenAI's variant);
 - l0: mean number of non-zero codes per token, with quantiles and the fraction of tokens with none;

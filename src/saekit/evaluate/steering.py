@@ -63,12 +63,12 @@ def _last_logits(
     return edited_logits(model.bridge, tokens_BT, edits)[:, -1].float()
 
 
-def _effects(clean_BV: Tensor, steered_BV: Tensor, targets_T: Tensor) -> Effects:
+def _effects(clean_BV: Tensor, steered_BV: Tensor, targets_K: Tensor) -> Effects:
     delta_logits_BV = steered_BV - clean_BV
-    gain_B = delta_logits_BV[:, targets_T].mean(1) - delta_logits_BV.mean(1)
+    gain_B = delta_logits_BV[:, targets_K].mean(1) - delta_logits_BV.mean(1)
     delta_p_BV = F.softmax(steered_BV, dim=-1) - F.softmax(clean_BV, dim=-1)
     on_target_V = torch.zeros(delta_p_BV.shape[1], dtype=torch.bool, device=delta_p_BV.device)
-    on_target_V[targets_T] = True
+    on_target_V[targets_K] = True
     return Effects(
         target_logit_gain=float(gain_B.mean()),
         p_targets=float(delta_p_BV[:, on_target_V].sum(1).mean()),
@@ -77,20 +77,20 @@ def _effects(clean_BV: Tensor, steered_BV: Tensor, targets_T: Tensor) -> Effects
 
 
 def _alive_sample(
-    sae: SAE, sample_x_ND: Tensor, n_latents: int, seed: int
+    sae: SAE, sample_x_BD: Tensor, n_latents: int, seed: int
 ) -> tuple[Tensor, np.ndarray]:
     """(codes of the sample, a random sample of the latents that fire on it)."""
-    f_NF = sae.encode(sample_x_ND)
-    alive = torch.nonzero((f_NF != 0).any(0)).flatten().cpu().numpy()
+    f_BF = sae.encode(sample_x_BD)
+    alive = torch.nonzero((f_BF != 0).any(0)).flatten().cpu().numpy()
     rng = np.random.default_rng(seed)
-    return f_NF, rng.choice(alive, size=min(n_latents, len(alive)), replace=False)
+    return f_BF, rng.choice(alive, size=min(n_latents, len(alive)), replace=False)
 
 
 @torch.no_grad()
 def steering_metrics(
     model: LanguageModel,
     sae: SAE,
-    sample_x_ND: Tensor,
+    sample_x_BD: Tensor,
     contexts: Tensor,
     n_latents: int = 64,
     seed: int = 0,
@@ -99,18 +99,18 @@ def steering_metrics(
     if not reads_residual_stream(model.bridge, sae.d_in):
         return None
     device = model.device
-    f_NF, latents = _alive_sample(sae, sample_x_ND.to(device), n_latents, seed)
+    f_BF, latents = _alive_sample(sae, sample_x_BD.to(device), n_latents, seed)
     if len(latents) == 0:
         return {"latents": 0}
     tokens_BT = contexts.to(device)
     clean_BV = _last_logits(model, tokens_BT, sae.cfg.hook, None)
-    targets_LT = target_tokens(model, sae.W_dec[:, latents].T)
+    targets_LK = target_tokens(model, sae.W_dec[:, latents].T)
     effects = []
-    for latent, targets_T in zip(latents.tolist(), targets_LT, strict=True):
-        values = f_NF[:, latent]
+    for latent, targets_K in zip(latents.tolist(), targets_LK, strict=True):
+        values = f_BF[:, latent]
         push_D = torch.quantile(values[values != 0], 0.9) * sae.W_dec[:, latent]
         steered_BV = _last_logits(model, tokens_BT, sae.cfg.hook, push_D)
-        effects.append(_effects(clean_BV, steered_BV, targets_T))
+        effects.append(_effects(clean_BV, steered_BV, targets_K))
     p_t = np.array([e.p_targets for e in effects])
     precision = np.array([e.precision for e in effects])
     return {
@@ -128,7 +128,7 @@ def steering_metrics(
 def steering_sweep(
     model: LanguageModel,
     sae: SAE,
-    sample_x_ND: Tensor,
+    sample_x_BD: Tensor,
     contexts: Tensor,
     alphas: tuple[float, ...],
     n_latents: int,
@@ -138,22 +138,22 @@ def steering_sweep(
     if not reads_residual_stream(model.bridge, sae.d_in):
         return None
     device = model.device
-    sample_x_ND = sample_x_ND.to(device)
-    _, latents = _alive_sample(sae, sample_x_ND, n_latents, seed)
+    sample_x_BD = sample_x_BD.to(device)
+    _, latents = _alive_sample(sae, sample_x_BD, n_latents, seed)
     if len(latents) == 0:
         return {"latents": 0, "contexts": len(contexts), "per_alpha": []}
-    norm = float(sample_x_ND.norm(dim=1).mean())
+    norm = float(sample_x_BD.norm(dim=1).mean())
     tokens_BT = contexts.to(device)
     clean_BV = _last_logits(model, tokens_BT, sae.cfg.hook, None)
     units_LD = (sae.W_dec[:, latents] / sae.W_dec[:, latents].norm(dim=0)).T
-    targets_LT = target_tokens(model, units_LD)
+    targets_LK = target_tokens(model, units_LD)
     per_alpha = []
     for alpha in alphas:
         effects = [
             _effects(
                 clean_BV, _last_logits(model, tokens_BT, sae.cfg.hook, alpha * norm * unit_D), t
             )
-            for unit_D, t in zip(units_LD, targets_LT, strict=True)
+            for unit_D, t in zip(units_LD, targets_LK, strict=True)
         ]
         per_alpha.append(
             {

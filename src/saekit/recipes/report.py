@@ -16,7 +16,7 @@ from saekit.recipes.cost import Estimate
 from saekit.recipes.tables import markdown_table
 
 RECONSTRUCTIONS = (
-    "The papers' exact procedures are partly unknown (docs/algorithms.md lists what is "
+    "The papers' exact procedures are partly unknown (docs/algorithms.md §11 lists what is "
     "reconstructed and how reliable each source is); these are the recipes' reconstructions: "
     "g-SAE's β_eff scale, its eval modes and the steering protocol "
     "(targets through the final norm and unembedding, strength α · E‖x‖); the gradient as the "
