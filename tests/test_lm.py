@@ -112,7 +112,8 @@ def test_shape_and_flops_are_read_from_the_model(tiny_lm):
     # GPT-2: per layer attention (3d² + d²) and MLP (8d²) weights, then the unembedding
     d, layers = config.n_embd, config.n_layer
     assert shape.matmul_weights == layers * 12 * d * d + config.vocab_size * d
-    assert shape.forward_flops_per_token == 2 * shape.matmul_weights + 2 * layers * 128 * d
+    assert shape.forward_flops_per_token(32) == 2 * shape.matmul_weights + 2 * layers * 32 * d
+    assert shape.forward_flops_per_token() == shape.forward_flops_per_token(config.n_positions)
 
 
 def test_gpt2_small_shape_without_weights(tmp_path):

@@ -4,7 +4,7 @@ The architecture is instantiated on the `meta` device (no memory, no weights rea
 counts, widths and parameter counts are the model's own, whatever its family. The compute of a
 forward pass is counted from the matrices it multiplies by (Kaplan et al. 2020): 2 FLOPs per
 weight of every linear map (the unembedding included; an embedding lookup is free) and
-2 · n_layers · n_ctx · d_model per token for the attention scores and their weighting.
+2 · n_layers · context · d_model per token for the attention scores and their weighting.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ class ModelShape:
     parameters: int  # every parameter, embeddings included
     matmul_weights: int  # weights of the linear maps a token's forward pass multiplies by
 
-    @property
-    def forward_flops_per_token(self) -> float:
-        """FLOPs of one token's forward pass at a full context."""
-        return 2.0 * self.matmul_weights + 2.0 * self.n_layers * self.n_ctx * self.d_model
+    def forward_flops_per_token(self, context: int | None = None) -> float:
+        """FLOPs of one token's forward pass in contexts of `context` tokens (default: the
+        model's longest)."""
+        attended = self.n_ctx if context is None else context
+        return 2.0 * self.matmul_weights + 2.0 * self.n_layers * attended * self.d_model
 
     @classmethod
     def read(cls, name: str) -> ModelShape:

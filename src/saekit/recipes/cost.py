@@ -48,7 +48,7 @@ def estimate(
 ) -> Estimate:
     """FLOPs of harvesting (if needed), training every stage of every seed, and evaluating
     (every SAE spliced in each of its modes, and the steering sweeps)."""
-    lm_token = model.forward_flops_per_token
+    lm_token = model.forward_flops_per_token(preset.context_size)
     steps = preset.train_tokens // preset.batch_size
     train = evaluate = 0.0
     saes = 0
