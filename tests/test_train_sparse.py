@@ -78,7 +78,7 @@ def test_sparse_and_dense_training_paths_give_the_same_gradients(monkeypatch, te
         monkeypatch.setattr(sparse_module, "SPARSE_MAX_DENSITY", density)
         sae = build(text, 5, seed=2)
         fwd = sae.training_forward(x)
-        ((fwd.x_hat_BD - x).pow(2).sum() + fwd.code.values_N.sum()).backward()
+        ((fwd.y_hat_BE - x).pow(2).sum() + fwd.code.values_N.sum()).backward()
         gradients.append({n: p.grad for n, p in sae.named_parameters()})
     for name, grad in gradients[0].items():
         torch.testing.assert_close(grad, gradients[1][name], msg=name)

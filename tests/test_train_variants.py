@@ -33,7 +33,7 @@ def test_topk_keeps_the_k_largest_and_relus_them():
     assert torch.equal(sae.encode(x), expected)
     fwd = sae.training_forward(x)
     assert torch.equal(fwd.code.to_dense(), expected)
-    assert torch.equal(fwd.x_hat_BD, expected)  # W_dec = I, b_dec = 0
+    assert torch.equal(fwd.y_hat_BE, expected)  # W_dec = I, b_dec = 0
     assert fwd.code.l0_B().tolist() == [2, 2, 0]
 
 
@@ -473,7 +473,7 @@ def test_folded_sae_on_raw_inputs_equals_the_trained_sae_on_scaled_inputs(text):
     x_raw = torch.randn(8, 5, generator=rng) * 4
     g_raw = torch.randn(8, 5, generator=rng)
     folded = copy.deepcopy(trained)
-    folded.fold_input_scale_(c)
+    folded.fold_scales_([c], [c])
     g_scaled = g_raw / c  # ∂L/∂(c x) = g / c
     needs_g = VARIANTS[folded.activation.name].needs_gradients
     raw = folded.encode(x_raw, g_raw if needs_g else None)

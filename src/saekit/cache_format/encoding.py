@@ -149,10 +149,11 @@ def decode_fields(raw: Mapping[str, torch.Tensor], spec: StoreSpec) -> dict[str,
     (descaled, new tensors), other fields as they are, scales dropped."""
     out: dict[str, torch.Tensor] = {}
     for name, tensor in raw.items():
-        if name in schema.SCALE_ARRAYS:
-            scale_R = raw.get(schema.SCALE_ARRAYS[name])
-            out[name] = decode_values(tensor, spec.encoding(name), scale_R)
-        elif name not in schema.SCALE_ARRAYS.values():
+        base, _ = schema.split_field(name)
+        if base in schema.SCALE_ARRAYS:
+            scale_R = raw.get(schema.scale_field(name))
+            out[name] = decode_values(tensor, spec.encoding(base), scale_R)
+        elif base not in schema.SCALE_ARRAYS.values():
             out[name] = tensor
     return out
 

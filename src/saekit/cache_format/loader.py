@@ -160,7 +160,7 @@ class EncodedBatch:
         return Batch(
             {
                 name: decoded[name]
-                if name in schema.SCALE_ARRAYS
+                if schema.split_field(name)[0] in schema.SCALE_ARRAYS
                 else decoded[name].clone(memory_format=torch.contiguous_format)
                 for name in self.fields
             },
@@ -288,10 +288,12 @@ class _Batcher:
 
 
 class ShuffledLoader:
-    """Iterate over shuffled batches of one hook's rows (deterministic for a seed).
+    """Iterate over shuffled batches of a store's rows (deterministic for a seed).
 
-    fields: any of `activations`, `gradients` (float32, descaled), `tokens`, `sequence`,
-    `position`, `loss` and `row` (the row's index in the store).
+    fields: any of `activations`, `gradients` (float32, descaled; at `hook`, or at the hook a
+    field is qualified with, `schema.hook_field`, so that one batch holds several hooks of the
+    same rows, each read once), `tokens`, `sequence`, `position`, `loss` and `row` (the row's
+    index in the store). The rows and their order do not depend on the fields or hooks read.
     epochs: passes over the split; None repeats forever. Every row appears once per epoch
     (`drop_last` drops the final partial batch).
     encoded: hand out `EncodedBatch`es (the store's encoding; `batch.on(device)` decodes) instead
@@ -321,10 +323,13 @@ class ShuffledLoader:
         if batch_size <= 0 or buffer_rows <= 0:
             raise ValueError("batch_size and buffer_rows must be positive")
         self.store = store
-        self.hook = store.resolve_hook(hook)
         self.fields = tuple(fields)
-        if schema.GRADIENTS in self.fields:
-            store.require_gradients(self.hook)
+        plain_hook_field = any(name in (schema.ACTIVATIONS, schema.GRADIENTS) for name in fields)
+        self.hook = store.resolve_hook(hook) if plain_hook_field or hook else None
+        for name in self.fields:
+            base, qualifier = schema.split_field(name)
+            if base == schema.GRADIENTS:
+                store.require_gradients(qualifier or self.hook)
         self.batch_size = batch_size
         self.seed = seed
         self.epochs = epochs

@@ -43,9 +43,10 @@ def nonfinite_index(raw: Mapping[str, np.ndarray], spec: schema.StoreSpec) -> np
     number."""
     good: np.ndarray | None = None
     for name, values in raw.items():
-        if name in schema.SCALE_ARRAYS:
-            ok = finite_rows(values, spec.encoding(name).element)
-        elif name in schema.SCALE_ARRAYS.values():
+        base, _ = schema.split_field(name)
+        if base in schema.SCALE_ARRAYS:
+            ok = finite_rows(values, spec.encoding(base).element)
+        elif base in schema.SCALE_ARRAYS.values():
             ok = np.isfinite(values) & (values > 0)
         else:
             continue

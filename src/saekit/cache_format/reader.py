@@ -113,13 +113,16 @@ class ActivationStore:
     # -- reading -----------------------------------------------------------------------------
 
     def fields_to_arrays(self, fields: Sequence[str], hook: str | None = None) -> dict[str, str]:
-        """Raw output name -> array path for the fields asked (gradients add their scale)."""
+        """Raw output name -> array path for the fields asked (scaled floats add their scale).
+        A hook field is read at `hook`, or at the hook it is qualified with
+        (`schema.hook_field`), and then named with that qualifier, scale included."""
         paths: dict[str, str] = {}
         for name in fields:
+            base, qualifier = schema.split_field(name)
             if name in ROW_FIELDS:
                 paths[name] = name
-            elif name in HOOK_FIELDS:
-                paths.update(self._hook_paths(name, hook))
+            elif base in HOOK_FIELDS:
+                paths.update(self._hook_paths(base, qualifier or hook, qualifier is not None))
             elif name != ROW_INDEX:
                 raise ValueError(f"unknown field {name!r}")
         return paths
@@ -174,16 +177,21 @@ class ActivationStore:
             layout[name] = (array.shape[1:], array.dtype)
         return layout
 
-    def _hook_paths(self, name: str, hook: str | None) -> dict[str, str]:
-        """The arrays of a hook field: its values, and its per-row scale when it has one."""
+    def _hook_paths(self, name: str, hook: str | None, qualified: bool) -> dict[str, str]:
+        """The arrays of a hook field: its values, and its per-row scale when it has one, named
+        plainly or qualified with the hook."""
         hook = self.resolve_hook(hook)
         if name == schema.GRADIENTS:
             self.require_gradients(hook)
-        paths = {name: schema.hook_array_path(hook, name)}
+        arrays = [name]
         if self.spec.encoding(name).scaled:
-            scale = schema.SCALE_ARRAYS[name]
-            paths[scale] = schema.hook_array_path(hook, scale)
-        return paths
+            arrays.append(schema.SCALE_ARRAYS[name])
+        return {
+            schema.hook_field(array, hook) if qualified else array: schema.hook_array_path(
+                hook, array
+            )
+            for array in arrays
+        }
 
     def decode(
         self, raw: dict[str, np.ndarray | torch.Tensor], device: str | torch.device = "cpu"

@@ -100,6 +100,29 @@ ROW_SHUFFLE_RULE = (
 )
 
 
+HOOK_FIELD_SEPARATOR = "@"
+
+
+def hook_field(name: str, hook: str) -> str:
+    """A per-hook field qualified with its hook (`activations@blocks.1.hook_mlp_out`): how a read
+    of several hooks names each hook's values, scales and gradients."""
+    return f"{name}{HOOK_FIELD_SEPARATOR}{hook}"
+
+
+def split_field(name: str) -> tuple[str, str | None]:
+    """(the field, its hook) of a field name, the hook None when it is not qualified."""
+    base, separator, hook = name.partition(HOOK_FIELD_SEPARATOR)
+    return base, (hook if separator else None)
+
+
+def scale_field(name: str) -> str | None:
+    """The scale field a (possibly qualified) float field carries when scaled, else None."""
+    base, hook = split_field(name)
+    if base not in SCALE_ARRAYS:
+        return None
+    return SCALE_ARRAYS[base] if hook is None else hook_field(SCALE_ARRAYS[base], hook)
+
+
 def hook_array_path(hook: str, array: str) -> str:
     """Path of a per-hook array, e.g. `hooks/blocks.7.hook_resid_post/gradients`."""
     return f"hooks/{hook}/{array}"

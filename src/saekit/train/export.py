@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from saekit.base.atomic import write_json, write_safetensors
 from saekit.base.errors import SaekitError
-from saekit.train.sae import SAE
+from saekit.train.sae import SAE, Dictionary
 from saekit.train.sae_config import DAMAGED, SAE_FORMAT, SAEConfig
 from saekit.train.spec import ResolvedSpec, make_spec
 
@@ -29,14 +29,19 @@ SAELENS_DIR = "saelens"
 SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"
 
 
-def save_sae(trained: SAE, directory: Path, cfg: SAEConfig) -> None:
-    """Write an SAE trained on `input_scale · x` so that it takes raw activations."""
+def save_sae(trained: Dictionary, directory: Path, cfg: SAEConfig) -> None:
+    """Write a dictionary trained on scaled activations (each hook times its scale) so that it
+    takes and gives raw activations."""
     sae = copy.deepcopy(trained).cpu()
-    sae.fold_input_scale_(cfg.input_scale)
+    shape = sae.shape
+    sae.fold_scales_(
+        [cfg.scale_of(h) for h in shape.source_hooks], [cfg.scale_of(h) for h in shape.target_hooks]
+    )
     directory.mkdir(parents=True, exist_ok=True)
     write_safetensors(directory / WEIGHTS_FILE, sae.state_for_saving(), {"format": SAE_FORMAT})
     write_json(directory / CFG_FILE, dataclasses.asdict(cfg))
-    export_saelens(sae, directory / SAELENS_DIR, cfg)
+    if isinstance(sae, SAE) and sae.shape.reconstructs_its_input and len(sae.shape.sources) == 1:
+        export_saelens(sae, directory / SAELENS_DIR, cfg)
 
 
 def export_saelens(sae: SAE, directory: Path, cfg: SAEConfig) -> None:
@@ -69,7 +74,7 @@ def export_saelens(sae: SAE, directory: Path, cfg: SAEConfig) -> None:
     write_json(directory / CFG_FILE, saelens_cfg)
 
 
-def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> SAE:
+def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> Dictionary:
     """Load a saved SAE (raw-activation space, eval mode); its `SAEConfig` is `sae.cfg`.
 
     A damaged or inconsistent SAE (cfg.json that disagrees with the weights, a weights file that
@@ -77,13 +82,14 @@ def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> SAE:
     directory = Path(directory)
     cfg = SAEConfig.read(directory / CFG_FILE)
     spec = saved_spec(cfg, directory / CFG_FILE)
+    shape = cfg.dictionary_shape()
     with torch.device("meta"):  # the shapes the cfg implies, without allocating anything
-        planned = spec.build(cfg.d_in)
+        planned = spec.build(shape)
         expected = {key: tuple(t.shape) for key, t in planned.state_dict().items()}
     later = tuple(f"activation.{module}." for module in planned.activation.later_state)
     optional = {key for key in expected if key.startswith(later)}
     check_weights(directory / WEIGHTS_FILE, expected, optional)
-    sae = spec.build(cfg.d_in)
+    sae = spec.build(shape)
     sae.load_state_dict(load_file(directory / WEIGHTS_FILE), strict=False)  # checked above
     sae.cfg = cfg
     return sae.to(device).eval()
@@ -94,7 +100,8 @@ def saved_spec(cfg: SAEConfig, where: Path) -> ResolvedSpec:
     given = {key: value for key, value in cfg.options.items() if value is not None}
     spec = make_spec(cfg.variant, given, str(where))
     k = getattr(spec.options, "k", 1)
-    if spec.options.latents != cfg.d_sae or k > cfg.d_sae:
+    groups = len(cfg.dictionary_shape().layers or (None,))
+    if spec.options.latents * groups != cfg.d_sae or k > cfg.d_sae:
         raise SaekitError(
             f"{where}: options (latents={spec.options.latents}, k={k}) disagree with "
             f"d_sae={cfg.d_sae}; {DAMAGED}"

@@ -14,10 +14,10 @@ import torch
 from torch import Tensor
 
 from saekit.base import devices
-from saekit.train.sparse import SparseCode, SparsePattern, gather_pre_activations
+from saekit.train.sparse import SparseCode, SparsePattern
 
 if TYPE_CHECKING:
-    from saekit.train.sae import SAE, Forward
+    from saekit.train.sae import Dictionary, Forward
     from saekit.train.usage import LatentUsage
 
 
@@ -55,7 +55,7 @@ class LossTerm:
             return self.coefficient * progress / self.warmup
         return self.coefficient
 
-    def __call__(self, sae: SAE, fwd: Forward, ctx: StepContext) -> Tensor:
+    def __call__(self, sae: Dictionary, fwd: Forward, ctx: StepContext) -> Tensor:
         raise NotImplementedError
 
 
@@ -65,8 +65,8 @@ class NormalisedMSE(LossTerm):
 
     name: ClassVar[str] = "nmse"
 
-    def __call__(self, sae: SAE, fwd: Forward, ctx: StepContext) -> Tensor:
-        return normalised_mse(fwd.x_BD, fwd.x_hat_BD)
+    def __call__(self, sae: Dictionary, fwd: Forward, ctx: StepContext) -> Tensor:
+        return normalised_mse(fwd.y_BE, fwd.y_hat_BE)
 
 
 @dataclass
@@ -75,8 +75,8 @@ class SquaredError(LossTerm):
 
     name: ClassVar[str] = "mse"
 
-    def __call__(self, sae: SAE, fwd: Forward, ctx: StepContext) -> Tensor:
-        return squared_error(fwd.x_BD, fwd.x_hat_BD)
+    def __call__(self, sae: Dictionary, fwd: Forward, ctx: StepContext) -> Tensor:
+        return squared_error(fwd.y_BE, fwd.y_hat_BE)
 
 
 @dataclass
@@ -88,10 +88,10 @@ class L1Penalty(LossTerm):
     decoder_weighted: bool = True
     name: ClassVar[str] = "l1"
 
-    def __call__(self, sae: SAE, fwd: Forward, ctx: StepContext) -> Tensor:
+    def __call__(self, sae: Dictionary, fwd: Forward, ctx: StepContext) -> Tensor:
         a_BF = fwd.code.to_dense() if self.source is None else fwd.extras[self.source]
         if self.decoder_weighted:
-            a_BF = a_BF * sae.decoder_norms()
+            a_BF = a_BF * sae.sparsity_weights()
         return a_BF.sum(dim=1).mean()
 
 
@@ -113,7 +113,7 @@ class ResidualAux(LossTerm):
     def candidates(self, usage: LatentUsage) -> Tensor:
         raise NotImplementedError
 
-    def __call__(self, sae: SAE, fwd: Forward, ctx: StepContext) -> Tensor:
+    def __call__(self, sae: Dictionary, fwd: Forward, ctx: StepContext) -> Tensor:
         candidates_F = self.candidates(ctx.usage)
         any_candidate = candidates_F.any()
         if devices.host_reads_are_free(fwd.z_BF.device) and not any_candidate:
@@ -121,10 +121,10 @@ class ResidualAux(LossTerm):
         masked_BF = fwd.z_BF.masked_fill(~candidates_F, float("-inf"))
         indices_BK = masked_BF.topk(min(self.k_aux, sae.d_sae), dim=1).indices
         pattern = SparsePattern.from_row_indices(indices_BK, sae.d_sae)
-        values_N = gather_pre_activations(fwd.x_cent_BD, sae.W_enc, sae.b_enc, fwd.z_BF, pattern)
+        values_N = sae.gather_pre_activations(fwd.x_cent_BD, fwd.z_BF, pattern)
         values_N = values_N.relu() * candidates_F[pattern.latent_N]
-        e_hat_BD = SparseCode(pattern, values_N).decode(sae.W_dec, None)
-        return normalised_mse((fwd.x_BD - fwd.x_hat_BD).detach(), e_hat_BD) * any_candidate
+        e_hat_BE = sae.decode_code(SparseCode(pattern, values_N), bias=False)
+        return normalised_mse((fwd.y_BE - fwd.y_hat_BE).detach(), e_hat_BE) * any_candidate
 
 
 @dataclass
@@ -151,16 +151,18 @@ class AuxZipf(ResidualAux):
 
 @dataclass
 class FrozenDecoderReconstruction(LossTerm):
-    """Gated's auxiliary loss ‖x − (sg(W_dec) ReLU(π_gate) + sg(b_dec))‖²: it trains the gate
-    path only (the decoder is a frozen copy)."""
+    """Gated's auxiliary loss ‖y − (sg(W_dec) ReLU(π_gate) + sg(b_dec))‖² (plus the detached skip
+    term of a skip transcoder): it trains the gate path only (the decoder is a frozen copy)."""
 
     source: str = "gate_BF"
     name: ClassVar[str] = "gate_aux"
 
-    def __call__(self, sae: SAE, fwd: Forward, ctx: StepContext) -> Tensor:
-        gate_BF = fwd.extras[self.source]
-        x_hat_BD = torch.nn.functional.linear(gate_BF, sae.W_dec.detach(), sae.b_dec.detach())
-        return squared_error(fwd.x_BD, x_hat_BD)
+    def __call__(self, sae: Dictionary, fwd: Forward, ctx: StepContext) -> Tensor:
+        y_hat_BE = sae.decode_frozen(fwd.extras[self.source])
+        skip_BE = sae.skip_path(fwd.x_BD)
+        if skip_BE is not None:  # the gate path explains what the skip path leaves
+            y_hat_BE = y_hat_BE + skip_BE.detach()
+        return squared_error(fwd.y_BE, y_hat_BE)
 
 
 @dataclass
@@ -170,5 +172,5 @@ class MeanL0(LossTerm):
     source: str = "l0_B"
     name: ClassVar[str] = "l0"
 
-    def __call__(self, sae: SAE, fwd: Forward, ctx: StepContext) -> Tensor:
+    def __call__(self, sae: Dictionary, fwd: Forward, ctx: StepContext) -> Tensor:
         return fwd.extras[self.source].mean()

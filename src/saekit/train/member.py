@@ -1,25 +1,70 @@
-"""One SAE being trained: its module, optimiser, loss terms, latent usage and step metrics."""
+"""One dictionary being trained: its module, optimiser, loss terms, latent usage and step
+metrics; and what a run reads from every batch for all of them."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from saekit.cache_format.schema import ACTIVATIONS, GRADIENTS, hook_field
 from saekit.train.losses import StepContext, normalised_mse
-from saekit.train.sae import SAE
+from saekit.train.sae import Dictionary
 from saekit.train.schedule import Plan
+from saekit.train.shape import Shape
 from saekit.train.spec import ResolvedSpec
 from saekit.train.usage import LatentUsage
 
 L0_QUANTILES = {"l0_p1": 0.01, "l0_p50": 0.5, "l0_p99": 0.99}
 
 
+@dataclass(frozen=True)
+class RunReads:
+    """The hooks a run reads from every batch (each once, whatever the number of dictionaries
+    reading it), and those whose gradients it reads: the targets of gradient-based ones."""
+
+    hooks: tuple[str, ...]
+    gradient_hooks: tuple[str, ...]
+
+    @classmethod
+    def of(cls, specs: list[ResolvedSpec], shapes: Mapping[str, Shape]) -> RunReads:
+        hooks = dict.fromkeys(h for spec in specs for h in shapes[spec.name].hooks)
+        gradients = dict.fromkeys(
+            h for spec in specs if spec.needs_gradients for h in shapes[spec.name].target_hooks
+        )
+        return cls(tuple(hooks), tuple(gradients))
+
+    def fields(self) -> tuple[str, ...]:
+        """The loader's fields: every hook's activations, the gradient hooks' gradients."""
+        return (
+            *(hook_field(ACTIVATIONS, hook) for hook in self.hooks),
+            *(hook_field(GRADIENTS, hook) for hook in self.gradient_hooks),
+        )
+
+    def scaled(
+        self, batch: Mapping[str, Tensor], scales: Mapping[str, float]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Every hook's activations times its scale c, and gradients divided by it (the chain
+        rule: ∂L/∂(c x) = g / c), by hook."""
+        x_by_hook = {h: batch[hook_field(ACTIVATIONS, h)] * scales[h] for h in self.hooks}
+        g_by_hook = {h: batch[hook_field(GRADIENTS, h)] / scales[h] for h in self.gradient_hooks}
+        return x_by_hook, g_by_hook
+
+
+def concatenated(by_hook: Mapping[str, Tensor], hooks: tuple[str, ...]) -> Tensor:
+    """The hooks' tensors side by side (one hook: its tensor itself)."""
+    if len(hooks) == 1:
+        return by_hook[hooks[0]]
+    return torch.cat([by_hook[hook] for hook in hooks], dim=1)
+
+
 class Member:
     """Trains one SAE on the batches the trainer hands it (Adam per SAE, clipped gradients)."""
 
-    def __init__(self, spec: ResolvedSpec, sae: SAE, plan: Plan, grad_clip: float) -> None:
+    def __init__(self, spec: ResolvedSpec, sae: Dictionary, plan: Plan, grad_clip: float) -> None:
         self.spec = spec
         self.sae = sae
         self.plan = plan
@@ -42,13 +87,32 @@ class Member:
     def needs_gradients(self) -> bool:
         return self.activation.needs_gradients
 
-    def step(self, x_BD: Tensor, gradients_BD: Tensor | None, step: int) -> None:
-        """One optimiser step on one batch (inputs already scaled)."""
+    def inputs(
+        self, x_by_hook: Mapping[str, Tensor], g_by_hook: Mapping[str, Tensor]
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(input x, target y — None when it is x —, gradients at the targets or None) of this
+        dictionary, from a batch's scaled tensors by hook."""
+        shape = self.sae.shape
+        x_BD = concatenated(x_by_hook, shape.source_hooks)
+        y_BE = None if shape.reconstructs_its_input else concatenated(x_by_hook, shape.target_hooks)
+        g_BE = concatenated(g_by_hook, shape.target_hooks) if self.needs_gradients else None
+        return x_BD, y_BE, g_BE
+
+    def step(
+        self,
+        x_BD: Tensor,
+        gradients_BE: Tensor | None,
+        step: int,
+        y_BE: Tensor | None = None,
+    ) -> None:
+        """One optimiser step on one batch (inputs already scaled; `y_BE` the target when it is
+        not the input)."""
         lr = self.base_lr * self.plan.lr_factor(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         progress = self.plan.progress(step)
-        fwd = self.sae.training_forward(x_BD, gradients_BD if self.needs_gradients else None)
+        gradients_BE = gradients_BE if self.needs_gradients else None
+        fwd = self.sae.training_forward(x_BD, gradients_BE, y_BE)
         context = StepContext(self.usage, progress)
         values = {term.name: term(self.sae, fwd, context) for term in self.terms}
         loss = torch.stack([term.weight(progress) * values[term.name] for term in self.terms]).sum()
@@ -67,7 +131,7 @@ class Member:
                 {
                     "loss": loss,
                     **{f"loss/{name}": value for name, value in values.items()},
-                    "nmse": normalised_mse(fwd.x_BD, fwd.x_hat_BD),
+                    "nmse": normalised_mse(fwd.y_BE, fwd.y_hat_BE),
                     "l0": l0_B.mean(),
                     **{key: l0_B.quantile(q) for key, q in L0_QUANTILES.items()},
                     "l0_zero": (l0_B == 0).float().mean(),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import torch
 
 from saekit.base.errors import SaekitError
 from saekit.base.units import human_bytes
+from saekit.train.shape import Shape
 from saekit.train.spec import ResolvedSpec
 
 FLOAT_BYTES = 4
@@ -17,10 +19,10 @@ PARAMETER_COPIES = 4
 BATCH_BY_LATENTS_COPIES = 3
 
 
-def training_bytes(d_in: int, latents: int, batch_size: int) -> int:
-    """About how many bytes one SAE needs to train (its parameters, their gradients and Adam
-    moments, and the dense batch-by-latents tensors of a step)."""
-    parameters = 2 * latents * d_in + latents + d_in
+def training_bytes(d_in: int, d_out: int, latents: int, batch_size: int) -> int:
+    """About how many bytes one dictionary needs to train (its parameters, their gradients and
+    Adam moments, and the dense batch-by-latents tensors of a step)."""
+    parameters = latents * (d_in + d_out) + latents + d_in + d_out
     per_step = BATCH_BY_LATENTS_COPIES * batch_size * latents
     return FLOAT_BYTES * (PARAMETER_COPIES * parameters + per_step)
 
@@ -33,10 +35,18 @@ def device_memory(device: torch.device) -> int:
 
 
 def check_memory(
-    specs: list[ResolvedSpec], d_in: int, batch_size: int, device: torch.device
+    specs: list[ResolvedSpec],
+    shapes: Mapping[str, Shape],
+    batch_size: int,
+    device: torch.device,
 ) -> None:
-    """Refuse SAEs that cannot fit on `device` together, saying how much they would need."""
-    need = {spec.name: training_bytes(d_in, spec.latents, batch_size) for spec in specs}
+    """Refuse dictionaries that cannot fit on `device` together, saying how much they need (a
+    cross-layer transcoder's decoder counted whole, as if every group wrote every layer)."""
+    need = {}
+    for spec in specs:
+        shape = shapes[spec.name]
+        latents = spec.latents * len(shape.layers or (None,))
+        need[spec.name] = training_bytes(shape.d_in, shape.d_out, latents, batch_size)
     total, have = sum(need.values()), device_memory(device)
     if total > have:
         largest = max(need, key=need.__getitem__)

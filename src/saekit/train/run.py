@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from saekit import __version__
 from saekit.base.atomic import write_json
@@ -31,16 +32,20 @@ from saekit.base.locations import absolute_location
 from saekit.base.outputs import refuse_inside_store
 from saekit.cache_format import ActivationStore, LoaderThreads, ShuffledLoader
 from saekit.cache_format.nonfinite import NonFinitePolicy
+from saekit.cache_format.reader import ROW_INDEX
+from saekit.cache_format.schema import ACTIVATIONS, hook_field
 from saekit.train.calibration import geometric_median, input_scale
 from saekit.train.checkpoint import Checkpoint, Checkpoints
 from saekit.train.config import TrainSettings
 from saekit.train.export import save_sae
-from saekit.train.member import Member
+from saekit.train.layout import sae_directory
+from saekit.train.member import Member, RunReads, concatenated
 from saekit.train.memory import check_memory
 from saekit.train.metrics import METRICS_FILE, read_metrics
 from saekit.train.sae_config import SAEConfig
 from saekit.train.schedule import Plan
-from saekit.train.spec import ResolvedSpec, SAESpec
+from saekit.train.shape import Shape
+from saekit.train.spec import ResolvedSpec, SAESpec, source_hooks
 from saekit.train.trainer import Cadence, Observer, Trainer
 
 RUN_FORMAT = "saekit.train-run"
@@ -73,54 +78,48 @@ class RunResult:
 
 
 def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
-    """Validate the request, then train every SAE on one stream of the store's rows."""
+    """Validate the request, then train every dictionary on one stream of the store's rows
+    (each hook any of them reads is read once per batch)."""
     refuse_inside_store(request.out, "train")
     store = ActivationStore.open(request.store, request.storage_options)
-    hook = store.resolve_hook(request.hook)
-    d_in = store.spec.hooks[hook].d
-    specs = resolve_specs(request.specs, d_in, request.settings.lr)
-    needs_gradients = any(spec.needs_gradients for spec in specs)
-    if needs_gradients:
-        store.require_gradients(hook)
+    hook = default_hook(store, request.hook)
+    widths = {name: spec.d for name, spec in store.spec.hooks.items()}
+    specs = resolve_specs(request.specs, widths, hook, request.settings.lr)
+    shapes = {spec.name: spec.shape(widths, hook) for spec in specs}
+    reads = RunReads.of(specs, shapes)
+    for gradient_hook in reads.gradient_hooks:
+        store.require_gradients(gradient_hook)
     settings = request.settings
     plan = make_plan(store, settings)
     identity = run_identity(store, hook, specs, settings, plan)
     check_out_dir(request.out, identity, request.resume)
 
     device = resolve_device(settings.device)
-    check_memory(specs, d_in, settings.batch_size, device)
+    check_memory(specs, shapes, settings.batch_size, device)
     members = [
-        Member(spec, spec.build(d_in).to(device), plan, settings.grad_clip) for spec in specs
+        Member(spec, spec.build(shapes[spec.name]).to(device), plan, settings.grad_clip)
+        for spec in specs
     ]
     checkpoints = Checkpoints(request.out)
     checkpoint = checkpoints.load([s.name for s in specs]) if request.resume else None
     if checkpoint is None:
-        scale, calibration = calibrate(store, hook, members, settings, needs_gradients, device)
-        config = run_config(identity, plan, scale, calibration, request, device)
+        scales, calibration = calibrate(store, reads, members, settings, device)
+        config = run_config(identity, plan, hook, scales, calibration, request, device)
         request.out.mkdir(parents=True, exist_ok=True)
         write_json(request.out / CONFIG_FILE, config)
     else:
         config = json.loads((request.out / CONFIG_FILE).read_text())
-        try:
-            scale = float(config["calibration"]["input_scale"])
-            calibration = {s.name: dict(config["calibration"]["saes"][s.name]) for s in specs}
-        except (KeyError, TypeError, ValueError):
-            raise SaekitError(
-                f"{request.out / CONFIG_FILE} lacks the run's calibration; the run directory is "
-                "damaged, start a new run in another --out"
-            ) from None
+        scales, calibration = recorded_calibration(config, hook, specs, request.out)
 
     cadence = Cadence(settings.log_every, settings.checkpoint_every)
     nonfinite = NonFinitePolicy(skip=settings.skip_nonfinite)
-    trainer = Trainer(members, plan, cadence, scale, request.out, observer, nonfinite)
+    trainer = Trainer(members, plan, cadence, reads, scales, request.out, observer, nonfinite)
     start = restore(trainer, checkpoint, checkpoints) if checkpoint else 0
     already_complete = checkpoint is not None and checkpoint.complete
     if not already_complete:
-        fields = ("activations", "row", *(("gradients",) if needs_gradients else ()))
         loader = ShuffledLoader(
             store,
-            hook=hook,
-            fields=fields,
+            fields=(*reads.fields(), ROW_INDEX),
             batch_size=settings.batch_size,
             seed=settings.seed,
             epochs=None,
@@ -131,12 +130,38 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
         trainer.run(iter(loader), start)
     final = {record["sae"]: record for record in read_metrics(request.out / METRICS_FILE)}
     sae_dirs = {}
+    location = absolute_location(request.store)  # where it is now (it may have moved)
     for member in members:  # also after a kill between the last checkpoint and the export
-        sae_dirs[member.name] = request.out / "saes" / member.name
-        location = absolute_location(request.store)  # where it is now (it may have moved)
-        cfg = sae_config(member, hook, d_in, scale, calibration[member.name], config, location)
+        sae_dirs[member.name] = sae_directory(request.out, member.name)
+        cfg = sae_config(member, scales, calibration[member.name], config, location)
         save_sae(member.sae, sae_dirs[member.name], cfg)
     return RunResult(request.out, sae_dirs, plan, final, already_complete)
+
+
+def default_hook(store: ActivationStore, hook: str | None) -> str | None:
+    """The hook of dictionaries whose spec names none: `--hook`, or the store's only hook (None
+    for a store of several hooks without --hook: then every spec must name its hooks)."""
+    if hook is not None or len(store.hooks) == 1:
+        return store.resolve_hook(hook)
+    return None
+
+
+def recorded_calibration(
+    config: dict[str, Any], hook: str | None, specs: list[ResolvedSpec], out: Path
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The scales and calibration a run recorded (runs before several hooks recorded one
+    scale, at their hook)."""
+    try:
+        recorded = config["calibration"]
+        scales = recorded.get("input_scales") or {hook: float(recorded["input_scale"])}
+        scales = {name: float(value) for name, value in scales.items()}
+        calibration = {s.name: dict(recorded["saes"][s.name]) for s in specs}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise SaekitError(
+            f"{out / CONFIG_FILE} lacks the run's calibration; the run directory is "
+            "damaged, start a new run in another --out"
+        ) from None
+    return scales, calibration
 
 
 def restore(trainer: Trainer, checkpoint: Checkpoint, checkpoints: Checkpoints) -> int:
@@ -151,10 +176,21 @@ def restore(trainer: Trainer, checkpoint: Checkpoint, checkpoints: Checkpoints) 
         ) from None
 
 
-def resolve_specs(specs: list[SAESpec], d_in: int, default_lr: float | None) -> list[ResolvedSpec]:
+def resolve_specs(
+    specs: list[SAESpec], widths: dict[str, int], hook: str | None, default_lr: float | None
+) -> list[ResolvedSpec]:
+    """Every spec with its defaults, for the width of the first hook it reads."""
     if not specs:
         raise SaekitError("no SAE to train; give one with --sae, e.g. --sae topk:k=32")
-    resolved = [spec.resolve(d_in, default_lr) for spec in specs]
+    resolved = []
+    for spec in specs:
+        first = source_hooks(spec.options, hook, spec.source)[0]
+        if first not in widths:
+            raise SaekitError(
+                f"{spec.source}: the store has no hook {first} (it has {', '.join(widths)}); "
+                "harvest it or change the spec"
+            )
+        resolved.append(spec.resolve(widths[first], default_lr))
     names = [spec.name for spec in resolved]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
@@ -268,20 +304,17 @@ def _by_name(value: Any) -> Any:
 
 def calibrate(
     store: ActivationStore,
-    hook: str,
+    reads: RunReads,
     members: list[Member],
     settings: TrainSettings,
-    needs_gradients: bool,
     device: torch.device,
-) -> tuple[float, dict[str, dict[str, float]]]:
-    """Input scale from a sample of the store, then every SAE's initial weights and
-    data-dependent settings. Deterministic for the seed, and independent of which other SAEs
-    share the run."""
-    fields = ("activations", *(("gradients",) if needs_gradients else ()))
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The input scale of every hook read, from a sample of the store, then every dictionary's
+    initial weights and data-dependent settings. Deterministic for the seed, and independent of
+    which other dictionaries share the run."""
     loader = ShuffledLoader(
         store,
-        hook=hook,
-        fields=fields,
+        fields=reads.fields(),
         batch_size=settings.calibration_rows,
         seed=settings.seed,
         epochs=1,
@@ -289,25 +322,33 @@ def calibrate(
     )
     # rows holding NaN or Inf are left out of the sample; training applies the policy to them
     sample = next(iter(loader)).without_nonfinite()
-    if not len(sample["activations"]):
+    if not len(next(iter(sample.values()))):
         raise IntegrityError(f"store {store.location} has no finite rows to calibrate on")
-    scale = input_scale(sample["activations"])
-    x_BD = (sample["activations"] * scale).to(device)
-    g_BD = (sample["gradients"] / scale).to(device) if needs_gradients else None
-    median_D = None
+    scales = {hook: input_scale(sample[hook_field(ACTIVATIONS, hook)]) for hook in reads.hooks}
+    x_by_hook, g_by_hook = reads.scaled(sample.on(device), scales)
+    medians: dict[tuple[str, ...], Tensor] = {}
+
+    def median_of(hooks: tuple[str, ...]) -> Tensor:
+        if hooks not in medians:
+            medians[hooks] = geometric_median(concatenated(x_by_hook, hooks)).cpu()
+        return medians[hooks]
+
     calibration = {}
     for member in members:
-        activation = member.sae.activation
-        if activation.b_dec_from_data and median_D is None:
-            median_D = geometric_median(x_BD)
+        activation, shape = member.sae.activation, member.sae.shape
         generator = torch.Generator().manual_seed(init_seed(settings.seed, member.name))
-        b_dec_D = median_D.cpu() if activation.b_dec_from_data else None
-        member.sae.init_weights_(generator, activation.decoder_init_norm, b_dec_D)
-        head = slice(0, settings.batch_size)  # a training-batch-sized sample
-        calibration[member.name] = activation.calibrate_(
-            member.sae, x_BD[head], None if g_BD is None else g_BD[head]
+        from_data = activation.b_dec_from_data
+        b_in = (
+            None if shape.reconstructs_its_input or not from_data else median_of(shape.source_hooks)
         )
-    return scale, calibration
+        b_dec = median_of(shape.target_hooks) if from_data else None
+        member.sae.init_weights_(generator, activation.decoder_init_norm, b_dec, b_in)
+        head = slice(0, settings.batch_size)  # a training-batch-sized sample
+        x_BD, _, g_BE = member.inputs(x_by_hook, g_by_hook)
+        calibration[member.name] = activation.calibrate_(
+            member.sae, x_BD[head], None if g_BE is None else g_BE[head]
+        )
+    return scales, calibration
 
 
 def init_seed(seed: int, name: str) -> int:
@@ -319,11 +360,15 @@ def init_seed(seed: int, name: str) -> int:
 def run_config(
     identity: dict[str, Any],
     plan: Plan,
-    scale: float,
+    hook: str | None,
+    scales: dict[str, float],
     calibration: dict[str, dict[str, float]],
     request: TrainRequest,
     device: torch.device,
 ) -> dict[str, Any]:
+    """config.json: the run's identity, plan and calibration (`input_scale` at the run's hook,
+    as runs of one hook recorded it, and every hook's in `input_scales`)."""
+    scale = {"input_scale": scales[hook]} if hook in scales else {}
     return {
         "format": RUN_FORMAT,
         "format_version": 1,
@@ -331,7 +376,7 @@ def run_config(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "run": identity,
         "plan": {**dataclasses.asdict(plan), "tokens": plan.tokens, "epochs": plan.epochs},
-        "calibration": {"input_scale": scale, "saes": calibration},
+        "calibration": {**scale, "input_scales": scales, "saes": calibration},
         "environment": {
             "store_location": absolute_location(request.store),
             "device": str(device),
@@ -342,24 +387,25 @@ def run_config(
 
 def sae_config(
     member: Member,
-    hook: str,
-    d_in: int,
-    scale: float,
+    scales: dict[str, float],
     calibration: dict[str, float],
     config: dict[str, Any],
     store_location: str,
 ) -> SAEConfig:
-    store = config["run"]["store"]
+    """What the saved dictionary's cfg.json says. An SAE on one hook records no shape and its
+    one scale, as SAEs saved before other shapes existed do."""
+    store, shape = config["run"]["store"], member.sae.shape
+    single = shape == Shape.single(shape.sources[0].hook, shape.d_in)
     return SAEConfig(
         name=member.name,
         variant=member.spec.variant,
-        hook=hook,
-        d_in=d_in,
+        hook=shape.sources[0].hook,
+        d_in=shape.d_in,
         d_sae=member.sae.d_sae,
         k=getattr(member.spec.options, "k", None),
         options=member.spec.options_dict(),
         calibration=calibration,
-        input_scale=scale,
+        input_scale=scales[shape.sources[0].hook],
         store={
             "location": store_location,
             "identity": store["identity"],
@@ -367,4 +413,6 @@ def sae_config(
             "holdout_rows": store["layout"]["holdout_rows"],
         },
         training={**config["plan"], "seed": config["run"]["settings"]["seed"]},
+        shape=None if single else shape.to_json(),
+        input_scales=None if single else {hook: scales[hook] for hook in shape.hooks},
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 from saekit import __version__
 from saekit.base.errors import SaekitError
+from saekit.train.shape import Shape
 
 SAE_FORMAT = "saekit.sae"
 SAE_FORMAT_VERSION = 1
@@ -28,9 +29,13 @@ class SAEConfig:
     k: int | None  # active latents per token (TopK family; mean for BatchTopK / FC), else None
     options: dict[str, Any]  # every option, resolved (see docs/variants.md)
     calibration: dict[str, float]  # values set from data before training (g-SAE: beta)
-    input_scale: float  # c of training (E‖c·x‖ = √d), already folded into the weights
+    input_scale: float  # c of training (E‖c·x‖ = √d) at `hook`, already folded into the weights
     store: dict[str, Any]  # location, identity and rows of the store it was trained on
     training: dict[str, Any]  # tokens, steps, batch size, seed, epochs
+    # where it reads and what it reconstructs (`Shape.to_json`); None: an SAE on `hook`
+    shape: dict[str, Any] | None = None
+    # every hook's scale of training, already folded in; None: `input_scale` at `hook`
+    input_scales: dict[str, float] | None = None
     saekit_version: str = __version__
     format: str = SAE_FORMAT
     format_version: int = SAE_FORMAT_VERSION
@@ -56,7 +61,40 @@ class SAEConfig:
                 raise SaekitError(
                     f"{path}: {name} must be {expected}, not {values.get(name)!r}; {DAMAGED}"
                 )
-        return cls.from_dict(values)
+        cfg = cls.from_dict(values)
+        if cfg.shape is not None:
+            try:
+                shape = Shape.from_json(cfg.shape)
+            except (KeyError, TypeError, ValueError):
+                raise SaekitError(f"{path}: shape is not a valid shape; {DAMAGED}") from None
+            missing = [
+                hook for hook in shape.hooks if hook not in (cfg.input_scales or {cfg.hook: 1})
+            ]
+            if shape.d_in != cfg.d_in or missing:
+                raise SaekitError(
+                    f"{path}: shape disagrees with d_in={cfg.d_in} or input_scales; {DAMAGED}"
+                )
+        return cfg
+
+    def dictionary_shape(self) -> Shape:
+        """Where the dictionary reads and what it reconstructs."""
+        return (
+            Shape.single(self.hook, self.d_in)
+            if self.shape is None
+            else Shape.from_json(self.shape)
+        )
+
+    def scale_of(self, hook: str) -> float:
+        """The scale `hook`'s activations were trained at."""
+        return self.input_scale if self.input_scales is None else float(self.input_scales[hook])
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return self.dictionary_shape().source_hooks
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.dictionary_shape().target_hooks
 
 
 DAMAGED = "the saved SAE is damaged, export it again (sae train --resume on its run)"
@@ -91,4 +129,10 @@ _FIELD_CHECKS = (
     ("store", "an object", _is_object),
     ("training", "an object", _is_object),
     ("input_scale", "a positive number", _is_scale),
+    ("shape", "an object or null", lambda value: value is None or _is_object(value)),
+    (
+        "input_scales",
+        "an object of positive numbers or null",
+        lambda value: value is None or (_is_object(value) and all(map(_is_scale, value.values()))),
+    ),
 )

@@ -15,8 +15,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from saekit.base.errors import SaekitError
-from saekit.train.sae import SAE
+from saekit.train.clt import CrossLayerTranscoder
+from saekit.train.sae import SAE, Dictionary
+from saekit.train.shape import Block, Shape, compact_hooks, layer_range, parse_layers, split_hooks
 from saekit.train.variants import VARIANTS, SAEOptions, all_names, canonical_name
+from saekit.train.variants.options import SHAPE_KEYS, ShapeOptions
+
+# Variant names that name a shape: `crosscoder:k=32,hooks=a+b+c` is `topk:k=32,hooks=a+b+c`
+# (another activation with `activation=relu` and the like); each needs its key.
+SHAPE_ALIASES = {"crosscoder": "hooks", "clt": "layers"}
 
 TRUE_WORDS = ("true", "yes", "1", "on")
 FALSE_WORDS = ("false", "no", "0", "off")
@@ -32,13 +39,15 @@ class SAESpec:
     source: str  # how the user wrote it, for error messages
 
     def resolve(self, d_in: int, default_lr: float | None = None) -> ResolvedSpec:
-        """Fill in the defaults for inputs of width `d_in`; refuse k > latents."""
+        """Fill in the defaults for inputs of width `d_in` (the first hook it reads); refuse
+        k > latents (for a cross-layer transcoder, latents per layer times its layers)."""
         options = self.options.resolve(d_in, default_lr)
         k = getattr(options, "k", None)
-        if k is not None and k > options.latents:
+        groups = 1 if options.layers is None else len(parse_layers(options.layers))
+        if k is not None and k > options.latents * groups:
             raise SaekitError(
-                f"{self.source}: k={k} is more than latents={options.latents}; lower k or "
-                "raise latents"
+                f"{self.source}: k={k} is more than latents={options.latents * groups}; lower k "
+                "or raise latents"
             )
         name = options.name or derive_name(self.variant, options, self.given)
         return ResolvedSpec(name, self.variant, options)
@@ -66,13 +75,83 @@ class ResolvedSpec:
     def needs_gradients(self) -> bool:
         return VARIANTS[self.variant].needs_gradients
 
-    def build(self, d_in: int) -> SAE:
-        """A new SAE of this spec (weights not initialised)."""
-        activation = VARIANTS[self.variant](self.options, d_in, self.latents)
-        return SAE(d_in, self.latents, activation)
+    @property
+    def cross_layer(self) -> bool:
+        return self.options.layers is not None
+
+    def source_hooks(self, default_hook: str | None) -> tuple[str, ...]:
+        """The hooks the dictionary reads (`default_hook` unless the spec names them)."""
+        return source_hooks(self.options, default_hook, self.name)
+
+    def target_hooks(self, default_hook: str | None) -> tuple[str, ...]:
+        """The hooks the dictionary reconstructs."""
+        return target_hooks(self.options, default_hook, self.name)
+
+    def shape(self, widths: dict[str, int], default_hook: str | None) -> Shape:
+        """The dictionary's shape on a store whose hooks have `widths`; one line for a hook
+        the store lacks or a cross-layer transcoder whose layers differ in width."""
+        sources = self.source_hooks(default_hook)
+        targets = self.target_hooks(default_hook)
+        for hook in (*sources, *targets):
+            if hook not in widths:
+                raise SaekitError(
+                    f"SAE {self.name} needs hook {hook}, which the store lacks (it has "
+                    f"{', '.join(widths)}); harvest it or change the spec"
+                )
+        if len(set(sources)) != len(sources) or len(set(targets)) != len(targets):
+            raise SaekitError(f"SAE {self.name} names a hook twice")
+        shape = Shape(
+            tuple(Block(h, widths[h]) for h in sources),
+            tuple(Block(h, widths[h]) for h in targets),
+            self.options.skip,
+            parse_layers(self.options.layers) if self.cross_layer else None,
+        )
+        if shape.cross_layer and len({b.d for b in (*shape.sources, *shape.targets)}) > 1:
+            raise SaekitError(
+                f"SAE {self.name}: a cross-layer transcoder needs one width at every layer it "
+                "reads and writes"
+            )
+        return shape
+
+    def build(self, shape: Shape | int) -> Dictionary:
+        """A new dictionary of this spec (weights not initialised); an int is the width of a
+        single hook (an SAE)."""
+        shape = shape if isinstance(shape, Shape) else Shape.single("", shape)
+        latents = self.latents * len(shape.layers) if shape.cross_layer else self.latents
+        activation = VARIANTS[self.variant](self.options, shape.d_in, latents)
+        if shape.cross_layer:
+            return CrossLayerTranscoder(shape, latents, activation)
+        return SAE(shape, latents, activation)
 
     def options_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.options)
+        """Every option, the shape keys only where set (an SAE on the run's hook records no
+        shape, as before shapes existed)."""
+        defaults = ShapeOptions()
+        return {
+            key: value
+            for key, value in dataclasses.asdict(self.options).items()
+            if key not in SHAPE_KEYS or value != getattr(defaults, key)
+        }
+
+
+def source_hooks(options: SAEOptions, default_hook: str | None, what: str) -> tuple[str, ...]:
+    """The hooks a dictionary of these options reads (`default_hook` unless they name them)."""
+    if options.layers is not None:
+        return tuple(f"blocks.{layer}.{options.reads}" for layer in parse_layers(options.layers))
+    if options.hooks is not None:
+        return split_hooks(options.hooks)
+    if default_hook is None:
+        raise SaekitError(f"{what} names no hook and the run has none; give --hook or hooks=...")
+    return (default_hook,)
+
+
+def target_hooks(options: SAEOptions, default_hook: str | None, what: str) -> tuple[str, ...]:
+    """The hooks a dictionary of these options reconstructs."""
+    if options.layers is not None:
+        return tuple(f"blocks.{layer}.{options.writes}" for layer in parse_layers(options.layers))
+    if options.target is not None:
+        return split_hooks(options.target)
+    return source_hooks(options, default_hook, what)
 
 
 def parse_spec(text: str) -> SAESpec:
@@ -98,6 +177,14 @@ def spec_from_table(table: dict[str, Any], source: str) -> SAESpec:
 
 def make_spec(variant: str, values: dict[str, Any], source: str) -> SAESpec:
     """Check the variant and keys, convert the values, validate the options."""
+    if variant in SHAPE_ALIASES:
+        needed = SHAPE_ALIASES[variant]
+        if needed not in values:
+            raise SaekitError(
+                f"{source}: a {variant} needs {needed}=..., e.g. {_EXAMPLES[variant]}"
+            )
+        values = dict(values)
+        variant = str(values.pop("activation", "topk"))
     canonical = canonical_name(variant)
     if canonical is None:
         raise SaekitError(
@@ -125,6 +212,12 @@ def make_spec(variant: str, values: dict[str, Any], source: str) -> SAESpec:
     except ValueError as error:
         raise SaekitError(f"{source}: {error}") from None
     return SAESpec(canonical, options, tuple(converted), source)
+
+
+_EXAMPLES = {
+    "crosscoder": "crosscoder:k=32,hooks=blocks.0.hook_resid_post+blocks.1.hook_resid_post",
+    "clt": "clt:k=16,latents=512,layers=0-3",
+}
 
 
 def suggest(word: str, choices: list[str]) -> str:
@@ -190,19 +283,38 @@ def _float_or_none(text: str) -> float | None:
 
 
 def derive_name(variant: str, options: SAEOptions, given: tuple[str, ...]) -> str:
-    """`variant-<headline keys>-<latents>[-<other keys set to non-defaults>]`,
-    e.g. `topk-k32-4096`, `gsae-k32-beta_eff1-16384-no_selection_only`."""
+    """`variant-<headline keys>-<latents>[-<shape>][-<other keys set to non-defaults>]`,
+    e.g. `topk-k32-4096`, `gsae-k32-beta_eff1-16384-no_selection_only`,
+    `topk-k16-1024-blocks.1.mlp.hook_in-to-blocks.1.hook_mlp_out-skip`, `topk-k16-512-clt0-3`."""
     defaults = type(options)()
     parts = [variant]
     for key in options.HEADLINE:
         if getattr(options, key) is not None:
             parts.append(_name_part(key, getattr(options, key)))
     parts.append(str(options.latents))
+    parts += _shape_parts(options)
     for key in given:
         value = getattr(options, key)
-        if key not in (*options.HEADLINE, "latents", "name") and value != getattr(defaults, key):
+        skipped = (*options.HEADLINE, *SHAPE_KEYS, "latents", "name")
+        if key not in skipped and value != getattr(defaults, key):
             parts.append(_name_part(key, value))
     return "-".join(parts)
+
+
+def _shape_parts(options: SAEOptions) -> list[str]:
+    """The shape in a derived name: the hooks read, `to-` the hooks predicted, `skip`; a CLT as
+    `clt<layers>` (and what it reads and writes when not the defaults)."""
+    defaults = ShapeOptions()
+    if options.layers is not None:
+        parts = [f"clt{layer_range(parse_layers(options.layers))}"]
+        for key in ("reads", "writes"):
+            if getattr(options, key) != getattr(defaults, key):
+                parts.append(f"{key}_{getattr(options, key)}")
+        return parts
+    parts = [] if options.hooks is None else [compact_hooks(split_hooks(options.hooks))]
+    if options.target is not None:
+        parts.append(f"to-{compact_hooks(split_hooks(options.target))}")
+    return parts + (["skip"] if options.skip else [])
 
 
 def _name_part(key: str, value: Any) -> str:

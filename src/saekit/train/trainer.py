@@ -1,8 +1,9 @@
 """The training loop: several SAEs trained on each batch of one stream of rows.
 
 Every batch is read once, moved to the device (an encoded batch is copied as stored and decoded
-there) and handed to every SAE (activations scaled by c, gradients by 1/c, read only when some
-SAE needs them). Rows holding NaN or Inf stop the run with the offending store rows named, or
+there) and handed to every dictionary (each hook's activations scaled by its c, gradients by 1/c,
+read only at the targets of dictionaries that need them; each takes the hooks it reads and
+reconstructs). Rows holding NaN or Inf stop the run with the offending store rows named, or
 are left out and counted (`--skip-nonfinite`); metrics go to `metrics.jsonl` every `log_every`
 steps, with the throughput and the fraction of the time the trainer waited on the loader;
 checkpoints are written every `checkpoint_every` tokens and at the end.
@@ -25,7 +26,7 @@ from saekit.base.errors import SaekitError
 from saekit.cache_format import Batch, EncodedBatch
 from saekit.cache_format.nonfinite import NonFinitePolicy, NonFiniteRows
 from saekit.train.checkpoint import Checkpoints
-from saekit.train.member import Member
+from saekit.train.member import Member, RunReads
 from saekit.train.metrics import METRICS_FILE, MetricsLog
 from saekit.train.schedule import Plan
 
@@ -97,7 +98,8 @@ class Trainer:
         members: list[Member],
         plan: Plan,
         cadence: Cadence,
-        input_scale: float,
+        reads: RunReads,
+        scales: dict[str, float],
         run_dir: Path,
         observer: Observer | None = None,
         nonfinite: NonFinitePolicy | None = None,
@@ -106,12 +108,11 @@ class Trainer:
         self.device = members[0].sae.W_dec.device  # where the SAEs live: batches go there
         self.plan = plan
         self.cadence = cadence
-        self.input_scale = input_scale
+        self.reads, self.scales = reads, scales
         self.run_dir = run_dir
         self.observer = observer or Observer()
         self.nonfinite = nonfinite or NonFinitePolicy()
         self.checkpoints = Checkpoints(run_dir)
-        self.needs_gradients = any(m.needs_gradients for m in members)
         self.epoch = -1
         self.metrics: MetricsLog | None = None
         self._metrics_offset = 0
@@ -141,11 +142,12 @@ class Trainer:
         for step in range(start_step, self.plan.steps):
             with throughput.waiting():
                 batch = next(batches)
-            x_BD, gradients_BD = self._inputs(batch.on(self.device), step)
+            x_by_hook, g_by_hook = self._inputs(batch.on(self.device), step)
             for member in self.members:
-                member.step(x_BD, gradients_BD, step)
+                x_BD, y_BE, g_BE = member.inputs(x_by_hook, g_by_hook)
+                member.step(x_BD, g_BE, step, y_BE)
             done = step + 1
-            throughput.count(len(x_BD))
+            throughput.count(len(next(iter(x_by_hook.values()))))
             if batch.epoch != self.epoch:
                 self.epoch = batch.epoch
                 self.observer.epoch_started(self.epoch, self.plan)
@@ -161,10 +163,10 @@ class Trainer:
         every, batch = self.cadence.checkpoint_every, self.plan.batch_size
         return every > 0 and done * batch // every > (done - 1) * batch // every
 
-    def _inputs(self, batch: Batch, step: int) -> tuple[Tensor, Tensor | None]:
-        """The batch in training space (c·x, g/c), after the non-finite policy: rows holding NaN
-        or Inf (found by the loader, on the CPU) stop the run after checkpointing the state
-        before this batch, or are left out and counted."""
+    def _inputs(self, batch: Batch, step: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The batch in training space (c·x, g/c per hook), after the non-finite policy: rows
+        holding NaN or Inf (found by the loader, on the CPU) stop the run after checkpointing
+        the state before this batch, or are left out and counted."""
         advice = (
             f"training stopped, the state before it is checkpointed in {self.checkpoints.root}; "
             "repair or re-harvest the store and resume with --resume, or resume with "
@@ -175,10 +177,7 @@ class Trainer:
         except NonFiniteRows:
             self.checkpoint(step)
             raise
-        x_BD = batch["activations"]
-        gradients_BD = batch["gradients"] if self.needs_gradients else None
-        scaled_g = None if gradients_BD is None else gradients_BD / self.input_scale
-        return x_BD * self.input_scale, scaled_g
+        return self.reads.scaled(batch, self.scales)
 
     def _log(self, step: int, tokens_per_s: float, data_wait_fraction: float) -> None:
         assert self.metrics is not None
@@ -217,7 +216,7 @@ class Trainer:
         trainer_state = {
             "step": step,
             "epoch": self.epoch,
-            "input_scale": self.input_scale,
+            "input_scales": self.scales,
             "metrics_offset": self.metrics.offset,
             "nonfinite_rows_skipped": self.nonfinite.skipped,
         }

@@ -17,19 +17,13 @@ import torch
 from torch import Tensor, nn
 
 from saekit.train import losses
-from saekit.train.sparse import (
-    Code,
-    SparseCode,
-    SparsePattern,
-    gather_pre_activations,
-    sparse_is_faster,
-)
+from saekit.train.sparse import Code, SparseCode, SparsePattern
 from saekit.train.thresholds import WindowedEMA
 from saekit.train.variants import modes
 from saekit.train.variants.options import SAEOptions
 
 if TYPE_CHECKING:
-    from saekit.train.sae import SAE
+    from saekit.train.sae import Dictionary
 
 Mode = Literal["train", "batch", "infer"]
 
@@ -62,16 +56,16 @@ class Activation(nn.Module):
         self.options = options
 
     def train_code(
-        self, sae: SAE, x_cent_BD: Tensor, gradients_BD: Tensor | None
+        self, sae: Dictionary, x_cent_BD: Tensor, gradients_BD: Tensor | None
     ) -> tuple[Code, Tensor, dict[str, Tensor]]:
         """Training-mode codes of `x_cent = x − b_dec`: (codes, pre-activations z, extras)."""
         raise NotImplementedError
 
-    def encode(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
+    def encode(self, sae: Dictionary, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
         """Inference-mode codes of each token on its own."""
         raise NotImplementedError
 
-    def encode_batch(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
+    def encode_batch(self, sae: Dictionary, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
         """Codes with the training-time selection over this batch (no state updated)."""
         return self.encode(sae, x_BD, gradients_BD)
 
@@ -81,7 +75,9 @@ class Activation(nn.Module):
         first the one it is used in; `diagnostic` adds modes that only explain a result."""
         return (modes.INFERENCE,)
 
-    def code_in(self, mode: str, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
+    def code_in(
+        self, mode: str, sae: Dictionary, x_BD: Tensor, gradients_BD: Tensor | None
+    ) -> Code:
         """Codes of raw activations in one of this variant's modes (`gradients_BD` is read only
         by modes that use gradients)."""
         self._check_mode(mode)
@@ -94,7 +90,9 @@ class Activation(nn.Module):
     def loss_terms(self) -> list[losses.LossTerm]:
         raise NotImplementedError
 
-    def calibrate_(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> dict[str, float]:
+    def calibrate_(
+        self, sae: Dictionary, x_BD: Tensor, gradients_BD: Tensor | None
+    ) -> dict[str, float]:
         """Set data-dependent settings on a sample after initialisation; return them."""
         return {}
 
@@ -102,7 +100,7 @@ class Activation(nn.Module):
         """Variant-specific scalars of the last training step, logged to metrics.jsonl."""
         return {}
 
-    def saelens_tensors(self, sae: SAE) -> dict[str, Tensor]:
+    def saelens_tensors(self, sae: Dictionary) -> dict[str, Tensor]:
         """Tensors of the SAELens export, keyed and shaped as SAELens' `saelens_architecture`."""
         return {
             "W_enc": sae.W_enc.T,
@@ -128,33 +126,33 @@ class Selection(Activation):
     dense_products = 4  # the decoder reads k columns per row, not F
 
     def select(
-        self, sae: SAE, z_BF: Tensor, gradients_BD: Tensor | None, mode: Mode
+        self, sae: Dictionary, z_BF: Tensor, gradients_BD: Tensor | None, mode: Mode
     ) -> tuple[SparsePattern, Tensor | None]:
         """The entries to keep, and an optional (detached) factor for their values."""
         raise NotImplementedError
 
     def train_code(
-        self, sae: SAE, x_cent_BD: Tensor, gradients_BD: Tensor | None
+        self, sae: Dictionary, x_cent_BD: Tensor, gradients_BD: Tensor | None
     ) -> tuple[Code, Tensor, dict[str, Tensor]]:
-        sparse = sparse_is_faster(self.options.k, sae.d_sae)
+        sparse = sae.sparse_training()
         with torch.set_grad_enabled(not sparse and torch.is_grad_enabled()):
             z_BF = sae.pre_activations_centred(x_cent_BD)
         pattern, factor_N = self.select(sae, z_BF.detach(), gradients_BD, "train")
         if sparse:
-            values_N = gather_pre_activations(x_cent_BD, sae.W_enc, sae.b_enc, z_BF, pattern)
+            values_N = sae.gather_pre_activations(x_cent_BD, z_BF, pattern)
         else:
             values_N = pattern.take(z_BF)
         if factor_N is not None:
             values_N = values_N * factor_N
         return SparseCode(pattern, values_N.relu()), z_BF, {}
 
-    def encode(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
+    def encode(self, sae: Dictionary, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
         return self._code(sae, x_BD, gradients_BD, "infer")
 
-    def encode_batch(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
+    def encode_batch(self, sae: Dictionary, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
         return self._code(sae, x_BD, gradients_BD, "batch")
 
-    def _code(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None, mode: Mode) -> Code:
+    def _code(self, sae: Dictionary, x_BD: Tensor, gradients_BD: Tensor | None, mode: Mode) -> Code:
         z_BF = sae.pre_activations(x_BD)
         pattern, factor_N = self.select(sae, z_BF, gradients_BD, mode)
         values_N = pattern.take(z_BF)
@@ -187,7 +185,7 @@ class BatchSelection(Selection):
         raise NotImplementedError
 
     def select(
-        self, sae: SAE, z_BF: Tensor, gradients_BD: Tensor | None, mode: Mode
+        self, sae: Dictionary, z_BF: Tensor, gradients_BD: Tensor | None, mode: Mode
     ) -> tuple[SparsePattern, Tensor | None]:
         if mode == "infer":
             return SparsePattern.from_mask(z_BF > self.threshold.value), None
@@ -201,11 +199,13 @@ class BatchSelection(Selection):
     def modes(cls, options: Any, diagnostic: bool = False) -> tuple[str, ...]:
         return (modes.THRESHOLD, modes.BATCH)
 
-    def code_in(self, mode: str, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
+    def code_in(
+        self, mode: str, sae: Dictionary, x_BD: Tensor, gradients_BD: Tensor | None
+    ) -> Code:
         self._check_mode(mode)
         if mode == modes.BATCH:
             return self.encode_batch(sae, x_BD, None)
         return self.encode(sae, x_BD, None)
 
-    def saelens_tensors(self, sae: SAE) -> dict[str, Tensor]:
+    def saelens_tensors(self, sae: Dictionary) -> dict[str, Tensor]:
         return {**super().saelens_tensors(sae), "threshold": self.threshold.value.expand(sae.d_sae)}

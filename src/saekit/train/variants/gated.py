@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit.train import losses
-from saekit.train.sae import SAE
+from saekit.train.sae import Dictionary
 from saekit.train.sparse import Code, DenseCode
 from saekit.train.variants.base import Activation
 from saekit.train.variants.options import PenaltyOptions, SAEOptions, check
@@ -52,22 +52,22 @@ class Gated(Activation):
         self.r_mag = nn.Parameter(torch.zeros(d_sae))
         self.b_mag = nn.Parameter(torch.zeros(d_sae))
 
-    def _paths(self, sae: SAE, x_cent_BD: Tensor) -> tuple[Tensor, Tensor]:
+    def _paths(self, sae: Dictionary, x_cent_BD: Tensor) -> tuple[Tensor, Tensor]:
         """(π_gate, π_mag) of centred inputs."""
-        gate_BF = nn.functional.linear(x_cent_BD, sae.W_enc)
+        gate_BF = sae.encoder_product(x_cent_BD)
         return gate_BF + sae.b_enc, self.r_mag.exp() * gate_BF + self.b_mag
 
     def _code(self, pi_gate_BF: Tensor, pi_mag_BF: Tensor) -> DenseCode:
         return DenseCode((pi_gate_BF > 0) * pi_mag_BF.relu())
 
     def train_code(
-        self, sae: SAE, x_cent_BD: Tensor, gradients_BD: Tensor | None
+        self, sae: Dictionary, x_cent_BD: Tensor, gradients_BD: Tensor | None
     ) -> tuple[Code, Tensor, dict[str, Tensor]]:
         pi_gate_BF, pi_mag_BF = self._paths(sae, x_cent_BD)
         return self._code(pi_gate_BF, pi_mag_BF), pi_gate_BF, {"gate_BF": pi_gate_BF.relu()}
 
-    def encode(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
-        return self._code(*self._paths(sae, x_BD - sae.b_dec))
+    def encode(self, sae: Dictionary, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
+        return self._code(*self._paths(sae, sae.centre(x_BD)))
 
     def loss_terms(self) -> list[losses.LossTerm]:
         return [
@@ -78,7 +78,7 @@ class Gated(Activation):
             losses.FrozenDecoderReconstruction(),
         ]
 
-    def saelens_tensors(self, sae: SAE) -> dict[str, Tensor]:
+    def saelens_tensors(self, sae: Dictionary) -> dict[str, Tensor]:
         tensors = super().saelens_tensors(sae)
         tensors["b_gate"] = tensors.pop("b_enc")
         return {**tensors, "r_mag": self.r_mag, "b_mag": self.b_mag}

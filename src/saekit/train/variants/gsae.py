@@ -33,7 +33,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from saekit.train.sae import SAE
+from saekit.train.sae import Dictionary
 from saekit.train.sparse import Code, SparseCode, SparsePattern
 from saekit.train.thresholds import WindowedEMA
 from saekit.train.variants import modes
@@ -92,7 +92,7 @@ class GradientTopK(TopK):
         self.register_buffer("last_beta_eff", torch.tensor(float("nan")), persistent=False)
 
     def select(
-        self, sae: SAE, z_BF: Tensor, gradients_BD: Tensor | None, mode: Mode
+        self, sae: Dictionary, z_BF: Tensor, gradients_BD: Tensor | None, mode: Mode
     ) -> tuple[SparsePattern, Tensor | None]:
         if gradients_BD is None:
             if mode == "train":
@@ -101,7 +101,7 @@ class GradientTopK(TopK):
             pattern = top_k_per_row(z_BF * gain_F, self.options.k)
             return pattern, gain_F[pattern.latent_N]
         with torch.no_grad():
-            sensitivity_BF = loss_sensitivity(sae, gradients_BD)
+            sensitivity_BF = sae.loss_sensitivity(gradients_BD)
             if mode == "train":
                 self._follow_sensitivity(z_BF, sensitivity_BF)
             boost_BF = 1 + self.beta * sensitivity_BF
@@ -148,7 +148,9 @@ class GradientTopK(TopK):
         uncorrected = diagnostic and not options.selection_only
         return (modes.GRAD, modes.PLAIN, *((modes.PLAIN_UNCORRECTED,) if uncorrected else ()))
 
-    def code_in(self, mode: str, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
+    def code_in(
+        self, mode: str, sae: Dictionary, x_BD: Tensor, gradients_BD: Tensor | None
+    ) -> Code:
         self._check_mode(mode)
         if mode == modes.GRAD:
             return self.encode(sae, x_BD, gradients_BD)
@@ -162,16 +164,18 @@ class GradientTopK(TopK):
         return {"beta_eff_measured": self.last_beta_eff}
 
     @torch.no_grad()
-    def calibrate_(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> dict[str, float]:
+    def calibrate_(
+        self, sae: Dictionary, x_BD: Tensor, gradients_BD: Tensor | None
+    ) -> dict[str, float]:
         """Resolve β from beta_eff on a sample: β = beta_eff / median of a over top-k(z)."""
         if self.options.beta_eff is not None:
             assert gradients_BD is not None
             pattern = top_k_per_row(sae.pre_activations(x_BD), self.options.k)
-            median = pattern.take(loss_sensitivity(sae, gradients_BD)).median()
+            median = pattern.take(sae.loss_sensitivity(gradients_BD)).median()
             self.beta.copy_(beta_for(self.options.beta_eff, median))
         return {"beta": float(self.beta)}
 
-    def saelens_tensors(self, sae: SAE) -> dict[str, Tensor]:
+    def saelens_tensors(self, sae: Dictionary) -> dict[str, Tensor]:
         """TopK tensors computing plain mode: the gains folded into the encoder rows."""
         gain_F = self.plain_gain()
         return {
@@ -185,8 +189,3 @@ def beta_for(beta_eff: float | None, median_sensitivity: Tensor) -> Tensor:
     """β = beta_eff / median(a) (0 when the median is 0)."""
     assert beta_eff is not None
     return torch.where(median_sensitivity > 0, beta_eff / median_sensitivity, 0.0)
-
-
-def loss_sensitivity(sae: SAE, gradients_BD: Tensor) -> Tensor:
-    """a = |W_decᵀ g| [B, F]: first-order effect on the loss of each unit decoder direction."""
-    return (gradients_BD @ sae.W_dec.detach()).abs()

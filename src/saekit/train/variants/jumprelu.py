@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit.train import losses
-from saekit.train.sae import SAE
+from saekit.train.sae import Dictionary
 from saekit.train.sparse import Code, DenseCode
 from saekit.train.variants.base import Activation
 from saekit.train.variants.options import PenaltyOptions, SAEOptions, check
@@ -110,7 +110,7 @@ class JumpReLU(Activation):
         self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(options.threshold)))
 
     def train_code(
-        self, sae: SAE, x_cent_BD: Tensor, gradients_BD: Tensor | None
+        self, sae: Dictionary, x_cent_BD: Tensor, gradients_BD: Tensor | None
     ) -> tuple[Code, Tensor, dict[str, Tensor]]:
         z_BF = sae.pre_activations_centred(x_cent_BD)
         theta_F, bandwidth = self.log_threshold.exp(), self.options.bandwidth
@@ -118,7 +118,7 @@ class JumpReLU(Activation):
         l0_B = step(z_BF, theta_F, bandwidth).sum(dim=1)
         return DenseCode(f_BF), z_BF, {"l0_B": l0_B}
 
-    def encode(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
+    def encode(self, sae: Dictionary, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
         z_BF = sae.pre_activations(x_BD)
         return DenseCode(z_BF * (z_BF > self.log_threshold.exp()))
 
@@ -126,5 +126,5 @@ class JumpReLU(Activation):
         penalty = losses.MeanL0(self.options.l0, self.options.penalty_warmup)
         return [losses.SquaredError(), penalty]
 
-    def saelens_tensors(self, sae: SAE) -> dict[str, Tensor]:
+    def saelens_tensors(self, sae: Dictionary) -> dict[str, Tensor]:
         return {**super().saelens_tensors(sae), "threshold": self.log_threshold.exp()}

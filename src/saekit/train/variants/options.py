@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from saekit.train import losses
+from saekit.train.shape import parse_layers
 
 DEFAULT_EXPANSION = 16  # latents = 16 · d unless given
 LR_REFERENCE = 2e-4  # lr = 2e-4 · sqrt(16384 / latents) unless given
@@ -33,7 +34,35 @@ class OptionGroup:
 
 
 @dataclass(frozen=True)
-class SAEOptions(OptionGroup):
+class ShapeOptions(OptionGroup):
+    """Where a dictionary reads and what it reconstructs (`saekit.train.shape`); every variant
+    takes these keys. Hooks are written `a+b+c`."""
+
+    hooks: str | None = None  # hooks read: one (an SAE there) or several (a crosscoder); --hook
+    target: str | None = None  # hooks predicted instead of those read: a transcoder
+    skip: bool = False  # a skip transcoder: a linear path from the input to the target
+    layers: str | None = None  # a cross-layer transcoder over these layers, e.g. 0-3
+    reads: str = "hook_resid_mid"  # CLT: the hook of each layer's block its latents read
+    writes: str = "hook_mlp_out"  # CLT: the hook of each layer's block its latents write to
+
+    def __post_init__(self) -> None:
+        check(not self.skip or self.target is not None, "skip=true needs a target= hook")
+        check(
+            self.layers is None or (self.hooks is None and self.target is None),
+            "layers= makes a cross-layer transcoder; it takes reads=/writes=, not hooks=/target=",
+        )
+        if self.layers is not None:
+            parse_layers(self.layers)  # a ValueError naming the problem
+        check(self.hooks is None or bool(self.hooks.strip("+ ")), "hooks= names no hook")
+        check(self.target is None or bool(self.target.strip("+ ")), "target= names no hook")
+        super().__post_init__()
+
+
+SHAPE_KEYS = tuple(f.name for f in dataclasses.fields(ShapeOptions))
+
+
+@dataclass(frozen=True)
+class SAEOptions(ShapeOptions):
     """Keys every variant accepts. `None` means "derive a default" (see `resolve`)."""
 
     latents: int | None = None  # F; default 16 · d

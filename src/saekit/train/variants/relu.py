@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 from torch import Tensor
 
 from saekit.train import losses
-from saekit.train.sae import SAE
+from saekit.train.sae import Dictionary
 from saekit.train.sparse import Code, DenseCode
 from saekit.train.variants.base import Activation
 from saekit.train.variants.options import PenaltyOptions, SAEOptions, check
@@ -53,12 +53,12 @@ class ReLU(Activation):
         return 1.0 if self.unit_norm_decoder else 0.1
 
     def train_code(
-        self, sae: SAE, x_cent_BD: Tensor, gradients_BD: Tensor | None
+        self, sae: Dictionary, x_cent_BD: Tensor, gradients_BD: Tensor | None
     ) -> tuple[Code, Tensor, dict[str, Tensor]]:
         z_BF = sae.pre_activations_centred(x_cent_BD)
         return DenseCode(z_BF.relu()), z_BF, {}
 
-    def encode(self, sae: SAE, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
+    def encode(self, sae: Dictionary, x_BD: Tensor, gradients_BD: Tensor | None) -> Code:
         return DenseCode(sae.pre_activations(x_BD).relu())
 
     def loss_terms(self) -> list[losses.LossTerm]:

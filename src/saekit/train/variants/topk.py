@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from saekit.train.sae import SAE
+from saekit.train.sae import Dictionary
 from saekit.train.sparse import SparsePattern
 from saekit.train.variants.base import Mode, Selection
 from saekit.train.variants.options import AuxOptions, KOptions, SAEOptions
@@ -28,7 +28,7 @@ class TopK(Selection):
     saelens_architecture = "topk"
 
     def select(
-        self, sae: SAE, z_BF: Tensor, gradients_BD: Tensor | None, mode: Mode
+        self, sae: Dictionary, z_BF: Tensor, gradients_BD: Tensor | None, mode: Mode
     ) -> tuple[SparsePattern, Tensor | None]:
         return top_k_per_row(z_BF, self.options.k), None
 
