@@ -79,3 +79,87 @@ def recovered_fraction(atoms_AD: np.ndarray, W_dec_DF: torch.Tensor, cosine: flo
     columns = torch.nn.functional.normalize(W_dec_DF.detach().double(), dim=0)
     best = (torch.from_numpy(atoms_AD) @ columns).max(dim=1).values
     return float((best > cosine).double().mean())
+
+
+# -- several hooks: what transcoders, crosscoders and cross-layer transcoders reconstruct --------
+
+LAYERS = 3
+SOURCE, TARGET = "blocks.{}.hook_resid_mid", "blocks.{}.hook_mlp_out"
+
+
+def layered_atoms(n_atoms: int, d: int, seed: int) -> dict[str, np.ndarray]:
+    """The planted directions of a layered model: per layer l, reading atoms `read_l`
+    [n_atoms, d], and for every target t ≥ l the atoms `write_l_t` [n_atoms, d]; `skip_l` [d, d]
+    a dense linear map from source l to target l (what a skip transcoder's W_skip finds)."""
+    atoms = {}
+    for layer in range(LAYERS):
+        atoms[f"read_{layer}"] = dictionary(n_atoms, d, seed * 100 + layer)
+        for target in range(layer, LAYERS):
+            atoms[f"write_{layer}_{target}"] = dictionary(
+                n_atoms, d, seed * 100 + 10 * layer + target + 50
+            )
+        atoms[f"skip_{layer}"] = np.random.default_rng([seed, 13, layer]).standard_normal(
+            (d, d)
+        ) / np.sqrt(d)
+    return atoms
+
+
+def layered_rows(block: Block, atoms: dict[str, np.ndarray], active: int, seed: int) -> RowBlock:
+    """Per layer l, sparse codes c_l; the source x_l = c_l read_l + noise and the target
+    y_t = Σ_{l ≤ t} c_l write_l_t + skip_t x_t: what a cross-layer transcoder (and, at one layer
+    with its skip path, a skip transcoder) represents exactly."""
+    rng = np.random.default_rng([seed, block.index])
+    n = block.n_rows
+    n_atoms, d = atoms["read_0"].shape
+    codes = []
+    for _ in range(LAYERS):
+        support = np.argsort(rng.random((n, n_atoms)), axis=1)[:, :active]
+        c = np.zeros((n, n_atoms))
+        np.put_along_axis(c, support, rng.uniform(1.0, 2.0, (n, active)), axis=1)
+        codes.append(c)
+    activations = {}
+    for layer in range(LAYERS):
+        x = codes[layer] @ atoms[f"read_{layer}"] + 0.01 * rng.standard_normal((n, d))
+        y = sum(codes[s] @ atoms[f"write_{s}_{layer}"] for s in range(layer + 1))
+        y = y + x @ atoms[f"skip_{layer}"].T
+        activations[SOURCE.format(layer)] = torch.from_numpy(x.astype(np.float32))
+        activations[TARGET.format(layer)] = torch.from_numpy(y.astype(np.float32))
+    rows = np.arange(block.start, block.stop)
+    gradients = {
+        hook: torch.from_numpy((0.01 * rng.standard_normal((n, d))).astype(np.float32))
+        for hook in activations
+        if "mlp_out" in hook
+    }
+    return RowBlock(
+        tokens=rng.integers(0, 50, n).astype(np.int32),
+        sequence=rows // 64,
+        position=rows % 64,
+        loss=np.ones(n, np.float32),
+        activations=activations,
+        gradients=gradients,
+    )
+
+
+def write_layered_store(
+    path: Path, n_rows: int, n_atoms: int, d: int, active: int, seed: int = 0, holdout: int = 0
+) -> dict[str, np.ndarray]:
+    """A store of the layered model's sources and targets (gradients at the targets only);
+    return its atoms."""
+    hooks = {}
+    for layer in range(LAYERS):
+        hooks[SOURCE.format(layer)] = HookSpec(d=d, gradients=False)
+        hooks[TARGET.format(layer)] = HookSpec(d=d)
+    spec = StoreSpec(
+        layout=StoreLayout(
+            rows_per_chunk=1024, chunks_per_block=4, capacity_rows=n_rows, holdout_rows=holdout
+        ),
+        hooks=hooks,
+        activation_dtype="float32",
+        identity={"generator": "tests.planted.layered", "atoms": n_atoms, "seed": seed},
+    )
+    atoms = layered_atoms(n_atoms, d, seed)
+    with StoreWriter.open(path, spec) as writer:
+        for block in writer.pending_blocks():
+            writer.write(block, layered_rows(block, atoms, active, seed))
+        writer.finish()
+    return atoms

@@ -75,7 +75,7 @@ class Member:
             sae.parameters(), lr=self.base_lr, betas=self.activation.adam_betas
         )
         self.terms = self.activation.loss_terms()
-        self.usage = LatentUsage(sae.d_sae, spec.options.dead_tokens, sae.W_dec.device)
+        self.usage = LatentUsage(sae.d_sae, spec.options.dead_tokens, sae.device)
         self._sums: dict[str, Tensor] = {}
         self._steps_summed = 0
 
@@ -166,6 +166,6 @@ class Member:
         self.sae.load_state_dict(state["sae"])
         self.optimizer.load_state_dict(state["optimizer"])  # moments to the parameters' device
         self.usage.load_state_dict(state["usage"])
-        device = self.sae.W_dec.device
+        device = self.sae.device
         self._sums = {key: total.to(device) for key, total in state["metric_sums"].items()}
         self._steps_summed = state["metric_steps"]

@@ -133,6 +133,11 @@ class Dictionary(nn.Module):
 
     # -- built on the products ---------------------------------------------------------------------
 
+    @property
+    def device(self) -> torch.device:
+        """Where the dictionary's parameters are."""
+        return self.b_dec.device
+
     def pre_activations(self, x_BD: Tensor) -> Tensor:
         """z = W_enc (x − b_in) + b_enc."""
         return self.pre_activations_centred(self.centre(x_BD))

@@ -320,5 +320,5 @@ def _shape_parts(options: SAEOptions) -> list[str]:
 def _name_part(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return key if value else f"no_{key}"
-    text = f"{value:g}" if isinstance(value, float) else str(value)
+    text = f"{value:g}" if isinstance(value, float) else str(value).replace("+", "_")
     return f"{key}{'_' if key[-1].isdigit() else ''}{text}"

@@ -105,7 +105,7 @@ class Trainer:
         nonfinite: NonFinitePolicy | None = None,
     ) -> None:
         self.members = members
-        self.device = members[0].sae.W_dec.device  # where the SAEs live: batches go there
+        self.device = members[0].sae.device  # where the SAEs live: batches go there
         self.plan = plan
         self.cadence = cadence
         self.reads, self.scales = reads, scales

@@ -6,6 +6,7 @@ from saekit.train.variants import (  # noqa: F401  (importing a variant register
     gated,
     gsae,
     jumprelu,
+    matryoshka,
     relu,
     topk,
 )
