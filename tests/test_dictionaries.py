@@ -90,6 +90,17 @@ def test_a_cross_layer_transcoder_decodes_each_layer_into_every_later_one():
         + clt.b_enc
     )
     torch.testing.assert_close(clt.pre_activations(x), z_hand)
+    kept = clt.top_k(z_hand, 2)
+    per_layer = torch.zeros(4, 3).index_put_(
+        (kept.row_N, torch.div(kept.latent_N, g, rounding_mode="floor")),
+        torch.ones(kept.nnz),
+        accumulate=True,
+    )
+    assert torch.equal(per_layer, torch.full((4, 3), 2.0)), "a CLT's top-k is k per layer"
+    for layer in layers:
+        group = z_hand[:, layer * g : (layer + 1) * g]
+        chosen = kept.latent_N.view(4, -1)[:, 2 * layer : 2 * layer + 2] - layer * g
+        assert torch.equal(chosen.sort(1).values, group.topk(2, 1).indices.sort(1).values)
     f = torch.randn(4, 3 * g).relu()
     y_hand = torch.zeros(4, 3 * D)
     for source in layers:
@@ -145,7 +156,7 @@ SPECS = {
     "crosscoder": (
         f"crosscoder:k={2 * ACTIVE},latents=64,hooks={SOURCE.format(1)}+{SOURCE.format(2)}"
     ),
-    "clt": f"clt:k={LAYERS * ACTIVE},latents=32,layers=0-{LAYERS - 1}",
+    "clt": f"clt:k={ACTIVE},latents=32,layers=0-{LAYERS - 1}",
     "matryoshka": f"matryoshka:k={ACTIVE},latents=32,groups=8+8+16,hooks={SOURCE.format(2)}",
     "sae": f"topk:k={ACTIVE},latents=32,hooks={SOURCE.format(2)}",
 }

@@ -17,6 +17,7 @@ from saekit.evaluate.heldout import heldout_contexts, heldout_row_slots, holdout
 from saekit.evaluate.online import batch_mode_reconstructions
 from saekit.evaluate.targets import Target
 from saekit.lm import load_model, run_batch
+from saekit.train import Shape
 from saekit.train.sae_config import SAEConfig
 from saekit.train.spec import parse_spec
 from saekit.train.variants import modes
@@ -153,7 +154,7 @@ def test_thresholded_eval_does_not_depend_on_batching(lm_store, tmp_path):
 def test_online_batch_mode_splices_what_offline_batch_mode_reconstructs(lm_store, tiny_lm):
     """Same rows, same batches of the training size: the spliced rows are offline's x̂."""
     store = ActivationStore.open(lm_store)
-    sae = parse_spec("feature-choice:k=4,latents=128").resolve(64).build(64)
+    sae = parse_spec("feature-choice:k=4,latents=128").resolve(64).build(Shape.single(HOOK, 64))
     sae.init_weights_(torch.Generator().manual_seed(0), 1.0, None)
     sae.cfg = SAEConfig(
         name="fc", variant="feature-choice", hook=HOOK, d_in=64, d_sae=128, k=4, options={},
@@ -165,7 +166,8 @@ def test_online_batch_mode_splices_what_offline_batch_mode_reconstructs(lm_store
     model = load_model(str(tiny_lm), torch.device("cpu"))
     contexts, slots = heldout_contexts(store, None), heldout_row_slots(store, None)
     target = Target("run", sae, modes.BATCH)
-    spliced = batch_mode_reconstructions(model, contexts, [target], slots, 8, torch.device("cpu"))
+    by_label = batch_mode_reconstructions(model, contexts, [target], slots, 8, torch.device("cpu"))
+    spliced = {target.label: by_label[target.label][HOOK]}
     clean = run_batch(model.bridge, contexts, [HOOK], gradients=False).activations[HOOK]
     torch.testing.assert_close(clean[slots], x_offline, rtol=1e-4, atol=1e-4, msg="same rows")
     torch.testing.assert_close(spliced[target.label][slots], x_hat_offline, rtol=1e-4, atol=1e-4)

@@ -137,10 +137,14 @@ def prepare_dashboard(request: InspectRequest) -> Dashboard:
 
 
 def _logit_effects(readout: Readout | None, subject: Subject, k: int) -> LogitEffects | None:
-    """Logit effects for SAEs on the residual stream (input width = the LM's width)."""
-    if readout is None or subject.sae.d_in != readout.d_model:
+    """Logit effects of what each latent writes to its dictionary's last target, where that is
+    the residual stream's width (an SAE on the stream, a transcoder's MLP output, a CLT's last
+    layer)."""
+    last = subject.sae.shape.targets[-1]
+    if readout is None or last.d != readout.d_model:
         return None
-    return LogitEffects(*top_logit_effects(readout, subject.sae.W_dec, subject.latents_S, k))
+    directions_EF = subject.sae.decoder_at(last.hook)
+    return LogitEffects(*top_logit_effects(readout, directions_EF, subject.latents_S, k))
 
 
 def _check_settings(request: InspectRequest) -> None:

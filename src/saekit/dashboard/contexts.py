@@ -133,24 +133,23 @@ def encode_windows(
         request.values_QW = np.full(
             (len(request.centers_Q), windows.rows_CW.shape[1]), np.nan, np.float32
         )
-    for (hook, gradients), indices in hook_groups([r.subject for r in requests]).items():
+    for fields, indices in hook_groups([r.subject for r in requests]).items():
         members = [requests[i] for i in indices]
         pairs = [_pairs(request, windows, encoded, rows_U) for request in members]
-        fields = ["activations", "gradients"] if gradients else ["activations"]
-        for first, batch in _read_rows(store, hook, fields, rows_U, batch_rows):
-            x_BD = batch["activations"].to(device)
-            g_BD = batch["gradients"].to(device) if gradients else None
+        for first, batch in _read_rows(store, list(fields), rows_U, batch_rows):
+            n_rows = len(next(iter(batch.values())))
             for request, (u_P, latent_P, flat_P) in zip(members, pairs, strict=True):
-                low, high = np.searchsorted(u_P, [first, first + len(x_BD)])
+                low, high = np.searchsorted(u_P, [first, first + n_rows])
                 if low == high:
                     continue
-                f_BF = request.subject.target.code(x_BD, g_BD).to_dense()
+                x_BD, _, g_BE = request.subject.target.inputs(batch, device)
+                f_BF = request.subject.target.code(x_BD, g_BE).to_dense()
                 taken = f_BF[
                     torch.from_numpy(u_P[low:high] - first).to(device),
                     torch.from_numpy(latent_P[low:high]).to(device),
                 ]
                 request.values_QW.reshape(-1)[flat_P[low:high]] = taken.cpu().numpy()
-            on_rows(len(x_BD))
+            on_rows(n_rows)
 
 
 def _pairs(
@@ -169,7 +168,7 @@ def _pairs(
 
 
 def _read_rows(
-    store: ActivationStore, hook: str, fields: list[str], rows_U: np.ndarray, batch_rows: int
+    store: ActivationStore, fields: list[str], rows_U: np.ndarray, batch_rows: int
 ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
     """(index in rows_U of the batch's first row, the decoded rows) in batches of `batch_rows`;
     each chunk holding some of the rows is read once, whole."""
@@ -181,13 +180,13 @@ def _read_rows(
         if not len(group):
             continue
         start, stop = int(rows_U[group[0]]), int(rows_U[group[-1]]) + 1
-        rows = store.read_tensors(fields, start, stop, hook)
+        rows = store.read_tensors(fields, start, stop)
         take = torch.from_numpy(rows_U[group] - start)
         rows = {name: values[take] for name, values in rows.items()}
         pending = rows if pending is None else {k: torch.cat([pending[k], rows[k]]) for k in rows}
-        while len(pending["activations"]) >= batch_rows:
+        while len(next(iter(pending.values()))) >= batch_rows:
             yield first, {name: values[:batch_rows] for name, values in pending.items()}
             pending = {name: values[batch_rows:] for name, values in pending.items()}
             first += batch_rows
-    if pending is not None and len(pending["activations"]):
+    if pending is not None and len(next(iter(pending.values()))):
         yield first, pending

@@ -132,6 +132,7 @@ def sae_data(
         "variant": target.variant,
         "mode": target.mode,
         "hook": target.hook,
+        "shape": subject.sae.shape.describe(),
         "d_in": subject.sae.d_in,
         "d_sae": subject.sae.d_sae,
         "k": subject.sae.cfg.k,

@@ -16,6 +16,7 @@ from torch import Tensor
 from saekit.cache_format import ActivationStore, Split
 from saekit.cache_format.nonfinite import NonFinitePolicy
 from saekit.evaluate import holdout_batches
+from saekit.train import Dictionary
 
 from .accumulators import Firings, KeptRows, LogHistogram, Moments, UniformKeys, value_keys
 from .subjects import Subject
@@ -61,21 +62,20 @@ class LatentRecord:
             self.grad_histogram.add(slot_N, grad_term_N)
 
 
-def gradient_term(sae: torch.nn.Module, g_BD: Tensor, firings: Firings) -> Tensor:
+def gradient_term(sae: Dictionary, g_BE: Tensor, firings: Firings) -> Tensor:
     """|d_iᵀg| of every firing: the first-order change of the LM loss per unit of latent i's
-    activation at that token (d_i its decoder column, g the store's gradient), the term the
-    g-SAE key weighs."""
-    directions_FD = sae.W_dec.T
+    activation at that token (d_i its decoder vector over every target, g the store's gradient
+    at the targets), the term the g-SAE key weighs."""
     terms = [
         (
-            g_BD[firings.index_N[a : a + GRADIENT_CHUNK]]
-            * directions_FD[firings.latent_N[a : a + GRADIENT_CHUNK]]
+            g_BE[firings.index_N[a : a + GRADIENT_CHUNK]]
+            * sae.decoder_columns(firings.latent_N[a : a + GRADIENT_CHUNK])
         )
         .sum(1)
         .abs()
         for a in range(0, len(firings), GRADIENT_CHUNK)
     ]
-    return torch.cat(terms) if terms else g_BD.new_zeros(0)
+    return torch.cat(terms) if terms else g_BE.new_zeros(0)
 
 
 def rows_to_scan(store: ActivationStore, subjects: list[Subject], settings: ScanSettings) -> int:
@@ -85,12 +85,11 @@ def rows_to_scan(store: ActivationStore, subjects: list[Subject], settings: Scan
     return rows * len(hook_groups(subjects))
 
 
-def hook_groups(subjects: list[Subject]) -> dict[tuple[str, bool], list[int]]:
-    """Subjects that can share each read: (hook, whether gradients are read) -> their indices."""
-    groups: dict[tuple[str, bool], list[int]] = {}
+def hook_groups(subjects: list[Subject]) -> dict[tuple[str, ...], list[int]]:
+    """Subjects that can share each read: the fields they read -> their indices."""
+    groups: dict[tuple[str, ...], list[int]] = {}
     for index, subject in enumerate(subjects):
-        key = (subject.target.hook, subject.target.needs_gradients)
-        groups.setdefault(key, []).append(index)
+        groups.setdefault(subject.target.fields(), []).append(index)
     return groups
 
 
@@ -104,27 +103,23 @@ def scan(
 ) -> list[LatentRecord]:
     """One pass over the split's rows; the record of every subject."""
     records = [LatentRecord(s, settings, device) for s in subjects]
-    for (hook, gradients), members in hook_groups(subjects).items():
-        fields = ("row", "activations", "gradients") if gradients else ("row", "activations")
+    for fields, members in hook_groups(subjects).items():
         slots = {i: subjects[i].slot_of_latent(device) for i in members}
         batches = holdout_batches(
             store,
-            hook,
-            fields,
+            None,
+            ("row", *fields),
             settings.max_rows,
             settings.batch_rows,
             NonFinitePolicy(),
             settings.split,
         )
         for batch in batches:
-            x_BD = batch["activations"].to(device)
-            g_BD = batch["gradients"].to(device) if gradients else None
             row_B = batch["row"].to(device)
             for i in members:
-                firings = subjects[i].firings(x_BD, g_BD, row_B, slots[i])
-                term_N = None
-                if g_BD is not None and subjects[i].target.needs_gradients:
-                    term_N = gradient_term(subjects[i].sae, g_BD, firings)
+                x_BD, _, g_BE = subjects[i].target.inputs(batch, device)
+                firings = subjects[i].firings(x_BD, g_BE, row_B, slots[i])
+                term_N = None if g_BE is None else gradient_term(subjects[i].sae, g_BE, firings)
                 records[i].add(firings, term_N)
                 records[i].rows += len(row_B)
             on_rows(len(row_B))

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.nonfinite import NonFinitePolicy, named_rows
+from saekit.cache_format.schema import ACTIVATIONS, hook_field
 from saekit.evaluate.heldout import (
     check_holdout,
     heldout_contexts,
@@ -33,6 +34,7 @@ from saekit.evaluate.online import online_metrics
 from saekit.evaluate.steering import steering_metrics, steering_sweep
 from saekit.evaluate.targets import Target
 from saekit.lm import CheckedModel, LanguageModel, check_hooks_match, check_token_ids
+from saekit.train import concatenated
 
 STEERING_SAMPLE_ROWS = 8192  # held-out rows whose codes choose the latents steered
 
@@ -151,7 +153,7 @@ class Evaluation:
         `settings.steering`)."""
         if not targets:
             return []
-        hooks = sorted({t.hook for t in targets})
+        hooks = sorted({h for t in targets for h in t.shape.hooks})
         means = self.means(hooks)
         self._stage("offline metrics", None)
         offline = offline_metrics(
@@ -195,15 +197,12 @@ class Evaluation:
         for target in targets:
             if target.name not in names or target.name in results:
                 continue
+            sources = target.shape.source_hooks
+            fields = tuple(hook_field(ACTIVATIONS, h) for h in sources)
             batches = holdout_batches(
-                self.store,
-                target.hook,
-                ("activations",),
-                STEERING_SAMPLE_ROWS,
-                STEERING_SAMPLE_ROWS,
-                self.policy,
+                self.store, None, fields, STEERING_SAMPLE_ROWS, STEERING_SAMPLE_ROWS, self.policy
             )
-            sample_BD = next(batches)["activations"]
+            sample_BD = concatenated(_by_hook(next(batches), sources), sources)
             if plan.alphas:
                 results[target.name] = steering_sweep(
                     model, target.sae, sample_BD, picked, plan.alphas, plan.latents,
@@ -214,6 +213,10 @@ class Evaluation:
                     model, target.sae, sample_BD, picked, plan.latents, self.settings.seed
                 )
         return results
+
+
+def _by_hook(batch: dict[str, Tensor], hooks: tuple[str, ...]) -> dict[str, Tensor]:
+    return {hook: batch[hook_field(ACTIVATIONS, hook)] for hook in hooks}
 
 
 def report_row(
@@ -229,6 +232,7 @@ def report_row(
         "variant": target.variant,
         "mode": target.mode,
         "hook": target.hook,
+        "shape": cfg.shape,
         "d_sae": target.sae.d_sae,
         "k": cfg.k,
         "options": cfg.options,

@@ -11,9 +11,17 @@ every SAE:
 - l0_histogram: how many tokens have 0, 1, 2, ... active latents;
 - relative_reconstruction_bias γ = E‖x̂‖² / E[x·x̂] (< 1: shrinkage);
 - cosine: mean cos(x, x̂).
+
+For a dictionary that reconstructs other hooks than it reads (a transcoder) x is its target; for
+one of several targets (a crosscoder, a cross-layer transcoder) the numbers above are over the
+concatenated targets, and `per_hook` gives NMSE, γ and cosine at each target; a cross-layer
+transcoder's `l0_per_layer` gives each layer's mean active latents (they add up to L0). A
+Matryoshka SAE's `prefix_nmse` gives the NMSE of each prefix on its own.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,6 +94,66 @@ class ReconstructionStats:
         }
 
 
+PER_HOOK_METRICS = ("nmse", "variance_explained", "mse", "relative_reconstruction_bias", "cosine")
+
+
+class TargetStats:
+    """A target's reconstruction metrics: over all it reconstructs, at each of several target
+    hooks, per layer of a cross-layer transcoder, and per prefix of a Matryoshka SAE."""
+
+    def __init__(self, target: Target, means: dict[str, Tensor]) -> None:
+        shape = target.shape
+        self.target = target
+        self.whole = ReconstructionStats(target.sae.d_sae, _concatenated_mean(means, shape))
+        self.per_hook = (
+            {h: ReconstructionStats(target.sae.d_sae, means[h]) for h in shape.target_hooks}
+            if len(shape.targets) > 1
+            else {}
+        )
+        self.layer_l0: Tensor | None = None
+        widths = getattr(target.sae.activation.options, "widths", None)
+        self.prefixes = {
+            w: ReconstructionStats(target.sae.d_sae, self.whole.mean_D) for w in widths or ()
+        }
+
+    def update(self, x_BD: Tensor, y_BE: Tensor, g_BE: Tensor | None) -> None:
+        f_BF, y_hat_BE = self.target.reconstruct(x_BD, g_BE)
+        self.whole.update(y_BE, y_hat_BE, f_BF)
+        if self.per_hook:
+            shape = self.target.shape
+            pairs = zip(
+                shape.split_targets(y_BE).items(),
+                shape.split_targets(y_hat_BE).values(),
+                strict=True,
+            )
+            for (hook, y_hook), y_hat_hook in pairs:
+                self.per_hook[hook].update(y_hook, y_hat_hook, f_BF)
+        if self.target.shape.cross_layer:
+            active_BLF = (f_BF != 0).view(len(f_BF), len(self.target.shape.layers), -1)
+            counts_L = active_BLF.sum(dim=(0, 2)).double().cpu()
+            self.layer_l0 = counts_L if self.layer_l0 is None else self.layer_l0 + counts_L
+        for width, stats in self.prefixes.items():
+            kept_F = torch.arange(f_BF.shape[1], device=f_BF.device) < width
+            stats.update(y_BE, self.target.sae.output(x_BD, f_BF * kept_F), f_BF * kept_F)
+
+    def result(self) -> dict[str, Any]:
+        result = self.whole.result()
+        if self.per_hook:
+            result["per_hook"] = {
+                hook: {key: stats.result()[key] for key in PER_HOOK_METRICS}
+                for hook, stats in self.per_hook.items()
+            }
+        if self.layer_l0 is not None:
+            result["l0_per_layer"] = (self.layer_l0 / max(self.whole.tokens, 1)).tolist()
+        if self.prefixes:
+            result["prefix_nmse"] = {str(w): s.result()["nmse"] for w, s in self.prefixes.items()}
+        return result
+
+
+def _concatenated_mean(means: dict[str, Tensor], shape) -> Tensor:
+    return torch.cat([means[hook].cpu() for hook in shape.target_hooks])
+
+
 @torch.no_grad()
 def offline_metrics(
     store: ActivationStore,
@@ -98,22 +166,18 @@ def offline_metrics(
     """Metrics of every target on the store's held-out rows (at most `max_rows` of them); rows
     with NaN or Inf stop the evaluation or are left out (`policy`).
 
-    Targets in batch mode see batches of their training batch size; the others see the same
-    rows in batches of 4096 (their codes do not depend on the batch).
+    Targets that read the same fields in batches of the same size share each read. Targets in
+    batch mode see batches of their training batch size; the others see the same rows in batches
+    of 4096 (their codes do not depend on the batch).
     """
     results: dict[str, dict] = {}
-    groups: dict[tuple[str, bool, int], list[Target]] = {}
+    groups: dict[tuple[tuple[str, ...], int], list[Target]] = {}
     for target in targets:
-        key = (target.hook, target.needs_gradients, target.batch_rows)
-        groups.setdefault(key, []).append(target)
-    for (hook, gradients, batch_rows), group in groups.items():
-        stats = {t.label: ReconstructionStats(t.sae.d_sae, means[hook]) for t in group}
-        fields = ("activations", "gradients") if gradients else ("activations",)
-        for batch in holdout_batches(store, hook, fields, max_rows, batch_rows, policy):
-            x_BD = batch["activations"].to(device)
-            g_BD = batch["gradients"].to(device) if gradients else None
+        groups.setdefault((target.fields(), target.batch_rows), []).append(target)
+    for (fields, batch_rows), group in groups.items():
+        stats = {t.label: TargetStats(t, means) for t in group}
+        for batch in holdout_batches(store, None, fields, max_rows, batch_rows, policy):
             for target in group:
-                f_BF, x_hat_BD = target.reconstruct(x_BD, g_BD)
-                stats[target.label].update(x_BD, x_hat_BD, f_BF)
+                stats[target.label].update(*target.inputs(batch, device))
         results.update({label: s.result() for label, s in stats.items()})
     return results

@@ -26,12 +26,15 @@ from torch import Tensor
 
 from saekit.evaluate.targets import Target
 from saekit.lm import (
+    BatchOutput,
+    Edit,
     LanguageModel,
     after_first_position,
     edited_logits,
     next_token_stats,
     run_batch,
 )
+from saekit.train import DenseCode, concatenated
 
 
 @dataclass
@@ -59,16 +62,19 @@ class _Sums:
 @dataclass
 class OnlineResult:
     clean: _Sums = field(default_factory=_Sums)
-    zero: dict[str, _Sums] = field(default_factory=dict)  # by hook
-    mean: dict[str, _Sums] = field(default_factory=dict)
+    zero: dict[tuple[str, ...], _Sums] = field(default_factory=dict)  # by ablated hooks
+    mean: dict[tuple[str, ...], _Sums] = field(default_factory=dict)
     spliced: dict[str, _Sums] = field(default_factory=dict)  # by target label
 
     def metrics(self, targets: list[Target]) -> dict[str, dict]:
         out = {}
         clean = self.clean.mean_ce
         for target in targets:
+            if target.label not in self.spliced:
+                continue
             spliced = self.spliced[target.label].mean_ce
-            zero, mean = self.zero[target.hook].mean_ce, self.mean[target.hook].mean_ce
+            ablated = target.shape.target_hooks
+            zero, mean = self.zero[ablated].mean_ce, self.mean[ablated].mean_ce
             out[target.label] = {
                 "tokens": self.clean.tokens,
                 "ce_clean": clean,
@@ -83,14 +89,73 @@ class OnlineResult:
         return out
 
 
-def _reconstruction(target: Target, x_BTD: Tensor, g_BTD: Tensor | None) -> Tensor:
-    """x with every position but 0 replaced by the target's reconstruction (position 0 is never
-    encoded: SAEs are trained without it)."""
-    b, t, d = x_BTD.shape
-    tail = x_BTD[:, 1:].reshape(-1, d)
-    g_tail = g_BTD[:, 1:].reshape(-1, d) if g_BTD is not None and target.needs_gradients else None
-    _, x_hat = target.reconstruct(tail, g_tail)
-    return torch.cat([x_BTD[:, :1], x_hat.view(b, t - 1, d)], dim=1)
+def spliced_online(target: Target) -> bool:
+    """Whether the target is spliced into the LM: all but a cross-layer transcoder in a
+    batch-dependent mode (its replacement model computes codes layer by layer, token by token)."""
+    return not (target.shape.cross_layer and target.batch_dependent)
+
+
+def _tails(by_hook: dict[str, Tensor], hooks: tuple[str, ...]) -> Tensor:
+    """Positions 1 onwards of the hooks' [B, T, D_h] activations, as rows [B·(T − 1), Σ D_h]."""
+    return concatenated(
+        {h: by_hook[h][:, 1:].reshape(-1, by_hook[h].shape[-1]) for h in hooks}, hooks
+    )
+
+
+def _reconstruction(target: Target, clean: BatchOutput) -> dict[str, Tensor]:
+    """The target's reconstruction of each of its target hooks from the clean sources, every
+    position but 0 replaced (position 0 is never encoded: dictionaries are trained without it),
+    [B, T, D_h] by hook."""
+    shape, activations = target.shape, clean.activations
+    g_tail = _tails(clean.gradients, shape.target_hooks) if target.needs_gradients else None
+    _, y_hat = target.reconstruct(_tails(activations, shape.source_hooks), g_tail)
+    out = {}
+    for hook, y_hat_hook in shape.split_targets(y_hat).items():
+        b, t, d = activations[hook].shape
+        out[hook] = torch.cat([activations[hook][:, :1], y_hat_hook.view(b, t - 1, d)], dim=1)
+    return out
+
+
+def replacement_edits(target: Target, clean: BatchOutput) -> dict[str, Edit]:
+    """The edits that make a cross-layer transcoder's replacement model: at each layer's source
+    the (replaced) stream is read and that layer's latents are coded from it; at each layer's
+    target the MLP output is overwritten with the sum of the decoders of the layers ≤ it. Every
+    position but 0; gradients (grad mode) are the clean model's."""
+    sae, shape = target.sae, target.shape
+    n_layers, d = len(shape.targets), shape.targets[0].d
+    group = sae.d_sae // n_layers
+    g_tail = _tails(clean.gradients, shape.target_hooks) if target.needs_gradients else None
+    state: dict[str, Tensor] = {}
+
+    def read(layer: int) -> Edit:
+        def edit(x_BTD: Tensor) -> Tensor:
+            b, t, _ = x_BTD.shape
+            if layer == 0:
+                state["x"] = x_BTD.new_zeros(b * (t - 1), n_layers * d)
+                state["y"] = x_BTD.new_zeros(b * (t - 1), n_layers * d)
+            state["x"][:, layer * d : (layer + 1) * d] = x_BTD[:, 1:].reshape(-1, d)
+            f_NF = target.code(state["x"], g_tail).to_dense()
+            own_F = torch.zeros(sae.d_sae, dtype=torch.bool, device=f_NF.device)
+            own_F[layer * group : (layer + 1) * group] = True
+            state["y"] += sae.decode_code(DenseCode(f_NF * own_F), bias=False)
+            return x_BTD
+
+        return edit
+
+    def write(layer: int) -> Edit:
+        def edit(x_BTD: Tensor) -> Tensor:
+            b, t, _ = x_BTD.shape
+            columns = slice(layer * d, (layer + 1) * d)
+            y_ND = state["y"][:, columns] + sae.b_dec[columns]
+            return torch.cat([x_BTD[:, :1], y_ND.view(b, t - 1, d).to(x_BTD.dtype)], dim=1)
+
+        return edit
+
+    edits = {}
+    for layer in range(n_layers):
+        edits[shape.source_hooks[layer]] = read(layer)
+        edits[shape.target_hooks[layer]] = write(layer)
+    return edits
 
 
 @torch.no_grad()
@@ -101,15 +166,15 @@ def batch_mode_reconstructions(
     row_slots: tuple[Tensor, Tensor],
     batch_size: int,
     device: torch.device,
-) -> dict[str, Tensor]:
-    """Spliced activations [n_contexts, T, D] of every batch-mode target, by label.
+) -> dict[str, dict[str, Tensor]]:
+    """Spliced activations [n_contexts, T, D] of every batch-mode target, by label and hook.
 
     The clean activations of the rows at `row_slots` (context index, position; store order,
     position 0 excluded) are encoded with the training-time selection in consecutive batches of
     the target's training batch size, exactly as offline batch mode batches the same rows.
     """
-    batch_targets = [t for t in targets if t.batch_dependent]
-    hooks = sorted({t.hook for t in batch_targets})
+    batch_targets = [t for t in targets if t.batch_dependent and spliced_online(t)]
+    hooks = sorted({h for t in batch_targets for h in t.shape.hooks})
     clean = {hook: [] for hook in hooks}
     for first in range(0, len(contexts), batch_size):
         tokens_BT = contexts[first : first + batch_size].to(device)
@@ -120,15 +185,18 @@ def batch_mode_reconstructions(
     context_N, position_N = (slot.to(device) for slot in row_slots)
     spliced = {}
     for target in batch_targets:
-        x_CTD = activations[target.hook]
-        rows_ND = x_CTD[context_N, position_N]
-        x_hat_ND = torch.empty_like(rows_ND)
-        for first in range(0, len(rows_ND), target.batch_rows):
+        shape = target.shape
+        rows = {h: activations[h][context_N, position_N] for h in shape.hooks}
+        x_ND = concatenated(rows, shape.source_hooks)
+        y_hat_NE = x_ND.new_empty(len(x_ND), shape.d_out)
+        for first in range(0, len(x_ND), target.batch_rows):
             chunk = slice(first, first + target.batch_rows)
-            x_hat_ND[chunk] = target.reconstruct(rows_ND[chunk])[1]
-        spliced_CTD = x_CTD.clone()
-        spliced_CTD[context_N, position_N] = x_hat_ND
-        spliced[target.label] = spliced_CTD
+            y_hat_NE[chunk] = target.reconstruct(x_ND[chunk])[1]
+        spliced[target.label] = {}
+        for hook, y_hat_hook in shape.split_targets(y_hat_NE).items():
+            spliced_CTD = activations[hook].clone()
+            spliced_CTD[context_N, position_N] = y_hat_hook
+            spliced[target.label][hook] = spliced_CTD
     return spliced
 
 
@@ -146,44 +214,46 @@ def online_metrics(
 
     `row_slots` (`heldout_row_slots` of the same contexts) is needed for batch-mode targets.
     """
-    hooks = sorted({t.hook for t in targets})
-    gradients = any(t.needs_gradients for t in targets)
+    spliced_targets = [t for t in targets if spliced_online(t)]
+    hooks = sorted({h for t in spliced_targets for h in t.shape.hooks})
+    ablated = sorted({t.shape.target_hooks for t in spliced_targets})
+    gradients = any(t.needs_gradients for t in spliced_targets)
     result = OnlineResult(
-        zero={h: _Sums() for h in hooks},
-        mean={h: _Sums() for h in hooks},
-        spliced={t.label: _Sums() for t in targets},
+        zero={hooks_: _Sums() for hooks_ in ablated},
+        mean={hooks_: _Sums() for hooks_ in ablated},
+        spliced={t.label: _Sums() for t in spliced_targets},
     )
     precomputed = {}
-    if any(t.batch_dependent for t in targets):
+    if any(t.batch_dependent for t in spliced_targets):
         if row_slots is None:
             raise ValueError("batch-mode targets need the held-out rows' slots (row_slots)")
         precomputed = batch_mode_reconstructions(
-            model, contexts, targets, row_slots, batch_size, device
+            model, contexts, spliced_targets, row_slots, batch_size, device
         )
     for first in range(0, len(contexts), batch_size):
         tokens_BT = contexts[first : first + batch_size].to(device)
         clean = run_batch(model.bridge, tokens_BT, hooks, gradients=gradients, keep_logits=True)
         clean_logits_BTV, clean.logits = clean.logits, None
         result.clean.add(clean.loss[:, 1:-1])
-        for hook in hooks:
-            x_BTD = clean.activations[hook]
-            for sums, replacement in (
-                (result.zero[hook], torch.zeros_like(x_BTD)),
-                (result.mean[hook], means[hook].to(device).expand_as(x_BTD)),
-            ):
-                edits = {hook: after_first_position(replacement)}
+        for hooks_ in ablated:
+            x = {h: clean.activations[h] for h in hooks_}
+            zero = {h: after_first_position(torch.zeros_like(x[h])) for h in hooks_}
+            mean = {h: after_first_position(means[h].to(device).expand_as(x[h])) for h in hooks_}
+            for sums, edits in ((result.zero[hooks_], zero), (result.mean[hooks_], mean)):
                 logits_BTV = edited_logits(model.bridge, tokens_BT, edits)
                 sums.add(next_token_stats(logits_BTV, tokens_BT)[0])
                 del logits_BTV
         with torch.no_grad():
-            for target in targets:
+            for target in spliced_targets:
                 if target.label in precomputed:
-                    spliced_BTD = precomputed[target.label][first : first + len(tokens_BT)]
+                    window = slice(first, first + len(tokens_BT))
+                    replaced = {h: s[window] for h, s in precomputed[target.label].items()}
+                    edits = {h: after_first_position(s) for h, s in replaced.items()}
+                elif target.shape.cross_layer:
+                    edits = replacement_edits(target, clean)
                 else:
-                    spliced_BTD = _reconstruction(
-                        target, clean.activations[target.hook], clean.gradients.get(target.hook)
-                    )
-                edits = {target.hook: after_first_position(spliced_BTD)}
+                    replaced = _reconstruction(target, clean)
+                    edits = {h: after_first_position(s) for h, s in replaced.items()}
                 logits_BTV = edited_logits(model.bridge, tokens_BT, edits)
                 ce_BT, kl_BT = next_token_stats(logits_BTV, tokens_BT, clean_logits_BTV)
                 del logits_BTV

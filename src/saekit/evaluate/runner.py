@@ -96,7 +96,7 @@ def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str
     )
     targets = load_targets(list(request.runs), store, device)
     if evaluation.online:  # a model that does not fit is refused before any long pass
-        evaluation.model(sorted({t.hook for t in targets}))
+        evaluation.model(sorted({h for t in targets for h in t.shape.hooks}))
     rows = evaluation.rows(targets, steer={t.name for t in targets})
     online = [row["online"] for row in rows if row["online"]]
     report = {

@@ -63,6 +63,16 @@ def _last_logits(
     return edited_logits(model.bridge, tokens_BT, edits)[:, -1].float()
 
 
+def steered_hook(model: LanguageModel, sae: SAE) -> str | None:
+    """Where a dictionary's decoder directions are added: its one target hook, when that lives
+    in the residual stream (the unembedding reads its width); None for dictionaries of several
+    targets."""
+    shape = sae.shape
+    if len(shape.targets) != 1 or not reads_residual_stream(model.bridge, shape.d_out):
+        return None
+    return shape.target_hooks[0]
+
+
 def _effects(clean_BV: Tensor, steered_BV: Tensor, targets_K: Tensor) -> Effects:
     delta_logits_BV = steered_BV - clean_BV
     gain_B = delta_logits_BV[:, targets_K].mean(1) - delta_logits_BV.mean(1)
@@ -95,21 +105,23 @@ def steering_metrics(
     n_latents: int = 64,
     seed: int = 0,
 ) -> dict[str, float | int] | None:
-    """Steering statistics of one SAE, or None when its hook is not in the residual stream."""
-    if not reads_residual_stream(model.bridge, sae.d_in):
+    """Steering statistics of one SAE, or None when it writes no single hook of the residual
+    stream (`steered_hook`)."""
+    hook = steered_hook(model, sae)
+    if hook is None:
         return None
     device = model.device
     f_BF, latents = _alive_sample(sae, sample_x_BD.to(device), n_latents, seed)
     if len(latents) == 0:
         return {"latents": 0}
     tokens_BT = contexts.to(device)
-    clean_BV = _last_logits(model, tokens_BT, sae.cfg.hook, None)
+    clean_BV = _last_logits(model, tokens_BT, hook, None)
     targets_LK = target_tokens(model, sae.W_dec[:, latents].T)
     effects = []
     for latent, targets_K in zip(latents.tolist(), targets_LK, strict=True):
         values = f_BF[:, latent]
         push_D = torch.quantile(values[values != 0], 0.9) * sae.W_dec[:, latent]
-        steered_BV = _last_logits(model, tokens_BT, sae.cfg.hook, push_D)
+        steered_BV = _last_logits(model, tokens_BT, hook, push_D)
         effects.append(_effects(clean_BV, steered_BV, targets_K))
     p_t = np.array([e.p_targets for e in effects])
     precision = np.array([e.precision for e in effects])
@@ -134,8 +146,10 @@ def steering_sweep(
     n_latents: int,
     seed: int = 0,
 ) -> dict | None:
-    """Per α: mean effects of adding α · E‖x‖ · d̂_i over a sample of alive latents."""
-    if not reads_residual_stream(model.bridge, sae.d_in):
+    """Per α: mean effects of adding α · E‖x‖ · d̂_i over a sample of alive latents (None as
+    for `steering_metrics`); E‖x‖ is the mean norm of the sample (the dictionary's input)."""
+    hook = steered_hook(model, sae)
+    if hook is None:
         return None
     device = model.device
     sample_x_BD = sample_x_BD.to(device)
@@ -144,15 +158,13 @@ def steering_sweep(
         return {"latents": 0, "contexts": len(contexts), "per_alpha": []}
     norm = float(sample_x_BD.norm(dim=1).mean())
     tokens_BT = contexts.to(device)
-    clean_BV = _last_logits(model, tokens_BT, sae.cfg.hook, None)
+    clean_BV = _last_logits(model, tokens_BT, hook, None)
     units_LD = (sae.W_dec[:, latents] / sae.W_dec[:, latents].norm(dim=0)).T
     targets_LK = target_tokens(model, units_LD)
     per_alpha = []
     for alpha in alphas:
         effects = [
-            _effects(
-                clean_BV, _last_logits(model, tokens_BT, sae.cfg.hook, alpha * norm * unit_D), t
-            )
+            _effects(clean_BV, _last_logits(model, tokens_BT, hook, alpha * norm * unit_D), t)
             for unit_D, t in zip(units_LD, targets_LK, strict=True)
         ]
         per_alpha.append(

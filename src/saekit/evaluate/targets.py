@@ -6,6 +6,7 @@ computes codes in each (`saekit.train.modes` names them); nothing here knows a v
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from torch import Tensor
 
 from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore
-from saekit.train import SAE, Code, load_sae, modes, saved_saes
+from saekit.cache_format.schema import ACTIVATIONS, GRADIENTS, hook_field
+from saekit.train import SAE, Code, Shape, concatenated, load_sae, modes, saved_saes
 
 DEFAULT_BATCH_ROWS = 4096
 
@@ -37,7 +39,35 @@ class Target:
 
     @property
     def hook(self) -> str:
+        """The first hook the dictionary reads (its only one for an SAE)."""
         return self.sae.cfg.hook
+
+    @property
+    def shape(self) -> Shape:
+        return self.sae.shape
+
+    def fields(self) -> tuple[str, ...]:
+        """The store fields this target reads: every hook's activations, and the gradients at
+        its targets in a mode that uses them."""
+        gradients = self.shape.target_hooks if self.needs_gradients else ()
+        return (
+            *(hook_field(ACTIVATIONS, hook) for hook in self.shape.hooks),
+            *(hook_field(GRADIENTS, hook) for hook in gradients),
+        )
+
+    def inputs(
+        self, batch: Mapping[str, Tensor], device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(input x, target y, gradients at the targets in a mode that uses them) of a batch
+        read with `fields()`, on `device`."""
+        shape = self.shape
+        x_BD = concatenated(_activations(batch, shape.source_hooks), shape.source_hooks)
+        y_BE = concatenated(_activations(batch, shape.target_hooks), shape.target_hooks)
+        g_BE = None
+        if self.needs_gradients:
+            gradients = {h: batch[hook_field(GRADIENTS, h)] for h in shape.target_hooks}
+            g_BE = concatenated(gradients, shape.target_hooks).to(device)
+        return x_BD.to(device), y_BE.to(device), g_BE
 
     @property
     def label(self) -> str:
@@ -65,10 +95,15 @@ class Target:
         gradients_BD = g_BD if self.needs_gradients else None
         return self.sae.activation.code_in(self.mode, self.sae, x_BD, gradients_BD)
 
-    def reconstruct(self, x_BD: Tensor, g_BD: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(codes f, reconstruction x̂) of raw activations in this target's mode."""
-        f_BF = self.code(x_BD, g_BD).to_dense()
-        return f_BF, self.sae.decode(f_BF)
+    def reconstruct(self, x_BD: Tensor, g_BE: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(codes f, reconstruction ŷ of the targets) of raw activations in this target's
+        mode (`g_BE`: gradients at the targets, read in modes that use them)."""
+        f_BF = self.code(x_BD, g_BE).to_dense()
+        return f_BF, self.sae.output(x_BD, f_BF)
+
+
+def _activations(batch: Mapping[str, Tensor], hooks: tuple[str, ...]) -> dict[str, Tensor]:
+    return {hook: batch[hook_field(ACTIVATIONS, hook)] for hook in hooks}
 
 
 def targets_of(run: str, sae: SAE, diagnostic: bool = False) -> list[Target]:
@@ -79,9 +114,9 @@ def targets_of(run: str, sae: SAE, diagnostic: bool = False) -> list[Target]:
 
 def inspection_target(run: str, sae: SAE, store: ActivationStore) -> Target:
     """The SAE in the mode it is used in (its variant's first), or in its first mode that needs
-    no gradients when the store has none at its hook."""
+    no gradients when the store has none at its targets."""
     targets = targets_of(run, sae)
-    if not store.has_gradients(sae.cfg.hook):
+    if not all(store.has_gradients(hook) for hook in sae.shape.target_hooks):
         targets = [t for t in targets if not t.needs_gradients]
     return targets[0]
 
@@ -104,16 +139,19 @@ def load_targets(runs: list[str], store: ActivationStore, device: torch.device) 
 
 
 def check_against_store(sae: SAE, store: ActivationStore, where: Path) -> None:
-    """Refuse an SAE whose hook the store lacks or whose input width differs from the store's."""
-    cfg = sae.cfg
-    if cfg.hook not in store.spec.hooks:
-        raise SaekitError(
-            f"SAE {where} was trained on hook {cfg.hook}, which store "
-            f"{store.location} lacks (it has {store.hooks})"
-        )
-    width = store.spec.hooks[cfg.hook].d
-    if cfg.d_in != width:
-        raise SaekitError(
-            f"SAE {where} takes d_in={cfg.d_in} but store {store.location} has "
-            f"d={width} at {cfg.hook}"
-        )
+    """Refuse a dictionary that reads or reconstructs a hook the store lacks, or whose width at
+    a hook differs from the store's."""
+    sources = sae.shape.sources
+    for block in (*sources, *sae.shape.targets):
+        if block.hook not in store.spec.hooks:
+            raise SaekitError(
+                f"SAE {where} was trained on hook {block.hook}, which store "
+                f"{store.location} lacks (it has {store.hooks})"
+            )
+        width = store.spec.hooks[block.hook].d
+        if block.d != width:
+            side = "d_in" if block in sources else "d_out"
+            raise SaekitError(
+                f"SAE {where} takes {side}={block.d} at {block.hook} but store "
+                f"{store.location} has d={width} there"
+            )

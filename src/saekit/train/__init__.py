@@ -14,11 +14,13 @@ from saekit.train.layout import (
     sae_directory,
     saved_saes,
 )
+from saekit.train.member import concatenated
 from saekit.train.metrics import METRICS_FILE, read_metrics
 from saekit.train.run import RunResult, TrainRequest, train
-from saekit.train.sae import SAE
+from saekit.train.sae import SAE, Dictionary
 from saekit.train.sae_config import SAEConfig
 from saekit.train.schedule import Plan
+from saekit.train.shape import Block, Shape
 from saekit.train.sparse import Code, DenseCode, SparseCode
 from saekit.train.spec import SAESpec, parse_spec
 from saekit.train.trainer import Observer
@@ -30,16 +32,20 @@ __all__ = [
     "METRICS_FILE",
     "SAE",
     "VARIANTS",
+    "Block",
     "Code",
     "DenseCode",
+    "Dictionary",
     "Observer",
     "Plan",
     "RunResult",
     "SAEConfig",
     "SAESpec",
+    "Shape",
     "SparseCode",
     "TrainRequest",
     "TrainSettings",
+    "concatenated",
     "fit_zipf",
     "load_config",
     "load_sae",

@@ -109,6 +109,25 @@ class CrossLayerTranscoder(Dictionary):
             dim=1,
         )
 
+    def decoder_columns(self, latent_N: Tensor) -> Tensor:
+        columns_NE = self.b_dec.new_zeros(len(latent_N), self.d_out)
+        layer_N = torch.div(latent_N, self.group, rounding_mode="floor")
+        for layer in range(self.n_layers):
+            index_N = (layer_N == layer).nonzero().squeeze(1)
+            local_N = latent_N[index_N] - layer * self.group
+            columns_NE[index_N, layer * self.d :] = self.W_dec[layer].T[local_N]
+        return columns_NE
+
+    def decoder_at(self, hook: str) -> Tensor:
+        target = self.shape.target_hooks.index(hook)
+        blocks = [
+            self.W_dec[layer][(target - layer) * self.d : (target - layer + 1) * self.d]
+            if layer <= target
+            else self.b_dec.new_zeros(self.d, self.group)
+            for layer in range(self.n_layers)
+        ]
+        return torch.cat(blocks, dim=1)
+
     def decoder_norms(self) -> Tensor:
         return torch.cat([W.norm(dim=0) for W in self.W_dec])
 
@@ -125,7 +144,17 @@ class CrossLayerTranscoder(Dictionary):
             W /= W.norm(dim=0).clamp_min(1e-12)
 
     def sparse_training(self) -> bool:
-        return sparse_is_faster(getattr(self.activation.options, "k", self.d_sae), self.d_sae)
+        k = getattr(self.activation.options, "k", self.group)
+        return sparse_is_faster(k * self.n_layers, self.d_sae)
+
+    def top_k(self, key_BF: Tensor, k: int) -> SparsePattern:
+        """k per layer: each layer's latents keep their k largest entries, so a layer's codes
+        depend only on its own input (the replacement model computes them layer by layer)."""
+        n_rows = len(key_BF)
+        local_BLK = key_BF.view(n_rows, self.n_layers, self.group).topk(k, dim=2, sorted=False)
+        offsets_L1 = torch.arange(self.n_layers, device=key_BF.device)[:, None] * self.group
+        indices_BK = (local_BLK.indices + offsets_L1).reshape(n_rows, -1)
+        return SparsePattern.from_row_indices(indices_BK, self.d_sae)
 
     # -- initialisation and scales -----------------------------------------------------------------
 

@@ -19,7 +19,13 @@ from torch import Tensor, nn
 
 from saekit.train.sae_config import SAEConfig
 from saekit.train.shape import Shape
-from saekit.train.sparse import Code, DenseCode, SparsePattern, gather_pre_activations
+from saekit.train.sparse import (
+    Code,
+    DenseCode,
+    SparsePattern,
+    gather_pre_activations,
+    top_k_per_row,
+)
 
 if TYPE_CHECKING:
     from saekit.train.variants.base import Activation
@@ -97,6 +103,14 @@ class Dictionary(nn.Module):
         direction, for gradients at the targets (the decoder detached)."""
         raise NotImplementedError
 
+    def decoder_columns(self, latent_N: Tensor) -> Tensor:
+        """The whole decoder vector of each latent listed (over all targets): [N, E]."""
+        raise NotImplementedError
+
+    def decoder_at(self, hook: str) -> Tensor:
+        """What every latent writes to target `hook`: [E_hook, F] (zero where it writes none)."""
+        raise NotImplementedError
+
     def decoder_norms(self) -> Tensor:
         """The norm of every latent's whole decoder (all its targets), [F]."""
         raise NotImplementedError
@@ -131,6 +145,11 @@ class Dictionary(nn.Module):
         dense products per matrix entry)."""
         raise NotImplementedError
 
+    def top_k(self, key_BF: Tensor, k: int) -> SparsePattern:
+        """The entries a per-token top-k keeps: the k largest of each row (a cross-layer
+        transcoder takes k per layer, so that each layer's codes depend on its own input)."""
+        return top_k_per_row(key_BF, k)
+
     # -- built on the products ---------------------------------------------------------------------
 
     @property
@@ -147,8 +166,14 @@ class Dictionary(nn.Module):
         return self.decode_code(DenseCode(f_BF))
 
     def reconstruct(self, x_BD: Tensor, code: Code) -> Tensor:
-        """ŷ = W_dec f + b_dec (+ W_skip x)."""
-        y_hat_BE = self.decode_code(code)
+        """ŷ = W_dec f + b_dec (+ W_skip x), decoding sparse codes sparsely (training)."""
+        return self._with_skip(x_BD, self.decode_code(code))
+
+    def output(self, x_BD: Tensor, f_BF: Tensor) -> Tensor:
+        """ŷ = W_dec f + b_dec (+ W_skip x) for dense codes (evaluation)."""
+        return self._with_skip(x_BD, self.decode(f_BF))
+
+    def _with_skip(self, x_BD: Tensor, y_hat_BE: Tensor) -> Tensor:
         skip_BE = self.skip_path(x_BD)
         return y_hat_BE if skip_BE is None else y_hat_BE + skip_BE
 
@@ -238,6 +263,13 @@ class SAE(Dictionary):
 
     def loss_sensitivity(self, gradients_BE: Tensor) -> Tensor:
         return (gradients_BE @ self.W_dec.detach()).abs()
+
+    def decoder_columns(self, latent_N: Tensor) -> Tensor:
+        return self.W_dec.T[latent_N]
+
+    def decoder_at(self, hook: str) -> Tensor:
+        blocks = self.W_dec.split([b.d for b in self.shape.targets], dim=0)
+        return blocks[self.shape.target_hooks.index(hook)]
 
     def decoder_norms(self) -> Tensor:
         return self.W_dec.norm(dim=0)

@@ -114,6 +114,13 @@ class SparsePattern:
         return segment_sum(values_N[order_N], latent_crow)
 
 
+def top_k_per_row(key_BF: Tensor, k: int) -> SparsePattern:
+    """The pattern of the k largest entries of each row of `key_BF`."""
+    return SparsePattern.from_row_indices(
+        key_BF.topk(k, dim=1, sorted=False).indices, key_BF.shape[1]
+    )
+
+
 def compressed_pointers(sorted_N: Tensor, n_segments: int) -> Tensor:
     """CSR pointers of sorted segment indices: segment s is `sorted[crow[s]:crow[s + 1]]`."""
     bounds = torch.arange(n_segments + 1, dtype=sorted_N.dtype, device=sorted_N.device)

@@ -40,14 +40,13 @@ class SAESpec:
 
     def resolve(self, d_in: int, default_lr: float | None = None) -> ResolvedSpec:
         """Fill in the defaults for inputs of width `d_in` (the first hook it reads); refuse
-        k > latents (for a cross-layer transcoder, latents per layer times its layers)."""
+        k > latents (for a cross-layer transcoder both count per layer)."""
         options = self.options.resolve(d_in, default_lr)
         k = getattr(options, "k", None)
-        groups = 1 if options.layers is None else len(parse_layers(options.layers))
-        if k is not None and k > options.latents * groups:
+        if k is not None and k > options.latents:
             raise SaekitError(
-                f"{self.source}: k={k} is more than latents={options.latents * groups}; lower k "
-                "or raise latents"
+                f"{self.source}: k={k} is more than latents={options.latents}; lower k or "
+                "raise latents"
             )
         name = options.name or derive_name(self.variant, options, self.given)
         return ResolvedSpec(name, self.variant, options)

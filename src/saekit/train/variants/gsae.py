@@ -40,7 +40,7 @@ from saekit.train.variants import modes
 from saekit.train.variants.base import Mode
 from saekit.train.variants.options import SAEOptions, check
 from saekit.train.variants.registry import register
-from saekit.train.variants.topk import TopK, TopKOptions, top_k_per_row
+from saekit.train.variants.topk import TopK, TopKOptions
 
 DEFAULT_BETA_EFF = 1.0
 EMA_DECAY = 0.999  # the window of the moving averages (see saekit.train.thresholds)
@@ -98,14 +98,14 @@ class GradientTopK(TopK):
             if mode == "train":
                 raise ValueError("g-SAE training needs gradients")
             gain_F = self.plain_gain()
-            pattern = top_k_per_row(z_BF * gain_F, self.options.k)
+            pattern = sae.top_k(z_BF * gain_F, self.options.k)
             return pattern, gain_F[pattern.latent_N]
         with torch.no_grad():
             sensitivity_BF = sae.loss_sensitivity(gradients_BD)
             if mode == "train":
-                self._follow_sensitivity(z_BF, sensitivity_BF)
+                self._follow_sensitivity(sae, z_BF, sensitivity_BF)
             boost_BF = 1 + self.beta * sensitivity_BF
-            pattern = top_k_per_row(z_BF * boost_BF, self.options.k)
+            pattern = sae.top_k(z_BF * boost_BF, self.options.k)
             if self.options.selection_only:
                 return pattern, None  # plain mode needs no gain: the codes are z
             factor_N = pattern.take(boost_BF)
@@ -113,9 +113,9 @@ class GradientTopK(TopK):
                 self._record_gain(pattern, z_BF, factor_N)
         return pattern, factor_N
 
-    def _follow_sensitivity(self, z_BF: Tensor, sensitivity_BF: Tensor) -> None:
+    def _follow_sensitivity(self, sae: Dictionary, z_BF: Tensor, sensitivity_BF: Tensor) -> None:
         """Measure median(a) over top-k(z); with tracking, re-set β so β·median(a) = beta_eff."""
-        median = top_k_per_row(z_BF, self.options.k).take(sensitivity_BF).median()
+        median = sae.top_k(z_BF, self.options.k).take(sensitivity_BF).median()
         self.median_sensitivity.update(
             median, torch.ones((), dtype=torch.bool, device=median.device)
         )
@@ -157,7 +157,7 @@ class GradientTopK(TopK):
         if mode == modes.PLAIN:
             return self.encode(sae, x_BD, None)
         z_BF = sae.pre_activations(x_BD)  # plain-uncorrected: TopK on z (β = 0)
-        pattern = top_k_per_row(z_BF, self.options.k)
+        pattern = sae.top_k(z_BF, self.options.k)
         return SparseCode(pattern, pattern.take(z_BF).relu())
 
     def step_metrics(self) -> dict[str, Tensor]:
@@ -170,7 +170,7 @@ class GradientTopK(TopK):
         """Resolve β from beta_eff on a sample: β = beta_eff / median of a over top-k(z)."""
         if self.options.beta_eff is not None:
             assert gradients_BD is not None
-            pattern = top_k_per_row(sae.pre_activations(x_BD), self.options.k)
+            pattern = sae.top_k(sae.pre_activations(x_BD), self.options.k)
             median = pattern.take(sae.loss_sensitivity(gradients_BD)).median()
             self.beta.copy_(beta_for(self.options.beta_eff, median))
         return {"beta": float(self.beta)}

@@ -30,14 +30,7 @@ class TopK(Selection):
     def select(
         self, sae: Dictionary, z_BF: Tensor, gradients_BD: Tensor | None, mode: Mode
     ) -> tuple[SparsePattern, Tensor | None]:
-        return top_k_per_row(z_BF, self.options.k), None
+        return sae.top_k(z_BF, self.options.k), None
 
     def saelens_cfg(self) -> dict[str, Any]:
         return {"k": self.options.k, "rescale_acts_by_decoder_norm": False}
-
-
-def top_k_per_row(key_BF: Tensor, k: int) -> SparsePattern:
-    """The pattern of the k largest entries of each row of `key_BF`."""
-    return SparsePattern.from_row_indices(
-        key_BF.topk(k, dim=1, sorted=False).indices, key_BF.shape[1]
-    )
