@@ -23,9 +23,10 @@ CHILD = """
 import json, sys, types, torch
 torch.set_num_threads(1)
 import saekit.evaluate.online as online
+import saekit.lm.splice as splice
 from saekit.lm.model import load_model
 
-online.CHUNK_TOKENS = 256  # so that the batches below span several chunks
+splice.CHUNK_TOKENS = 256  # so that the batches below span several chunks
 HOOK = "blocks.0.hook_resid_post"
 
 def resident(field):
