@@ -1,6 +1,7 @@
 # Two entry points, both self-contained on a fresh machine:
 #   make demo   create .venv if missing, install saekit, run the offline end-to-end demo
-#   make test   create .venv if missing, install saekit with dev extras, lint and run the tests
+#   make test   create .venv if missing, install saekit with dev extras, lint (ruff and the
+#               layering contract, lint-imports) and run the tests
 #               (and install the OS's Chromium for the browser test when missing, as root)
 # TORCH_SPEC is installed before saekit so that a CPU-only machine never pulls CUDA wheels;
 # override it on a GPU machine, e.g. `make demo TORCH_SPEC="torch"`.
@@ -28,9 +29,12 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/sae demo --out $(DEMO_OUT)
 
+# The layering contract is [tool.importlinter] in pyproject.toml: each stage imports only the
+# layers below it (tests/test_layering.py shows that a planted upward import breaks it).
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/ruff format --check src tests benchmarks experiments
+	$(BIN)/lint-imports --no-cache
 
 # The dashboard's browser test drives the OS's headless Chromium (never a downloaded build):
 # installed here when missing and the machine allows it (root with apt); otherwise that test
