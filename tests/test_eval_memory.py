@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # measures peak memory of an online eval in a child process
+
 CONTEXT, VOCAB = 64, 16384
 LOGITS_PER_CONTEXT = CONTEXT * VOCAB * 4  # bytes of one context's float32 logits
 
