@@ -103,27 +103,5 @@ def deep_imports() -> dict[str, list[str]]:
     return found
 
 
-# Left to the refactor of saekit.recipes in progress (every name they import is public in
-# saekit.train except DEFAULT_BETA_EFF). Remove them here as they go; once none is left,
-# test_stages_import_each_other_through_their_public_package passes: drop its xfail.
-KNOWN_DEEP_IMPORTS = {
-    "saekit.recipes.choice -> saekit.train.zipf",
-    "saekit.recipes.gsae -> saekit.train.metrics",
-    "saekit.recipes.gsae -> saekit.train.spec",
-    "saekit.recipes.gsae -> saekit.train.variants.gsae",
-    "saekit.recipes.runner -> saekit.train.trainer",
-}
-
-
-def test_no_new_import_reaches_inside_another_stage():
-    new = {k: v for k, v in deep_imports().items() if k not in KNOWN_DEEP_IMPORTS}
-    assert not new, f"import these from the stage's public package instead: {new}"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="saekit.recipes still imports saekit.train submodules: "
-    + ", ".join(sorted(KNOWN_DEEP_IMPORTS)),
-)
 def test_stages_import_each_other_through_their_public_package():
     assert deep_imports() == {}
