@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -12,6 +13,12 @@ import pytest
 
 from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 from saekit.cli import main
+
+# Tests never reach the network: Hugging Face libraries fail fast instead of retrying (~20 s per
+# lookup). Set for the whole session, not per test: huggingface_hub and datasets read these once,
+# when first imported, and that can be while collecting a test module or in a session fixture.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
 @dataclass
@@ -73,13 +80,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda"):
             item.add_marker(skip)
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    """Tests never reach the network: Hugging Face libraries fail fast instead of retrying."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,8 @@ from saekit.cache_format import ActivationStore
 from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 from saekit.cache_format.verify import verify_store
 
+pytestmark = pytest.mark.slow  # kill -9 of writer processes at random points, then resumes
+
 N_ROWS = 48 * 1024
 WRITER = """
 from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store

@@ -290,6 +290,7 @@ def first_row(page):
     return int(page.locator("table.latents tbody tr").first.get_attribute("data-latent"))
 
 
+@pytest.mark.slow  # headless Chromium
 def test_the_site_in_a_browser_from_the_file_system(browser, planted_site, tmp_path):
     site, tokens = planted_site
     index = read_data_script(site / "data" / "sae-0" / "index.js")
@@ -334,6 +335,7 @@ def test_the_site_in_a_browser_from_the_file_system(browser, planted_site, tmp_p
     page.close()
 
 
+@pytest.mark.slow  # headless Chromium
 def test_data_files_round_trip_through_the_browser(browser, tmp_path):
     """What a data file holds, as Chromium reads it and as read_data_script reads it."""
     from saekit.dashboard.site import data_script
@@ -356,6 +358,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow  # headless Chromium and an HTTP server
 def test_the_site_over_http_opens_a_latent_from_its_address(browser, planted_site):
     site, _ = planted_site
     handler = functools.partial(QuietHandler, directory=str(site))

@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from saekit.cache_format import ActivationStore
+
+pytestmark = pytest.mark.slow  # the whole demo: harvest, seven SAEs, eval, report
 
 VARIANTS = {"topk", "gsae", "batchtopk", "feature-choice", "gated", "relu", "jumprelu"}
 

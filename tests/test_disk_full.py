@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers import assert_same_store, harvest_small_store
 from saekit.cache_format import ActivationStore
+
+pytestmark = pytest.mark.slow  # harvests in child processes under a file-size limit, then resumes
 
 # Below one activation chunk (256 rows x 64 x float16 = 32 KiB), above every metadata file.
 FILE_SIZE_LIMIT = 16 * 1024

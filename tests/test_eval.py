@@ -112,6 +112,7 @@ def test_offline_metrics_match_a_hand_computation(tmp_path):
     assert got["variance_explained"] == pytest.approx(1 - expected["nmse"], abs=1e-6)
 
 
+@pytest.mark.slow  # trains an SAE, then evaluates it at two LM batch sizes
 def test_thresholded_eval_does_not_depend_on_batching(lm_store, tmp_path):
     """A trained BatchTopK SAE: threshold-mode numbers are the same for any LM batch size."""
     from saekit.cli import main

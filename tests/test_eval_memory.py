@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # measures peak memory of an online eval in a child process
+
 CONTEXT, VOCAB = 64, 16384
 LOGITS_PER_CONTEXT = CONTEXT * VOCAB * 4  # bytes of one context's float32 logits
 
@@ -23,9 +25,10 @@ CHILD = """
 import json, sys, types, torch
 torch.set_num_threads(1)
 import saekit.evaluate.online as online
+import saekit.lm.splice as splice
 from saekit.lm.model import load_model
 
-online.CHUNK_TOKENS = 256  # so that the batches below span several chunks
+splice.CHUNK_TOKENS = 256  # so that the batches below span several chunks
 HOOK = "blocks.0.hook_resid_post"
 
 def resident(field):

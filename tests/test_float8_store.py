@@ -138,6 +138,7 @@ def test_a_store_written_before_float8_is_still_read(tmp_path, run_cli):
     assert 'has encoding "scaled-float8" but the root attributes mean' in refused.stderr
 
 
+@pytest.mark.slow  # two harvests, a training run and an eval
 def test_harvest_train_and_eval_a_float8_store(tiny_lm, corpus, tmp_path, run_cli):
     """`sae harvest --dtype float8` stores the LM's rows within the bound; an SAE trained on it
     evaluates (NMSE, loss added) as on a float32 harvest of the same tokens, within the

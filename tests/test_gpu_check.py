@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # benchmarks/gpu_check.py end to end in a child process
+
 REPO = Path(__file__).resolve().parent.parent
 STEPS = [
     "build model",

@@ -143,6 +143,7 @@ def test_no_gradients_stores_activations_only(tiny_lm, corpus, tmp_path, float32
     torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow  # two more harvests
 def test_seed_fixes_the_document_order(tiny_lm, corpus, tmp_path, float32_store):
     again, _ = harvest_store(tiny_lm, corpus, tmp_path / "again.zarr", hooks=HOOKS[:1])
     other, _ = harvest_store(tiny_lm, corpus, tmp_path / "other.zarr", hooks=HOOKS[:1], seed=5)
@@ -151,6 +152,7 @@ def test_seed_fixes_the_document_order(tiny_lm, corpus, tmp_path, float32_store)
     assert not np.array_equal(other.read(["tokens"], 0, 4000)["tokens"], tokens)
 
 
+@pytest.mark.slow  # harvests the whole corpus (~25k tokens)
 def test_dataset_running_out_ends_the_store(tiny_lm, corpus, tmp_path):
     store, result = harvest_store(
         tiny_lm, corpus, tmp_path / "all.zarr", tokens=None, hooks=HOOKS[:1], dtype="float16"

@@ -38,6 +38,7 @@ def test_cli_harvest_writes_a_verifiable_store(run_cli, tiny_lm, corpus, tmp_pat
     assert run_cli("verify", tmp_path / "s.zarr").exit_code == 0
 
 
+@pytest.mark.slow  # kill -9 of `sae harvest` child processes, then reruns
 def test_kill_minus_nine_then_rerun_gives_a_bit_identical_store(run_cli, tiny_lm, corpus, tmp_path):
     reference = tmp_path / "reference.zarr"
     with count_events() as events:
@@ -54,6 +55,7 @@ def test_kill_minus_nine_then_rerun_gives_a_bit_identical_store(run_cli, tiny_lm
     assert_same_store(reference, killed)
 
 
+@pytest.mark.slow  # a whole CLI harvest before the refusal
 def test_a_different_configuration_is_refused(run_cli, tiny_lm, corpus, tmp_path):
     out = tmp_path / "s.zarr"
     assert run_cli(*harvest_args(tiny_lm, corpus, out)).exit_code == 0

@@ -91,6 +91,7 @@ def test_staged_copies_land_every_row_through_two_bounded_slots(fake_cuda):
     assert log[:third].count("synchronize") == 1
 
 
+@pytest.mark.slow  # two harvests to compare
 def test_a_harvest_through_the_staging_ring_writes_the_same_store(
     fake_cuda, monkeypatch, tiny_lm, corpus, tmp_path
 ):

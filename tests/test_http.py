@@ -12,6 +12,8 @@ from RangeHTTPServer import RangeRequestHandler
 from helpers import snapshot
 from saekit.cache_format import ActivationStore, ShuffledLoader
 
+pytestmark = pytest.mark.slow  # a local HTTP server
+
 
 class QuietRangeHandler(RangeRequestHandler):
     def log_message(self, *args) -> None:

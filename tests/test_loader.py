@@ -114,6 +114,7 @@ def test_endless_loader_can_be_abandoned(store):
     assert seen > 3 * 15000
 
 
+@pytest.mark.slow  # writes and streams a ~60 MB store, measuring memory
 @pytest.mark.parametrize("encoded", [False, True])
 def test_memory_stays_bounded_by_the_buffer(tmp_path, encoded):
     """A store ~60 MB in size streams with a few MB of buffers."""

@@ -17,6 +17,8 @@ from saekit.cache_format import HookSpec
 from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 from saekit.train import TrainRequest, TrainSettings, parse_spec, train
 
+pytestmark = pytest.mark.slow  # 300 seeded trials, each running a command on a mutated store
+
 TRIALS = int(os.environ.get("SAEKIT_FUZZ_TRIALS", "300"))
 ODD_VALUES: list[Any] = [
     None, True, False, 0, 1, -1, 7, 2**40, -(2**40), 1.5, -0.5, "", "x", "1", "float32",

@@ -38,6 +38,7 @@ def make_read_only(path):
         item.chmod(item.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
+@pytest.mark.slow  # a harvest, a training run and an eval
 def test_train_and_eval_leave_a_read_only_store_untouched(run_cli, tiny_lm, corpus, tmp_path):
     store = harvest_small_store(tiny_lm, corpus, tmp_path / "store.zarr")
     make_read_only(store)

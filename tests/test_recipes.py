@@ -94,6 +94,7 @@ def recipes_run(tiny_lm, corpus, tmp_path_factory):
     return request, run_recipes(request)
 
 
+@pytest.mark.slow  # all three recipes, end to end (the recipes_run fixture)
 def test_every_recipe_reports_its_claims_with_verdicts_and_figures(recipes_run):
     request, outcome = recipes_run
     out = request.out
@@ -116,6 +117,7 @@ def test_every_recipe_reports_its_claims_with_verdicts_and_figures(recipes_run):
         assert image.shape[0] >= 300 and image.shape[1] >= 500, figure
 
 
+@pytest.mark.slow  # the recipes_run fixture
 def test_the_gsae_recipe_measures_every_mode_and_the_beta_drift(recipes_run):
     request, _ = recipes_run
     report = json.loads((request.out / "report.json").read_text())["recipes"]["gsae"]
@@ -135,6 +137,7 @@ def test_the_gsae_recipe_measures_every_mode_and_the_beta_drift(recipes_run):
     assert steered and all(len(r["steering"]["per_alpha"]) == 2 for r in steered)
 
 
+@pytest.mark.slow  # the recipes_run fixture
 def test_choice_fits_zipf_capacities_and_evaluates_both_modes(recipes_run):
     request, _ = recipes_run
     rows = json.loads((request.out / "report.json").read_text())["recipes"]["choice"]["rows"]
@@ -143,6 +146,7 @@ def test_choice_fits_zipf_capacities_and_evaluates_both_modes(recipes_run):
     assert {r["mode"] for r in rows if r["variant"] == "feature-choice"} == {"threshold", "batch"}
 
 
+@pytest.mark.slow  # the recipes_run fixture, then the recipes again
 def test_a_second_run_trains_and_evaluates_nothing(recipes_run):
     request, _ = recipes_run
     before = snapshot(request.out / "gsae") | snapshot(request.out / "choice")

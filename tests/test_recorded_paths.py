@@ -4,8 +4,12 @@ older saekit recorded as typed (relative) are found beside the store or the run.
 import json
 import os
 
+import pytest
+
 from helpers import small_corpus, snapshot
 from saekit.cache_format import ActivationStore
+
+pytestmark = pytest.mark.slow  # harvests, trains and evaluates (twice), end to end
 
 
 def test_eval_from_another_folder_finds_the_store_and_the_model(

@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 
 from helpers import harvest_small_store, snapshot
 
+pytestmark = pytest.mark.slow  # local S3 and HTTP servers; trains and evaluates through them
+
 s3fs = pytest.importorskip("s3fs")
 HOOK = "blocks.1.hook_resid_post"
 TRAIN = ["--sae", "topk:k=4,latents=128", "--sae", "gsae:k=4,latents=128", "--tokens", "4096",

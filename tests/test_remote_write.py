@@ -9,6 +9,8 @@ import pytest
 from helpers import assert_one_line_error
 from saekit.cache_format import ActivationStore
 
+pytestmark = pytest.mark.slow  # a local S3 server; harvests into it
+
 s3fs = pytest.importorskip("s3fs")
 
 HOOK = "blocks.1.hook_resid_post"

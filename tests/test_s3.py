@@ -7,6 +7,8 @@ import pytest
 
 from saekit.cache_format import ActivationStore
 
+pytestmark = pytest.mark.slow  # a local S3 server (moto) in a child process
+
 s3fs = pytest.importorskip("s3fs")
 
 

@@ -60,6 +60,7 @@ def assert_same_rows(store, reference):
         np.testing.assert_array_equal(got[name], want[name])
 
 
+@pytest.mark.slow  # three shard harvests and a single-process one to compare
 def test_shards_one_after_another(run_cli, tiny_lm, corpus, tmp_path, reference):
     result = run_cli(*args(tiny_lm, corpus, tmp_path / "s.zarr", "--shards", "3"))
     assert result.exit_code == 0, result.stderr
@@ -68,6 +69,7 @@ def test_shards_one_after_another(run_cli, tiny_lm, corpus, tmp_path, reference)
     assert_same_rows(store, reference)
 
 
+@pytest.mark.slow  # three shard harvests and a single-process one to compare
 def test_shards_by_hand_in_any_order(run_cli, tiny_lm, corpus, tmp_path, reference):
     out = tmp_path / "s.zarr"
     assert run_cli(*args(tiny_lm, corpus, out, "--shard", "2/3")).exit_code == 0
@@ -117,6 +119,7 @@ def test_sharding_needs_a_token_count(run_cli, tiny_lm, corpus, tmp_path):
     assert result.exit_code == 2 and "needs --tokens" in result.stderr
 
 
+@pytest.mark.slow  # waits out the 10 s timeout of the dask client
 def test_unreachable_scheduler(run_cli, tiny_lm, corpus, tmp_path):
     command = args(
         tiny_lm, corpus, tmp_path / "s.zarr", "--shards", "2", "--cluster", "tcp://127.0.0.1:9"
@@ -125,6 +128,7 @@ def test_unreachable_scheduler(run_cli, tiny_lm, corpus, tmp_path):
     assert result.exit_code == 2 and "cannot reach the dask scheduler" in result.stderr
 
 
+@pytest.mark.slow  # a dask LocalCluster of two worker processes
 def test_local_cluster_of_two_workers(run_cli, tiny_lm, corpus, tmp_path, reference):
     out = tmp_path / "s.zarr"
     result = run_cli(*args(tiny_lm, corpus, out, "--shards", "4", "--cluster", "local:2"))
@@ -132,6 +136,7 @@ def test_local_cluster_of_two_workers(run_cli, tiny_lm, corpus, tmp_path, refere
     assert_same_rows(ActivationStore.open(out), reference)
 
 
+@pytest.mark.slow  # a dask cluster whose workers are killed mid-shard
 def test_killed_worker_is_resumed_without_duplicates(tiny_lm, corpus, tmp_path, single_harvest):
     """Workers killed mid-shard: dask retries the tasks elsewhere; the shards resume."""
     from distributed import Client, LocalCluster
@@ -221,6 +226,7 @@ def test_workers_must_offer_the_harvest_resource():
         check_harvest_workers({"a": {"resources": {}}, "b": {}}, ADDRESS)
 
 
+@pytest.mark.slow  # a dask LocalCluster of two worker processes
 def test_a_local_cluster_gives_each_worker_its_gpu_and_a_harvest_resource(monkeypatch):
     """On a (pretend) machine of two GPUs, each worker process sees only its own."""
     from distributed import Client

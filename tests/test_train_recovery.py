@@ -6,6 +6,8 @@ import torch
 from planted import recovered_fraction, write_planted_store
 from saekit.train import TrainRequest, TrainSettings, load_sae, parse_spec, train
 
+pytestmark = pytest.mark.slow  # trains three SAEs to convergence on a planted dictionary
+
 ATOMS, D, ACTIVE = 48, 32, 3
 SPECS = {
     "topk": "topk:k=3,latents=64",

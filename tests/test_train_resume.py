@@ -51,6 +51,7 @@ def outputs(out):
     return saes, metrics, {k: config[k] for k in ("run", "plan", "calibration")}
 
 
+@pytest.mark.slow  # kill -9 of `sae train` child processes at random points, then resumes
 def test_resume_after_kill_gives_the_uninterrupted_result(store, tmp_path, run_cli):
     reference = tmp_path / "reference"
     with count_events() as events:

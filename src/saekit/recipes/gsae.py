@@ -31,8 +31,7 @@ from saekit.recipes.figures import Line, bar_figure, line_figure, sweep_line
 from saekit.recipes.judge import PerKey, SteeringAt, steering_by_seed
 from saekit.recipes.results import Results, Series
 from saekit.recipes.tables import markdown_table, mean_range, percent
-from saekit.train import METRICS_FILE, modes, parse_spec, read_metrics
-from saekit.train.variants.gsae import DEFAULT_BETA_EFF
+from saekit.train import DEFAULT_BETA_EFF, METRICS_FILE, modes, parse_spec, read_metrics
 
 
 @dataclass(frozen=True)

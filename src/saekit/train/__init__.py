@@ -25,10 +25,12 @@ from saekit.train.sparse import Code, DenseCode, SparseCode
 from saekit.train.spec import SAESpec, parse_spec
 from saekit.train.trainer import Observer
 from saekit.train.variants import VARIANTS, modes
+from saekit.train.variants.gsae import DEFAULT_BETA_EFF
 from saekit.train.zipf import fit_zipf
 
 __all__ = [
     "CFG_FILE",
+    "DEFAULT_BETA_EFF",
     "METRICS_FILE",
     "SAE",
     "VARIANTS",
