@@ -186,6 +186,7 @@ def together(layered):
     return run(root, "together", SPECS.values())
 
 
+@pytest.mark.slow
 def test_every_shape_learns_the_planted_layered_model(layered, together):
     """The layered model is exactly what each shape can represent: each reaches a low NMSE on
     what it reconstructs, the skip transcoder far below the plain one (the target has a dense
@@ -205,6 +206,7 @@ def test_every_shape_learns_the_planted_layered_model(layered, together):
     assert float((best > 0.9).double().mean()) >= 0.8, best
 
 
+@pytest.mark.slow
 def test_several_shapes_in_one_run_equal_separate_runs_bit_for_bit(layered, together):
     root, _ = layered
     for kind in ("transcoder", "clt", "matryoshka"):
@@ -215,6 +217,7 @@ def test_several_shapes_in_one_run_equal_separate_runs_bit_for_bit(layered, toge
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), kind
 
 
+@pytest.mark.slow
 def test_a_saved_dictionary_loads_with_its_shape_and_folded_scales(layered, together):
     """The saved dictionary takes raw activations: on raw store rows its reconstruction error
     matches what training logged on scaled rows (NMSE does not depend on the scale)."""

@@ -27,6 +27,7 @@ torch.set_num_threads(1)
 import saekit.evaluate.online as online
 import saekit.lm.splice as splice
 from saekit.lm.model import load_model
+from saekit.train import Shape
 
 splice.CHUNK_TOKENS = 256  # so that the batches below span several chunks
 HOOK = "blocks.0.hook_resid_post"
@@ -40,7 +41,7 @@ model = load_model(sys.argv[1], torch.device("cpu"))
 contexts = torch.randint(0, 300, (32, {context}), generator=torch.Generator().manual_seed(0))
 identity = types.SimpleNamespace(
     hook=HOOK, label="identity", needs_gradients=False, batch_dependent=False,
-    reconstruct=lambda x, g: (None, x),
+    shape=Shape.single(HOOK, 32), reconstruct=lambda x, g: (None, x),
 )
 peaks = {{}}
 for batch in (8, 8, 16):  # the first run warms up
