@@ -1,8 +1,10 @@
-"""Saved SAEs: `RUN/saes/<name>/` with the input scaling folded in, plus a SAELens export.
+"""Saved dictionaries: `RUN/saes/<name>/` with the input scaling folded in, plus exports.
 
-    saes/<name>/sae.safetensors     the SAE's state dict (raw-activation space)
-    saes/<name>/cfg.json            `SAEConfig`: variant, hook, shapes, options, store, training
-    saes/<name>/saelens/            SAELens' on-disk layout: cfg.json + sae_weights.safetensors
+    saes/<name>/sae.safetensors     the dictionary's state dict (raw-activation space)
+    saes/<name>/cfg.json            `SAEConfig`: variant, hooks, shapes, options, store, training
+    saes/<name>/saelens/            SAELens' layout: cfg.json + sae_weights.safetensors
+    saes/<name>/circuit_tracer/     circuit-tracer's layout (transcoders, CLTs; see formats.py)
+    saes/<name>/exports.json        each format: written, or why it cannot represent it
 
 `load_sae(directory)` is the entry point for evaluation.
 """
@@ -19,6 +21,8 @@ from safetensors.torch import load_file
 
 from saekit.base.atomic import write_json, write_safetensors
 from saekit.base.errors import SaekitError
+from saekit.train import formats
+from saekit.train.clt import CrossLayerTranscoder
 from saekit.train.sae import SAE, Dictionary
 from saekit.train.sae_config import DAMAGED, SAE_FORMAT, SAEConfig
 from saekit.train.spec import ResolvedSpec, make_spec
@@ -27,6 +31,8 @@ WEIGHTS_FILE = "sae.safetensors"
 CFG_FILE = "cfg.json"
 SAELENS_DIR = "saelens"
 SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"
+CIRCUIT_TRACER_DIR = "circuit_tracer"
+EXPORTS_FILE = "exports.json"
 
 
 def save_sae(trained: Dictionary, directory: Path, cfg: SAEConfig) -> None:
@@ -40,8 +46,48 @@ def save_sae(trained: Dictionary, directory: Path, cfg: SAEConfig) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     write_safetensors(directory / WEIGHTS_FILE, sae.state_for_saving(), {"format": SAE_FORMAT})
     write_json(directory / CFG_FILE, dataclasses.asdict(cfg))
-    if isinstance(sae, SAE) and sae.shape.reconstructs_its_input and len(sae.shape.sources) == 1:
+    write_json(directory / EXPORTS_FILE, write_exports(sae, directory, cfg))
+
+
+def write_exports(sae: Dictionary, directory: Path, cfg: SAEConfig) -> dict[str, str]:
+    """Write the SAELens and circuit-tracer exports that represent the dictionary exactly;
+    return, per format, where it is or why it is not."""
+    exports = {}
+    for name, export in (("saelens", _saelens), ("circuit_tracer", _circuit_tracer)):
+        try:
+            exports[name] = export(sae, directory, cfg)
+        except formats.NotExportable as refusal:
+            exports[name] = f"not exported: {refusal}"
+    return exports
+
+
+def _saelens(sae: Dictionary, directory: Path, cfg: SAEConfig) -> str:
+    shape = sae.shape
+    if shape.cross_layer or len(shape.sources) > 1 or len(shape.targets) > 1:
+        raise formats.NotExportable("SAELens has no format for dictionaries of several hooks")
+    assert isinstance(sae, SAE)
+    if shape.reconstructs_its_input:
         export_saelens(sae, directory / SAELENS_DIR, cfg)
+    else:
+        saelens_cfg, tensors = formats.saelens_transcoder(sae, cfg)
+        (directory / SAELENS_DIR).mkdir(parents=True, exist_ok=True)
+        write_safetensors(directory / SAELENS_DIR / SAELENS_WEIGHTS_FILE, tensors)
+        write_json(directory / SAELENS_DIR / CFG_FILE, saelens_cfg)
+    return SAELENS_DIR
+
+
+def _circuit_tracer(sae: Dictionary, directory: Path, cfg: SAEConfig) -> str:
+    out = directory / CIRCUIT_TRACER_DIR
+    if isinstance(sae, CrossLayerTranscoder):
+        formats.write_circuit_tracer_clt(sae, cfg, out)
+        return CIRCUIT_TRACER_DIR
+    if sae.shape.reconstructs_its_input:
+        raise formats.NotExportable("circuit-tracer reads transcoders, not SAEs or crosscoders")
+    assert isinstance(sae, SAE)
+    layer, tensors = formats.circuit_tracer_transcoder(sae)
+    out.mkdir(parents=True, exist_ok=True)
+    write_safetensors(out / f"layer_{layer}.safetensors", tensors)
+    return f"{CIRCUIT_TRACER_DIR}/layer_{layer}.safetensors"
 
 
 def export_saelens(sae: SAE, directory: Path, cfg: SAEConfig) -> None:
@@ -58,6 +104,9 @@ def export_saelens(sae: SAE, directory: Path, cfg: SAEConfig) -> None:
         "context_size": cfg.store["identity"].get("context_size"),
         "saekit": {"name": cfg.name, "variant": cfg.variant, "options": cfg.options},
     }
+    widths = getattr(activation.options, "widths", None)
+    if widths is not None:  # a Matryoshka SAE: SAELens keeps unknown metadata as it is
+        metadata["matryoshka_widths"] = list(widths)
     saelens_cfg = {
         "architecture": activation.saelens_architecture,
         "d_in": sae.d_in,

@@ -11,6 +11,7 @@ keep; batch-dependent ones subclass `BatchSelection`, which adds learnt inferenc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
@@ -26,6 +27,24 @@ if TYPE_CHECKING:
     from saekit.train.sae import Dictionary
 
 Mode = Literal["train", "batch", "infer"]
+
+
+@dataclass(frozen=True)
+class InferenceForm:
+    """How a variant's inference-mode codes compute as a standard activation of the encoder,
+    for exports to other libraries: with h = row_scale ∘ (W_enc (x − b_in)) + bias,
+
+        relu:     f = ReLU(h)
+        jumprelu: f = ReLU(h) · 1[h > threshold]
+        topk:     f = ReLU(TopK_k(h))
+
+    (`row_scale` None: 1). Exporters fold b_in, the scale and the bias into their formats."""
+
+    kind: Literal["relu", "jumprelu", "topk"]
+    bias_F: Tensor
+    row_scale_F: Tensor | None = None
+    threshold_F: Tensor | None = None
+    k: int | None = None
 
 
 class Activation(nn.Module):
@@ -113,6 +132,10 @@ class Activation(nn.Module):
         """Architecture-specific keys of the SAELens cfg.json."""
         return {}
 
+    def inference_form(self, sae: Dictionary) -> InferenceForm:
+        """The inference mode as a standard activation (`InferenceForm`)."""
+        raise NotImplementedError
+
 
 class Selection(Activation):
     """Variants that keep selected entries of z and zero the rest (TopK, BatchTopK, FC, g-SAE).
@@ -163,6 +186,9 @@ class Selection(Activation):
     def loss_terms(self) -> list[losses.LossTerm]:
         return [losses.NormalisedMSE(), *self.options.aux_terms()]
 
+    def inference_form(self, sae: Dictionary) -> InferenceForm:
+        return InferenceForm("topk", sae.b_enc.detach(), k=self.options.k)
+
 
 class BatchSelection(Selection):
     """Variants whose selection depends on the whole batch (BatchTopK, Feature Choice).
@@ -209,3 +235,8 @@ class BatchSelection(Selection):
 
     def saelens_tensors(self, sae: Dictionary) -> dict[str, Tensor]:
         return {**super().saelens_tensors(sae), "threshold": self.threshold.value.expand(sae.d_sae)}
+
+    def inference_form(self, sae: Dictionary) -> InferenceForm:
+        """z · 1[z > θ] with θ > 0 (an EMA of positive values): a JumpReLU."""
+        threshold_F = self.threshold.value.expand(sae.d_sae).detach()
+        return InferenceForm("jumprelu", sae.b_enc.detach(), threshold_F=threshold_F)

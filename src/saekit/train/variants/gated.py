@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from saekit.train import losses
 from saekit.train.sae import Dictionary
 from saekit.train.sparse import Code, DenseCode
-from saekit.train.variants.base import Activation
+from saekit.train.variants.base import Activation, InferenceForm
 from saekit.train.variants.options import PenaltyOptions, SAEOptions, check
 from saekit.train.variants.registry import register
 
@@ -82,3 +82,10 @@ class Gated(Activation):
         tensors = super().saelens_tensors(sae)
         tensors["b_gate"] = tensors.pop("b_enc")
         return {**tensors, "r_mag": self.r_mag, "b_mag": self.b_mag}
+
+    def inference_form(self, sae: Dictionary) -> InferenceForm:
+        """A JumpReLU on the magnitude path h = exp(r_mag) ∘ W x' + b_mag: the gate opens when
+        W x' + b_gate > 0, i.e. when h > b_mag − exp(r_mag) ∘ b_gate."""
+        scale_F = self.r_mag.exp().detach()
+        threshold_F = self.b_mag.detach() - scale_F * sae.b_enc.detach()
+        return InferenceForm("jumprelu", self.b_mag.detach(), scale_F, threshold_F)

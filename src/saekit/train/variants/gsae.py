@@ -37,7 +37,7 @@ from saekit.train.sae import Dictionary
 from saekit.train.sparse import Code, SparseCode, SparsePattern
 from saekit.train.thresholds import WindowedEMA
 from saekit.train.variants import modes
-from saekit.train.variants.base import Mode
+from saekit.train.variants.base import InferenceForm, Mode
 from saekit.train.variants.options import SAEOptions, check
 from saekit.train.variants.registry import register
 from saekit.train.variants.topk import TopK, TopKOptions
@@ -174,6 +174,11 @@ class GradientTopK(TopK):
             median = pattern.take(sae.loss_sensitivity(gradients_BD)).median()
             self.beta.copy_(beta_for(self.options.beta_eff, median))
         return {"beta": float(self.beta)}
+
+    def inference_form(self, sae: Dictionary) -> InferenceForm:
+        """Plain mode: TopK of m ∘ z (the gains m folded into the rows and the bias)."""
+        gain_F = self.plain_gain().detach()
+        return InferenceForm("topk", sae.b_enc.detach() * gain_F, gain_F, k=self.options.k)
 
     def saelens_tensors(self, sae: Dictionary) -> dict[str, Tensor]:
         """TopK tensors computing plain mode: the gains folded into the encoder rows."""

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from saekit.train import losses
 from saekit.train.sae import Dictionary
 from saekit.train.sparse import Code, DenseCode
-from saekit.train.variants.base import Activation
+from saekit.train.variants.base import Activation, InferenceForm
 from saekit.train.variants.options import PenaltyOptions, SAEOptions, check
 from saekit.train.variants.registry import register
 
@@ -128,3 +128,8 @@ class JumpReLU(Activation):
 
     def saelens_tensors(self, sae: Dictionary) -> dict[str, Tensor]:
         return {**super().saelens_tensors(sae), "threshold": self.log_threshold.exp()}
+
+    def inference_form(self, sae: Dictionary) -> InferenceForm:
+        """z · 1[z > θ] with θ = exp(log θ) > 0."""
+        threshold_F = self.log_threshold.exp().detach()
+        return InferenceForm("jumprelu", sae.b_enc.detach(), threshold_F=threshold_F)

@@ -17,7 +17,7 @@ from torch import Tensor
 from saekit.train import losses
 from saekit.train.sae import Dictionary
 from saekit.train.sparse import Code, DenseCode
-from saekit.train.variants.base import Activation
+from saekit.train.variants.base import Activation, InferenceForm
 from saekit.train.variants.options import PenaltyOptions, SAEOptions, check
 from saekit.train.variants.registry import register
 
@@ -64,3 +64,6 @@ class ReLU(Activation):
     def loss_terms(self) -> list[losses.LossTerm]:
         penalty = losses.L1Penalty(self.options.l1, self.options.penalty_warmup)
         return [losses.SquaredError(), penalty]
+
+    def inference_form(self, sae: Dictionary) -> InferenceForm:
+        return InferenceForm("relu", sae.b_enc.detach())

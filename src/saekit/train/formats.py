@@ -1,0 +1,191 @@
+"""Saved dictionaries in other libraries' formats, where they represent it exactly.
+
+- SAELens (`saelens/`): SAEs (see `export.export_saelens`) and single transcoders: `transcoder`,
+  `skip_transcoder`, `jumprelu_transcoder`, `jumprelu_skip_transcoder` (cfg.json +
+  sae_weights.safetensors; input and output hooks in `metadata.hook_name` / `hook_name_out`,
+  weights unfolded: `model_from_pretrained_kwargs` turns TransformerLens' folding off).
+- circuit-tracer (`circuit_tracer/`): a per-layer transcoder as `layer_<L>.safetensors` (a set
+  of them, one per layer, is assembled by `sae export`), a cross-layer transcoder as a directory
+  `W_enc_<i>.safetensors`, `W_dec_<i>.safetensors` and `config.yaml`.
+
+Every format computes a ReLU or a JumpReLU of a linear encoder of the raw input; a dictionary
+whose inference is a per-token top-k has no such form and is refused, with the reason. The
+input's bias, the per-latent scales of the inference form and the thresholds are folded in.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from saekit.base.atomic import write_safetensors, write_text
+from saekit.train.clt import CrossLayerTranscoder
+from saekit.train.sae import SAE, Dictionary
+from saekit.train.sae_config import SAEConfig
+from saekit.train.variants.base import InferenceForm
+
+CIRCUIT_TRACER_CONFIG = "config.yaml"  # JSON, which YAML reads
+LAYER = re.compile(r"blocks\.(\d+)\.")
+
+
+class NotExportable(Exception):
+    """A format cannot represent a dictionary exactly; the message says why."""
+
+
+def layer_of(hook: str) -> int | None:
+    match = LAYER.match(hook)
+    return int(match.group(1)) if match else None
+
+
+def _raw_encoder(form: InferenceForm, W_enc_FD: Tensor, b_in_D: Tensor) -> tuple[Tensor, Tensor]:
+    """(rows, bias) of h = W x + b on the raw input, folding the form's scale and b_in."""
+    rows = W_enc_FD if form.row_scale_F is None else form.row_scale_F[:, None] * W_enc_FD
+    return rows.detach(), (form.bias_F - rows @ b_in_D).detach()
+
+
+def _threshold_form(sae: Dictionary, what: str) -> InferenceForm:
+    form = sae.activation.inference_form(sae)
+    if form.kind == "topk":
+        raise NotExportable(
+            f"{what} computes ReLU or JumpReLU codes, and a per-token top-k is neither (train a "
+            "batchtopk dictionary: its learnt threshold makes it a JumpReLU)"
+        )
+    return form
+
+
+# -- SAELens transcoders -----------------------------------------------------------------------
+
+
+def saelens_transcoder(sae: SAE, cfg: SAEConfig) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(cfg.json, tensors) of a transcoder in SAELens' layout."""
+    shape = sae.shape
+    if len(shape.sources) != 1 or len(shape.targets) != 1:
+        raise NotExportable("SAELens transcoders read one hook and write one")
+    form = _threshold_form(sae, "SAELens")
+    rows, bias = _raw_encoder(form, sae.W_enc, sae.b_in)
+    tensors = {"W_enc": rows.T, "b_enc": bias, "W_dec": sae.W_dec.T.detach(), "b_dec": sae.b_dec}
+    if shape.skip:
+        tensors["W_skip"] = sae.W_skip.detach()
+    if form.kind == "jumprelu":
+        tensors["threshold"] = form.threshold_F
+    architecture = ("jumprelu_" if form.kind == "jumprelu" else "") + (
+        "skip_transcoder" if shape.skip else "transcoder"
+    )
+    identity = cfg.store.get("identity", {})
+    saelens_cfg = {
+        "architecture": architecture,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "d_out": sae.d_out,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "model_name": identity.get("model"),
+            "hook_name": shape.source_hooks[0],
+            "hook_name_out": shape.target_hooks[0],
+            "model_from_pretrained_kwargs": {
+                "fold_ln": False,
+                "center_writing_weights": False,
+                "center_unembed": False,
+            },
+            "prepend_bos": True,
+            "context_size": identity.get("context_size"),
+            "sae_lens_version": "6.0.0",
+            "saekit": {"name": cfg.name, "variant": cfg.variant, "options": cfg.options},
+        },
+    }
+    return saelens_cfg, {name: t.detach().contiguous() for name, t in tensors.items()}
+
+
+# -- circuit-tracer -------------------------------------------------------------------------------
+
+
+def circuit_tracer_transcoder(sae: SAE) -> tuple[int, dict[str, Tensor]]:
+    """(layer, tensors of `layer_<layer>.safetensors`) of a per-layer transcoder."""
+    shape = sae.shape
+    source, target = shape.sources[0], shape.targets[-1]
+    layer = layer_of(target.hook)
+    if len(shape.sources) != 1 or len(shape.targets) != 1 or shape.reconstructs_its_input:
+        raise NotExportable("circuit-tracer's transcoders read one hook and predict another")
+    if layer is None or layer_of(source.hook) != layer or source.d != target.d:
+        raise NotExportable(
+            "circuit-tracer's per-layer transcoders read and write one layer's stream width"
+        )
+    form = _threshold_form(sae, "circuit-tracer")
+    rows, bias = _raw_encoder(form, sae.W_enc, sae.b_in)
+    tensors = {"W_enc": rows, "W_dec": sae.W_dec.T, "b_enc": bias, "b_dec": sae.b_dec}
+    if form.kind == "jumprelu":  # its JumpReLU has no ReLU: θ < 0 and θ = 0 code the same
+        tensors["activation_function.threshold"] = form.threshold_F.clamp_min(0)
+    if shape.skip:
+        tensors["W_skip"] = sae.W_skip
+    return layer, {name: t.detach().contiguous() for name, t in tensors.items()}
+
+
+def write_circuit_tracer_clt(sae: CrossLayerTranscoder, cfg: SAEConfig, directory: Path) -> None:
+    """A cross-layer transcoder in circuit-tracer's layout (source-major decoders, one bias per
+    target layer, thresholds clamped at 0)."""
+    shape = sae.shape
+    assert shape.layers is not None
+    if shape.layers[0] != 0:
+        raise NotExportable("circuit-tracer's cross-layer transcoders start at layer 0")
+    form = _threshold_form(sae, "circuit-tracer")
+    d, group, n_layers = sae.d, sae.group, sae.n_layers
+    directory.mkdir(parents=True, exist_ok=True)
+    for layer in range(n_layers):
+        latents = slice(layer * group, (layer + 1) * group)
+        layer_form = InferenceForm(
+            form.kind,
+            form.bias_F[latents],
+            None if form.row_scale_F is None else form.row_scale_F[latents],
+            None if form.threshold_F is None else form.threshold_F[latents],
+        )
+        rows, bias = _raw_encoder(
+            layer_form, sae.W_enc[layer], sae.b_in[layer * d : (layer + 1) * d]
+        )
+        encoder = {
+            f"W_enc_{layer}": rows,
+            f"b_enc_{layer}": bias,
+            f"b_dec_{layer}": sae.b_dec[layer * d : (layer + 1) * d].detach(),
+        }
+        if layer_form.threshold_F is not None:
+            encoder[f"threshold_{layer}"] = layer_form.threshold_F.clamp_min(0)
+        decoder = sae.W_dec[layer].detach().T.reshape(group, n_layers - layer, d)
+        write_safetensors(directory / f"W_enc_{layer}.safetensors", _contiguous(encoder))
+        write_safetensors(
+            directory / f"W_dec_{layer}.safetensors", {f"W_dec_{layer}": decoder.contiguous()}
+        )
+    options = cfg.options
+    config = {
+        "model_kind": "cross_layer_transcoder",
+        "model_name": cfg.store.get("identity", {}).get("model"),
+        "feature_input_hook": options.get("reads", "hook_resid_mid"),
+        "feature_output_hook": options.get("writes", "hook_mlp_out"),
+        "scan": cfg.name,
+    }
+    write_text(directory / CIRCUIT_TRACER_CONFIG, json.dumps(config, indent=2) + "\n")
+
+
+def transcoder_set_config(
+    model_name: str | None, input_hook: str, output_hook: str, scan: str, layers: list[int]
+) -> str:
+    """config.yaml of a set of per-layer transcoders (`layer_<i>.safetensors` beside it)."""
+    config = {
+        "model_kind": "transcoder_set",
+        "model_name": model_name,
+        "feature_input_hook": input_hook,
+        "feature_output_hook": output_hook,
+        "scan": scan,
+        "transcoders": [f"layer_{layer}.safetensors" for layer in layers],
+    }
+    return json.dumps(config, indent=2) + "\n"
+
+
+def _contiguous(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {name: t.contiguous() for name, t in tensors.items()}
