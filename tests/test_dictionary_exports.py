@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from helpers import assert_one_line_error
 from saekit.train import load_sae, parse_spec
 from saekit.train.export import save_sae
 from saekit.train.sae_config import SAEConfig
@@ -19,7 +20,7 @@ from saekit.train.sae_config import SAEConfig
 D = 8
 SRC, DST = "blocks.1.mlp.hook_in", "blocks.1.hook_mlp_out"
 SCALES = {SRC: 2.0, DST: 0.5, "blocks.0.hook_resid_mid": 3.0, "blocks.0.hook_mlp_out": 0.25}
-SCALES["blocks.1.hook_resid_mid"] = 1.5
+SCALES.update({"blocks.1.hook_resid_mid": 1.5, "blocks.0.mlp.hook_in": 1.25})
 
 
 def saved(tmp_path, text, seed=0):
@@ -145,3 +146,39 @@ def test_top_k_transcoders_are_not_exported_and_say_why(tmp_path, text):
     for name in ("saelens", "circuit_tracer"):
         assert exports[name].startswith("not exported:"), exports
         assert not (directory / name).exists() or not any((directory / name).iterdir())
+
+
+def test_sae_export_assembles_a_circuit_tracer_transcoder_set(tmp_path, run_cli):
+    layer1 = saved(tmp_path, f"relu:latents=16,hooks={SRC},target={DST}")[1]
+    layer0 = saved(
+        tmp_path, "relu:latents=16,hooks=blocks.0.mlp.hook_in,target=blocks.0.hook_mlp_out"
+    )[1]
+    out = tmp_path / "set"
+    assert_one_line_error(
+        run_cli("export", layer1, "--circuit-tracer", out), "layers [0] have none"
+    )
+    assert not out.exists()
+    result = run_cli("export", layer1, layer0, "--circuit-tracer", out)
+    assert result.exit_code == 0, result.stderr
+    config = json.loads((out / "config.yaml").read_text())
+    assert config["model_kind"] == "transcoder_set"
+    assert (config["feature_input_hook"], config["feature_output_hook"]) == (
+        "mlp.hook_in",
+        "hook_mlp_out",
+    )
+    assert config["transcoders"] == ["layer_0.safetensors", "layer_1.safetensors"]
+    for layer, directory in ((0, layer0), (1, layer1)):
+        copied = load_file(out / f"layer_{layer}.safetensors")
+        original = load_file(directory / "circuit_tracer" / f"layer_{layer}.safetensors")
+        assert all(torch.equal(copied[k], original[k]) for k in original)
+    unrelated = tmp_path / "notes"
+    unrelated.mkdir()
+    (unrelated / "thesis.txt").write_text("mine")
+    assert_one_line_error(
+        run_cli("export", layer1, layer0, "--circuit-tracer", unrelated), "is not a transcoder set"
+    )
+    assert [p.name for p in unrelated.iterdir()] == ["thesis.txt"]
+    sae_only = saved(tmp_path, "relu:latents=16")[1]
+    assert_one_line_error(
+        run_cli("export", sae_only, "--circuit-tracer", tmp_path / "x"), "no circuit-tracer"
+    )

@@ -7,6 +7,7 @@ Evaluation uses `load_sae(directory)`: the saved SAE (raw-activation space) with
 from saekit.train.checkpoint import run_finished
 from saekit.train.config import TrainSettings, load_config
 from saekit.train.export import CFG_FILE, load_sae
+from saekit.train.formats import export_transcoder_set, is_transcoder_set
 from saekit.train.layout import (
     recorded_store,
     run_of,
@@ -48,7 +49,9 @@ __all__ = [
     "TrainRequest",
     "TrainSettings",
     "concatenated",
+    "export_transcoder_set",
     "fit_zipf",
+    "is_transcoder_set",
     "load_config",
     "load_sae",
     "modes",

@@ -20,9 +20,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file
 from torch import Tensor
 
 from saekit.base.atomic import write_safetensors, write_text
+from saekit.base.errors import SaekitError
 from saekit.train.clt import CrossLayerTranscoder
 from saekit.train.sae import SAE, Dictionary
 from saekit.train.sae_config import SAEConfig
@@ -189,3 +191,67 @@ def transcoder_set_config(
 
 def _contiguous(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return {name: t.contiguous() for name, t in tensors.items()}
+
+
+def export_transcoder_set(sae_dirs: list[Path], out: Path) -> Path:
+    """Assemble saved per-layer transcoders into a circuit-tracer transcoder set in `out`
+    (`config.yaml` and `layer_<i>.safetensors` for every layer 0 .. max, all of one width and
+    the same hooks relative to their layer); refused in one line otherwise. Returns config.yaml.
+    """
+    by_layer: dict[int, tuple[Path, SAEConfig]] = {}
+    for sae_dir in sae_dirs:
+        cfg = SAEConfig.read(sae_dir / "cfg.json")
+        exports = (
+            json.loads((sae_dir / "exports.json").read_text())
+            if (sae_dir / "exports.json").is_file()
+            else {}
+        )
+        written = exports.get("circuit_tracer", "not exported: saved before exports.json")
+        if not written.endswith(".safetensors"):
+            raise SaekitError(f"{sae_dir} is no circuit-tracer per-layer transcoder ({written})")
+        layer = layer_of(cfg.targets[0])
+        if layer in by_layer:
+            raise SaekitError(
+                f"two transcoders write layer {layer}: {by_layer[layer][0]} and {sae_dir}"
+            )
+        by_layer[layer] = (sae_dir / written, cfg)
+    missing = sorted(set(range(max(by_layer) + 1)) - set(by_layer))
+    if missing:
+        raise SaekitError(
+            f"circuit-tracer needs a transcoder for every layer from 0; layers {missing} have none"
+        )
+    hooks = {_relative_hooks(cfg) for _, cfg in by_layer.values()}
+    widths = {cfg.d_sae for _, cfg in by_layer.values()}
+    if len(hooks) > 1 or len(widths) > 1:
+        raise SaekitError(
+            "the transcoders of a set must read and write the same hooks of their layers and "
+            "have one number of latents"
+        )
+    ((input_hook, output_hook),) = hooks
+    first = by_layer[0][1]
+    out.mkdir(parents=True, exist_ok=True)
+    for layer, (path, _) in sorted(by_layer.items()):
+        write_safetensors(out / f"layer_{layer}.safetensors", load_file(path))
+    config = transcoder_set_config(
+        first.store.get("identity", {}).get("model"),
+        input_hook,
+        output_hook,
+        first.name,
+        sorted(by_layer),
+    )
+    write_text(out / CIRCUIT_TRACER_CONFIG, config)
+    return out / CIRCUIT_TRACER_CONFIG
+
+
+def is_transcoder_set(directory: Path) -> bool:
+    """Whether `directory` holds a transcoder set `export_transcoder_set` wrote."""
+    try:
+        config = json.loads((directory / CIRCUIT_TRACER_CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("model_kind") == "transcoder_set"
+
+
+def _relative_hooks(cfg: SAEConfig) -> tuple[str, str]:
+    """The input and output hooks relative to their block (`mlp.hook_in`, `hook_mlp_out`)."""
+    return tuple(LAYER.sub("", hook, count=1) for hook in (cfg.sources[0], cfg.targets[0]))
