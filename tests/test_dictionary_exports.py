@@ -13,44 +13,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from helpers import assert_one_line_error
-from saekit.train import load_sae, parse_spec
-from saekit.train.export import save_sae
-from saekit.train.sae_config import SAEConfig
+from train_helpers import EXPORT_SOURCE, EXPORT_TARGET, raw_inputs, saved
 
 D = 8
-SRC, DST = "blocks.1.mlp.hook_in", "blocks.1.hook_mlp_out"
-SCALES = {SRC: 2.0, DST: 0.5, "blocks.0.hook_resid_mid": 3.0, "blocks.0.hook_mlp_out": 0.25}
-SCALES.update({"blocks.1.hook_resid_mid": 1.5, "blocks.0.mlp.hook_in": 1.25})
-
-
-def saved(tmp_path, text, seed=0):
-    """A dictionary of spec `text` with random weights, trained one step (so learnt thresholds
-    exist), saved as `sae train` saves it (scales folded in); the loaded copy."""
-    spec = parse_spec(text).resolve(D)
-    widths = {hook: D for hook in SCALES}
-    shape = spec.shape(widths, SRC)
-    sae = spec.build(shape)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in sae.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    x = torch.randn(64, shape.d_in, generator=generator)
-    sae.training_forward(x, None, torch.randn(64, shape.d_out, generator=generator))
-    cfg = SAEConfig(
-        name=spec.name, variant=spec.variant, hook=shape.source_hooks[0], d_in=shape.d_in,
-        d_sae=sae.d_sae, k=getattr(spec.options, "k", None), options=spec.options_dict(),
-        calibration={}, input_scale=SCALES[shape.source_hooks[0]],
-        store={"identity": {"model": "gpt2", "context_size": 128}}, training={},
-        shape=None if shape.reconstructs_its_input and len(shape.sources) == 1 else shape.to_json(),
-        input_scales={hook: SCALES[hook] for hook in shape.hooks},
-    )  # fmt: skip
-    directory = tmp_path / spec.name
-    save_sae(sae, directory, cfg)
-    return load_sae(directory), directory
-
-
-def raw_inputs(sae, seed=1):
-    return torch.randn(32, sae.d_in, generator=torch.Generator().manual_seed(seed)) * 3
+SRC, DST = EXPORT_SOURCE, EXPORT_TARGET
 
 
 def jumprelu_or_relu(h, threshold):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from saekit.train import load_sae
+from saekit.train.export import save_sae
 from saekit.train.losses import StepContext
 from saekit.train.sae import SAE
+from saekit.train.sae_config import SAEConfig
 from saekit.train.spec import parse_spec
 from saekit.train.usage import LatentUsage
 
@@ -50,3 +53,49 @@ def loss_term(sae: SAE, name: str):
     """The loss term of `sae` called `name`."""
     (term,) = [t for t in sae.activation.loss_terms() if t.name == name]
     return term
+
+
+EXPORT_WIDTH = 8
+EXPORT_SOURCE, EXPORT_TARGET = "blocks.1.mlp.hook_in", "blocks.1.hook_mlp_out"
+# the scale each hook was trained at: every fold of an export is exercised
+EXPORT_SCALES = {
+    EXPORT_SOURCE: 2.0,
+    EXPORT_TARGET: 0.5,
+    "blocks.0.mlp.hook_in": 1.25,
+    "blocks.0.hook_resid_mid": 3.0,
+    "blocks.0.hook_mlp_out": 0.25,
+    "blocks.1.hook_resid_mid": 1.5,
+}
+
+
+# -- dictionaries saved as `sae train` saves them, for the export tests ----------------------
+
+
+def saved(tmp_path, text, seed=0):
+    """A dictionary of spec `text` with random weights, trained one step (so learnt thresholds
+    exist), saved as `sae train` saves it (scales folded in); the loaded copy."""
+    spec = parse_spec(text).resolve(EXPORT_WIDTH)
+    widths = {hook: EXPORT_WIDTH for hook in EXPORT_SCALES}
+    shape = spec.shape(widths, EXPORT_SOURCE)
+    sae = spec.build(shape)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in sae.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    x = torch.randn(64, shape.d_in, generator=generator)
+    sae.training_forward(x, None, torch.randn(64, shape.d_out, generator=generator))
+    cfg = SAEConfig(
+        name=spec.name, variant=spec.variant, hook=shape.source_hooks[0], d_in=shape.d_in,
+        d_sae=sae.d_sae, k=getattr(spec.options, "k", None), options=spec.options_dict(),
+        calibration={}, input_scale=EXPORT_SCALES[shape.source_hooks[0]],
+        store={"identity": {"model": "gpt2", "context_size": 128}}, training={},
+        shape=None if shape.reconstructs_its_input and len(shape.sources) == 1 else shape.to_json(),
+        input_scales={hook: EXPORT_SCALES[hook] for hook in shape.hooks},
+    )  # fmt: skip
+    directory = tmp_path / spec.name
+    save_sae(sae, directory, cfg)
+    return load_sae(directory), directory
+
+
+def raw_inputs(sae, seed=1):
+    return torch.randn(32, sae.d_in, generator=torch.Generator().manual_seed(seed)) * 3
