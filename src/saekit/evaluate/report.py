@@ -95,6 +95,7 @@ def markdown(report: dict) -> str:
             f"| {_number(on.get('loss_added'))} | {_number(on.get('ce_recovered_zero'))} "
             f"| {_number(on.get('ce_recovered_mean'))} | {_number(on.get('kl'))} |"
         )
+    lines += _shape_sections(report["rows"])
     steered = list({row["name"]: row for row in report["rows"] if row.get("steering")}.values())
     if steered:
         lines += [
@@ -127,6 +128,45 @@ def markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _shape_sections(rows: list[dict]) -> list[str]:
+    """Tables for dictionaries of several targets (each target's reconstruction), cross-layer
+    transcoders (active latents per layer) and Matryoshka SAEs (each prefix's NMSE)."""
+    lines = []
+    per_hook = [row for row in rows if row["offline"].get("per_hook")]
+    if per_hook:
+        lines += [
+            "",
+            "## Each target hook",
+            "",
+            "| SAE [mode] | target hook | NMSE | var. expl. | γ | cos |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for row in per_hook:
+            for hook, m in row["offline"]["per_hook"].items():
+                lines.append(
+                    f"| {row['label']} | {hook} | {_number(m['nmse'])} "
+                    f"| {_number(m['variance_explained'])} "
+                    f"| {_number(m['relative_reconstruction_bias'])} | {_number(m['cosine'])} |"
+                )
+    layered = [row for row in rows if row["offline"].get("l0_per_layer")]
+    if layered:
+        lines += ["", "## Active latents per layer (cross-layer transcoders)", ""]
+        lines += [
+            f"- {row['label']}: L0 {_number(row['offline']['l0'], 3)} = "
+            + " + ".join(_number(v, 3) for v in row["offline"]["l0_per_layer"])
+            for row in layered
+        ]
+    nested = [row for row in rows if row["offline"].get("prefix_nmse")]
+    if nested:
+        lines += ["", "## Matryoshka prefixes (NMSE of the first w latents alone)", ""]
+        lines += [
+            f"- {row['label']}: "
+            + ", ".join(f"w {w}: {_number(v)}" for w, v in row["offline"]["prefix_nmse"].items())
+            for row in nested
+        ]
+    return lines
 
 
 def _label_points(axes, points: list[tuple[float, float, str]]) -> None:
