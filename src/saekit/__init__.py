@@ -6,8 +6,10 @@ docs/algorithms.md. Tensor names end in their shape, one capital per dimension (
 
     B  batch: rows (tokens) of an SAE batch; sequences of an LM batch when T follows
     C  contexts: whole token sequences outside an LM batch
-    D  activation width d at a hook (d_in)
+    D  a dictionary's input width: d at a hook (d_in), or its source hooks' together
+    E  a dictionary's output width: its target hooks' together (d_out; D for an SAE)
     F  latents (d_sae)
+    G  the layers (latent groups) of a cross-layer transcoder
     H  histogram bins
     K  a fixed number kept per row (TopK's k, AuxK's k_aux, a dashboard's kept entries)
     L  a list of chosen latents (a sample or chunk of the F)

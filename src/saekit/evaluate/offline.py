@@ -129,9 +129,9 @@ class TargetStats:
             for (hook, y_hook), y_hat_hook in pairs:
                 self.per_hook[hook].update(y_hook, y_hat_hook, f_BF)
         if self.target.shape.cross_layer:
-            active_BLF = (f_BF != 0).view(len(f_BF), len(self.target.shape.layers), -1)
-            counts_L = active_BLF.sum(dim=(0, 2)).double().cpu()
-            self.layer_l0 = counts_L if self.layer_l0 is None else self.layer_l0 + counts_L
+            active_BGF = (f_BF != 0).view(len(f_BF), len(self.target.shape.layers), -1)
+            counts_G = active_BGF.sum(dim=(0, 2)).double().cpu()
+            self.layer_l0 = counts_G if self.layer_l0 is None else self.layer_l0 + counts_G
         for width, stats in self.prefixes.items():
             kept_F = torch.arange(f_BF.shape[1], device=f_BF.device) < width
             stats.update(y_BE, self.target.sae.output(x_BD, f_BF * kept_F), f_BF * kept_F)

@@ -59,8 +59,8 @@ class CrossLayerTranscoder(Dictionary):
         return x_BD - self.b_in
 
     def encoder_product(self, x_cent_BD: Tensor) -> Tensor:
-        x_BLD = x_cent_BD.view(len(x_cent_BD), self.n_layers, self.d)
-        return torch.einsum("bld,lfd->blf", x_BLD, self.W_enc).reshape(len(x_cent_BD), -1)
+        x_BGD = x_cent_BD.view(len(x_cent_BD), self.n_layers, self.d)
+        return torch.einsum("bgd,gfd->bgf", x_BGD, self.W_enc).reshape(len(x_cent_BD), -1)
 
     def pre_activations_centred(self, x_cent_BD: Tensor) -> Tensor:
         return self.encoder_product(x_cent_BD) + self.b_enc
@@ -151,9 +151,9 @@ class CrossLayerTranscoder(Dictionary):
         """k per layer: each layer's latents keep their k largest entries, so a layer's codes
         depend only on its own input (the replacement model computes them layer by layer)."""
         n_rows = len(key_BF)
-        local_BLK = key_BF.view(n_rows, self.n_layers, self.group).topk(k, dim=2, sorted=False)
-        offsets_L1 = torch.arange(self.n_layers, device=key_BF.device)[:, None] * self.group
-        indices_BK = (local_BLK.indices + offsets_L1).reshape(n_rows, -1)
+        local_BGK = key_BF.view(n_rows, self.n_layers, self.group).topk(k, dim=2, sorted=False)
+        offsets_G1 = torch.arange(self.n_layers, device=key_BF.device)[:, None] * self.group
+        indices_BK = (local_BGK.indices + offsets_G1).reshape(n_rows, -1)
         return SparsePattern.from_row_indices(indices_BK, self.d_sae)
 
     # -- initialisation and scales -----------------------------------------------------------------
