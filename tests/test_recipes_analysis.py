@@ -97,3 +97,74 @@ def test_per_key_pairs_rows_of_equal_sweep_value_and_borrows_spread():
     assert four.claimed == [0.1, 0.12] and four.spread == pytest.approx(0.03)
     assert eight.claimed == [0.2] and eight.spread == pytest.approx(0.03), "borrowed"
     assert eight.margin == pytest.approx(0.05) and eight.verdict == HOLDS
+
+
+def test_a_parity_claim_allows_the_claimed_arm_its_slack_and_no_more():
+    within = Point("k 8", [0.104, 0.106], [0.100, 0.101], higher_is_better=False, slack=0.0101)
+    # margin −0.0045, spread 0.002: worse than the other arm, but by less than the slack
+    assert within.verdict == HOLDS
+    beyond = Point("k 8", [0.130, 0.131], [0.100, 0.101], higher_is_better=False, slack=0.0101)
+    assert beyond.verdict == FAILS, "0.03 worse is beyond a 0.01 slack plus the seeds' 0.001"
+    strict = Point("k 8", [0.104, 0.106], [0.100, 0.101], higher_is_better=False)
+    assert strict.verdict == FAILS, "without the slack the same numbers do not hold"
+
+
+def matryoshka_row(seed, prefixes, latents=64):
+    return Row(
+        {
+            "name": "matryoshka",
+            "variant": "matryoshka",
+            "mode": "inference",
+            "seed": seed,
+            "options": {"k": 4, "latents": latents},
+            "offline": {"l0": 4, "nmse": prefixes[str(latents)], "prefix_nmse": prefixes},
+            "online": {},
+        }
+    )
+
+
+def alone_row(seed, latents, nmse):
+    return Row(
+        {
+            "name": f"batchtopk-{latents}",
+            "variant": "batchtopk",
+            "mode": "inference",
+            "seed": seed,
+            "options": {"k": 4, "latents": latents},
+            "offline": {"l0": 4, "nmse": nmse},
+            "online": {},
+        }
+    )
+
+
+def test_prefixes_are_judged_against_the_sae_of_their_width_trained_alone():
+    from saekit.recipes.judge import PrefixVsAlone, Within
+
+    results = Results(
+        [
+            matryoshka_row(0, {"16": 0.50, "32": 0.30, "64": 0.20}),
+            matryoshka_row(1, {"16": 0.52, "32": 0.30, "64": 0.21}),
+        ]
+        + [alone_row(s, 16, 0.40 + s / 100) for s in (0, 1)]
+        + [alone_row(s, 32, 0.29) for s in (0, 1)]
+        + [alone_row(s, 64, 0.20) for s in (0, 1)]
+    )
+    nested = Series("M", "matryoshka", "inference", {})
+    alone = Series("B", "batchtopk", "inference", {})
+    first, second = Within(PrefixVsAlone(), 0.10).points(results, nested, alone, "nmse")
+    assert first.where == "16 latents" and first.claimed == [0.50, 0.52]
+    assert first.other == pytest.approx([0.40, 0.41]) and first.slack == pytest.approx(0.0405)
+    assert first.verdict == FAILS, "0.105 worse, beyond 10 % of 0.405 and the seeds' 0.02"
+    assert second.where == "32 latents" and second.claimed == [0.30, 0.30]
+    assert second.verdict == HOLDS, "0.01 worse, within 10 % of 0.29"
+    # the full dictionary is not a prefix: a claim of its own compares it
+
+
+def test_rows_without_shape_keys_match_the_default_shape():
+    sae = Row({"variant": "topk", "mode": "inference", "options": {"k": 8}})
+    transcoder = Row(
+        {"variant": "topk", "mode": "inference", "options": {"k": 8, "target": "b.out"}}
+    )
+    assert sae.matches("topk", None, {"target": None, "skip": False})
+    assert not transcoder.matches("topk", None, {"target": None})
+    assert transcoder.matches("topk", None, {"target": "b.out", "skip": False})

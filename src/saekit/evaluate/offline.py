@@ -146,7 +146,9 @@ class TargetStats:
         if self.layer_l0 is not None:
             result["l0_per_layer"] = (self.layer_l0 / max(self.whole.tokens, 1)).tolist()
         if self.prefixes:
-            result["prefix_nmse"] = {str(w): s.result()["nmse"] for w, s in self.prefixes.items()}
+            prefixes = {str(w): s.result() for w, s in self.prefixes.items()}
+            result["prefix_nmse"] = {w: r["nmse"] for w, r in prefixes.items()}
+            result["prefix_l0"] = {w: r["l0"] for w, r in prefixes.items()}
         return result
 
 

@@ -84,7 +84,7 @@ def zipf_law(inputs: StageInputs, k: int) -> Mapping[str, Any]:
     sae = load_sae(inputs.trained[parse_spec(topk_spec).resolve(inputs.scope.d_in).name])
     loader = ShuffledLoader(
         inputs.store,
-        hook=inputs.hook,
+        hook=inputs.scope.hook,
         fields=("activations",),
         batch_size=FIT_ROWS,
         seed=inputs.seed,

@@ -7,6 +7,8 @@ range of either arm's values across seeds. A point:
 - holds when margin > spread,
 - does not hold when margin < −spread,
 - is inconclusive otherwise (the difference is within seed noise).
+A parity claim ("about as well as") gives each point a *slack*, how much worse the claimed arm may
+be: the point holds when margin + slack > spread and does not hold when margin + slack < −spread.
 A point measured with one seed borrows the spread of the claim's repeated-seed points. A claim
 over several points (the papers claim "at equal L0", i.e. at every L0) does not hold if any point
 does not hold, holds if every point holds, and is inconclusive otherwise.
@@ -31,6 +33,7 @@ class Point:
     other: list[float]
     higher_is_better: bool
     borrowed_spread: float | None = None  # for single-seed points
+    slack: float = 0.0  # a parity claim: how much worse the claimed arm may be
 
     @property
     def margin(self) -> float:
@@ -45,9 +48,9 @@ class Point:
 
     @property
     def verdict(self) -> str:
-        if self.margin > self.spread:
+        if self.margin + self.slack > self.spread:
             return HOLDS
-        if self.margin < -self.spread:
+        if self.margin + self.slack < -self.spread:
             return FAILS
         return INCONCLUSIVE
 
@@ -59,6 +62,7 @@ class Point:
             "higher_is_better": self.higher_is_better,
             "margin": self.margin,
             "spread": self.spread,
+            "slack": self.slack,
             "verdict": self.verdict,
         }
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from saekit.lm import ModelShape
-from saekit.recipes.declarations import Recipe, StageInputs
-from saekit.recipes.presets import Preset
+from saekit.recipes.declarations import Recipe, Scope, StageInputs
 from saekit.train import VARIANTS, parse_spec
 
 ASSUMED_TFLOPS = 20.0  # sustained float32/TF32 rate of an A100-class GPU on these products
@@ -43,17 +42,17 @@ class Estimate:
         return f"{flops / (ASSUMED_TFLOPS * 1e12) / 3600:.1f}"
 
 
-def estimate(
-    recipes: list[Recipe], preset: Preset, d_in: int, model: ModelShape, harvesting: bool
-) -> Estimate:
-    """FLOPs of harvesting (if needed), training every stage of every seed, and evaluating
-    (every SAE spliced in each of its modes, and the steering sweeps)."""
+def estimate(recipes: list[tuple[Recipe, Scope]], model: ModelShape, harvesting: bool) -> Estimate:
+    """FLOPs of harvesting (if needed; a backward pass too where a recipe reads gradients),
+    training every stage of every seed of each recipe at its scope, and evaluating (every SAE
+    spliced in each of its modes, and the steering sweeps)."""
+    preset = recipes[0][1].preset
     lm_token = model.forward_flops_per_token(preset.context_size)
     steps = preset.train_tokens // preset.batch_size
     train = evaluate = 0.0
     saes = 0
-    for recipe in recipes:
-        scope = recipe.scope(preset, d_in)
+    for recipe, scope in recipes:
+        d_in = scope.d_in
         steer_per_sae = (
             preset.steering_latents
             * max(len(recipe.steering_alphas(scope)), 1)
@@ -73,5 +72,6 @@ def estimate(
                     if recipe.steers(scope, resolved.variant, resolved.options_dict()):
                         evaluate += steer_per_sae
                     saes += 1
-    harvest = BACKWARD_FACTOR * lm_token * preset.harvest_tokens if harvesting else 0.0
+    passes = BACKWARD_FACTOR if any(recipe.needs_gradients for recipe, _ in recipes) else 1
+    harvest = passes * lm_token * preset.harvest_tokens if harvesting else 0.0
     return Estimate(harvest, train, evaluate, saes)

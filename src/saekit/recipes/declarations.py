@@ -30,12 +30,19 @@ def spec(variant: str, **keys: Any) -> str:
 
 @dataclass(frozen=True)
 class Scope:
-    """What a recipe's declarations depend on: the preset, the recipe's grid at that preset and
-    the width of the hook's activations."""
+    """What a recipe's declarations depend on: the preset, the recipe's grid at that preset, the
+    width of the activations it reads and the hooks it trains on (the main one first: the hook
+    of its runs)."""
 
     preset: Preset
     grid: Any
     d_in: int
+    hooks: tuple[str, ...]
+
+    @property
+    def hook(self) -> str:
+        """The hook an SAE without shape keys reads."""
+        return self.hooks[0]
 
     @property
     def width(self) -> int:
@@ -78,7 +85,6 @@ class StageInputs:
     seed: int
     trained: Mapping[str, Path] | None = None
     store: ActivationStore | None = None
-    hook: str | None = None
 
 
 Derive = Callable[[StageInputs, Any], Mapping[str, Any]]  # (inputs, swept value) -> options
@@ -201,6 +207,11 @@ SectionFunction = Callable[[Results, View], Section | None]
 # -- the recipe -----------------------------------------------------------------------------------
 
 
+def residual_stream(layer: int) -> tuple[str, ...]:
+    """The hooks of a recipe on the residual stream: the stream after block `layer`."""
+    return (f"blocks.{layer}.hook_resid_post",)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A paper's headline comparison, declared: its sweep, the SAEs it steers, its claims and
@@ -214,6 +225,7 @@ class Recipe:
     claims: Callable[[Scope], list[ClaimSpec]]
     sections: tuple[SectionFunction, ...]
     steered: Callable[[Scope], list[Series]] = lambda scope: []
+    hooks: Callable[[int], tuple[str, ...]] = residual_stream  # layer -> hooks, main first
     needs_gradients: bool = False
     diagnostic_modes: bool = False  # also evaluate SAEs in the modes that only explain a result
 
@@ -223,8 +235,8 @@ class Recipe:
             return preset.grids[self.name]
         return self.grids[preset.name]
 
-    def scope(self, preset: Preset, d_in: int) -> Scope:
-        return Scope(preset, self.grid(preset), d_in)
+    def scope(self, preset: Preset, d_in: int, hooks: tuple[str, ...]) -> Scope:
+        return Scope(preset, self.grid(preset), d_in, hooks)
 
     def steers(self, scope: Scope, variant: str, options: Mapping[str, Any]) -> bool:
         """Whether the SAE with these options gets the steering sweep."""

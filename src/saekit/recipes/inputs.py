@@ -1,9 +1,10 @@
 """What `sae recipe` was asked for, checked before anything is written: the recipes, the preset,
-the store (or the harvest that makes it), the LM's shape and the hook."""
+the store (or the harvest that makes it), the LM's shape and each recipe's hooks."""
 
 from __future__ import annotations
 
-import re
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from saekit.evaluate import check_holdout
 from saekit.harvest import HarvestConfig
 from saekit.lm import ModelShape
 from saekit.recipes.catalog import RECIPES
-from saekit.recipes.declarations import Recipe
+from saekit.recipes.declarations import Recipe, Scope, residual_stream
 from saekit.recipes.presets import PRESETS, Preset
 from saekit.recipes.workspace import Workspace
 
@@ -36,18 +37,35 @@ class RecipeRequest:
 
 @dataclass(frozen=True)
 class Inputs:
-    """A checked request: the store (None while it is still to be harvested), the model's shape
-    and the hook."""
+    """A checked request: the store (None while it is still to be harvested), the model's shape,
+    the preset's residual hook (what recipe.json records) and each recipe's hooks."""
 
     recipes: list[Recipe]
     preset: Preset
     store: ActivationStore | None
     model: ModelShape
     hook: str
+    hooks: Mapping[str, tuple[str, ...]]  # recipe name -> the hooks it trains on, main first
+
+    def scope(self, recipe: Recipe) -> Scope:
+        """The recipe's scope: its grid at the preset, its hooks and their width."""
+        layer = self.preset.layer_for(self.model.n_layers)
+        hooks = self.hooks.get(recipe.name) or recipe.hooks(layer)
+        known = self.store is not None and hooks[0] in self.store.spec.hooks
+        d_in = self.store.spec.hooks[hooks[0]].d if known else self.model.d_model
+        return recipe.scope(self.preset, d_in, hooks)
 
     @property
-    def d_in(self) -> int:
-        return self.store.spec.hooks[self.hook].d if self.store is not None else self.model.d_model
+    def harvested_hooks(self) -> tuple[str, ...]:
+        """Every hook of the chosen recipes, each once."""
+        return tuple(dict.fromkeys(h for r in self.recipes for h in self.hooks[r.name]))
+
+    @property
+    def gradient_hooks(self) -> tuple[str, ...]:
+        """The hooks of the recipes that read loss gradients."""
+        return tuple(
+            dict.fromkeys(h for r in self.recipes if r.needs_gradients for h in self.hooks[r.name])
+        )
 
 
 def resolve_recipes(names: tuple[str, ...]) -> list[Recipe]:
@@ -73,7 +91,7 @@ def resolve_preset(preset: str | Preset) -> Preset:
 
 
 def check_inputs(request: RecipeRequest) -> Inputs:
-    """The request's recipes, preset, store, model and hook, all checked."""
+    """The request's recipes, preset, store, model and hooks, all checked."""
     recipes = resolve_recipes(request.recipes)
     preset = resolve_preset(request.preset)
     workspace = Workspace(request.out)
@@ -89,7 +107,10 @@ def check_inputs(request: RecipeRequest) -> Inputs:
     if not model_name:
         raise SaekitError("give the LM with --model (the store names none)")
     model = ModelShape.read(model_name)
-    hook = _hook(preset, model, store, location)
+    _check_layer(preset, model)
+    hooks = {r.name: _recipe_hooks(r, preset, model, store, location) for r in recipes}
+    layer = preset.layer_for(model.n_layers)
+    residual = _any_single_hook(residual_stream(layer), preset, store)
     if preset.context_size > model.n_ctx and store is None:
         raise SaekitError(
             f"preset {preset.name} uses contexts of {preset.context_size} tokens but model "
@@ -97,42 +118,63 @@ def check_inputs(request: RecipeRequest) -> Inputs:
         )
     if store is None and not request.dataset:
         raise SaekitError("give --dataset to harvest from, or an existing store with --store")
+    inputs = Inputs(recipes, preset, store, model, residual[0], hooks)
     if store is not None:
         check_holdout(store)
-        if any(r.needs_gradients for r in recipes) and store.complete:
-            store.require_gradients(hook)
+        if store.complete:
+            for hook in inputs.gradient_hooks:
+                store.require_gradients(hook)
     complete = store if store is not None and store.complete else None
-    return Inputs(recipes, preset, complete, model, hook)
+    return dataclasses.replace(inputs, store=complete)
 
 
-def _hook(
-    preset: Preset, model: ModelShape, store: ActivationStore | None, location: str | None
-) -> str:
-    """The preset's hook (the middle layer's residual stream for `small`), checked."""
-    hook = preset.hook_for(model.n_layers)
-    layer = re.match(r"blocks\.(\d+)\.", hook)
-    if layer and int(layer.group(1)) >= model.n_layers:
+def _check_layer(preset: Preset, model: ModelShape) -> None:
+    if preset.layer_for(model.n_layers) >= model.n_layers:
         raise SaekitError(
-            f"preset {preset.name} needs {hook}, but model {model.name} has only "
-            f"{model.n_layers} layers; use --preset small or the paper's model"
+            f"preset {preset.name} needs {preset.hook_for(model.n_layers)}, but model "
+            f"{model.name} has only {model.n_layers} layers; use --preset small or the paper's "
+            "model"
         )
-    if store is not None and hook not in store.spec.hooks:
-        if preset.hook is None and len(store.hooks) == 1:
-            return store.hooks[0]  # small preset: any single hook of a given store
+
+
+def _recipe_hooks(
+    recipe: Recipe,
+    preset: Preset,
+    model: ModelShape,
+    store: ActivationStore | None,
+    location: str | None,
+) -> tuple[str, ...]:
+    """The hooks the recipe trains on at the preset's layer, checked against a given store."""
+    hooks = _any_single_hook(recipe.hooks(preset.layer_for(model.n_layers)), preset, store)
+    missing = [hook for hook in hooks if store is not None and hook not in store.spec.hooks]
+    if missing:
+        assert store is not None
         raise SaekitError(
-            f"store {location} has no hook {hook}, which preset {preset.name} needs (it has "
-            f"{', '.join(store.hooks)}); harvest that hook or choose another store"
+            f"store {location} has no hook {', '.join(missing)}, which recipe {recipe.name} "
+            f"needs at preset {preset.name} (it has {', '.join(store.hooks)}); harvest "
+            f"{'those hooks' if len(missing) > 1 else 'that hook'} or choose another store"
         )
-    return hook
+    return hooks
+
+
+def _any_single_hook(
+    hooks: tuple[str, ...], preset: Preset, store: ActivationStore | None
+) -> tuple[str, ...]:
+    """At the `small` preset a one-hook recipe reads the only hook of a one-hook store."""
+    if store is not None and preset.hook is None and len(hooks) == 1 and len(store.hooks) == 1:
+        return (store.hooks[0],)
+    return hooks
 
 
 def harvest_config(request: RecipeRequest, inputs: Inputs) -> HarvestConfig:
-    """The harvest that makes DIR's store at the preset's scale."""
+    """The harvest that makes DIR's store at the preset's scale: every recipe's hooks, loss
+    gradients at those of the recipes that read them."""
     preset = inputs.preset
     return HarvestConfig(
         model=inputs.model.name,
         dataset=request.dataset or "",
-        hooks=(inputs.hook,),
+        hooks=inputs.harvested_hooks,
+        gradients=inputs.gradient_hooks,
         out=str(Workspace(request.out).store),
         tokens=preset.harvest_tokens,
         holdout_tokens=preset.holdout_tokens,

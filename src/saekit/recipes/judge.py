@@ -3,6 +3,7 @@ judged on the evaluated rows."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from saekit.recipes.claims import FAILS, HOLDS, Claim, Point
@@ -10,6 +11,7 @@ from saekit.recipes.compare import (
     GRID_POINTS,
     at_matched_l0,
     borrow_spread,
+    common_seeds,
     l0_ratio_at_matched_metric,
     per_key,
     shared_l0_range,
@@ -81,6 +83,49 @@ class SteeringAt(Comparison):
             )
             for alpha in alphas
         ]
+        return borrow_spread(points)
+
+
+@dataclass(frozen=True)
+class Within(Comparison):
+    """A parity claim ("about as well as"): the points of `at`, where the claimed arm may be
+    worse than the other by `relative` of the other's mean (0.05: within 5 %)."""
+
+    at: Comparison
+    relative: float
+
+    def points(self, results: Results, claimed: Series, other: Series, metric: str) -> list[Point]:
+        points = self.at.points(results, claimed, other, metric)
+        for point in points:
+            point.slack = self.relative * abs(sum(point.other) / len(point.other))
+        return points
+
+
+@dataclass(frozen=True)
+class PrefixVsAlone(Comparison):
+    """Each prefix of the claimed Matryoshka series against the other series' SAE of as many
+    latents trained alone, a point per width the other series has: the claimed rows'
+    `prefix_<metric>:<w>` against the other rows' metric at latents=w."""
+
+    def points(self, results: Results, claimed: Series, other: Series, metric: str) -> list[Point]:
+        points = []
+        seeds = common_seeds(results, claimed, other)
+        full = set(results.swept(claimed, "latents"))  # the whole dictionary is no prefix
+        for width in results.swept(other, "latents"):
+            if width in full:
+                continue
+            nested = results.values(claimed, f"prefix_{metric}:{width}")
+            alone = results.values(other.at(latents=width), metric)
+            shared = [s for s in seeds if s in alone and math.isfinite(nested.get(s, math.nan))]
+            if shared:
+                points.append(
+                    Point(
+                        f"{width:,} latents",
+                        [nested[s] for s in shared],
+                        [alone[s] for s in shared],
+                        higher_is_better=False,
+                    )
+                )
         return borrow_spread(points)
 
 

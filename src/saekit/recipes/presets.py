@@ -2,16 +2,18 @@
 L0s, λs, widths) in its own file; a preset may override a recipe's grid (`grids`), which is how
 tests shrink a recipe.
 
-`small` runs each recipe on the demo's tiny LM (or any small local model) on a CPU: the hook is the
-middle layer's residual stream, a few hundred thousand tokens are harvested, SAEs have 8·d latents
-and see 512k tokens. `paper` uses the papers' settings (GPT-2 small, `blocks.7.hook_resid_post`,
-~14M training tokens, 15,360 latents) and needs a GPU; its cost is estimated before it starts.
+`small` runs each recipe on the demo's tiny LM (or any small local model) on a CPU: the layer is the
+middle one (its residual stream, or its MLP for `transcoders`), a few hundred thousand tokens are
+harvested, SAEs have 8·d latents and see 512k tokens. `paper` uses the papers' settings (GPT-2
+small, layer 7: `blocks.7.hook_resid_post`, ~14M training tokens, 15,360 latents) and needs a GPU;
+its cost is estimated before it starts.
 Both train every SAE a claim rests on with two seeds, so a verdict can tell a difference from
 seed noise.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +41,12 @@ class Preset:
 
     def hook_for(self, n_layers: int) -> str:
         return self.hook or f"blocks.{n_layers // 2}.hook_resid_post"
+
+    def layer_for(self, n_layers: int) -> int:
+        """The layer every recipe works at: the preset hook's block, else the middle one (a
+        residual-stream recipe reads the stream after it, `transcoders` its MLP)."""
+        found = re.match(r"blocks\.(\d+)\.", self.hook_for(n_layers))
+        return int(found.group(1)) if found else n_layers // 2
 
     def latents(self, d: int, factor: float = 1.0) -> int:
         return max(1, round(self.expansion * d * factor))

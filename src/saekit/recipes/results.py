@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from saekit.recipes.pareto import Point, frontier
+from saekit.train import SHAPE_DEFAULTS
 
 OFFLINE_METRICS = (
     "l0",
@@ -53,10 +54,20 @@ class Row:
     def steering(self) -> dict[str, Any] | None:
         return self.data.get("steering")
 
+    def option(self, key: str) -> Any:
+        """An option's value; a shape key left out of a saved SAE's options has its default."""
+        return self.options.get(key, SHAPE_DEFAULTS.get(key))
+
     def metric(self, key: str) -> float:
-        """An offline or online metric; `gamma_error` is |γ − 1|; NaN when not measured."""
+        """An offline or online metric; `gamma_error` is |γ − 1|, `prefix_nmse:<w>` (and
+        `prefix_l0:<w>`) the NMSE (L0) of a Matryoshka SAE's first w latents alone; NaN when not
+        measured."""
         if key == "gamma_error":
             return abs(self.metric("relative_reconstruction_bias") - 1)
+        if key.startswith("prefix_"):
+            name, width = key.split(":", 1)
+            value = self.data["offline"].get(name, {}).get(width)
+            return float("nan") if value is None else float(value)
         source = self.data["offline"] if key in OFFLINE_METRICS else self.data.get("online") or {}
         value = source.get(key)
         return float("nan") if value is None else float(value)
@@ -65,7 +76,7 @@ class Row:
         return (
             (variant is None or self.variant == variant)
             and (mode is None or self.mode == mode)
-            and all(self.options.get(key) == value for key, value in options.items())
+            and all(self.option(key) == value for key, value in options.items())
         )
 
 

@@ -16,10 +16,9 @@ from saekit.harvest import plan_harvest, run_harvest
 from saekit.recipes.analysis import analyse
 from saekit.recipes.catalog import RECIPES
 from saekit.recipes.cost import Estimate, estimate
-from saekit.recipes.declarations import View
+from saekit.recipes.declarations import Scope, View
 from saekit.recipes.evals import evaluate_run, recipe_evaluation
 from saekit.recipes.inputs import Inputs, RecipeRequest, check_inputs, harvest_config
-from saekit.recipes.presets import Preset
 from saekit.recipes.report import write_report
 from saekit.recipes.results import Row
 from saekit.recipes.training import train_recipe
@@ -66,7 +65,12 @@ def run_recipes(request: RecipeRequest, reporter: Reporter | None = None) -> Out
     )
     check_workspace(workspace.root, record)
     device = resolve_device(request.device)
-    cost = estimate(recipes, preset, inputs.d_in, inputs.model, harvesting=inputs.store is None)
+    scopes = {recipe.name: inputs.scope(recipe) for recipe in RECIPES.values()}
+    cost = estimate(
+        [(recipe, scopes[recipe.name]) for recipe in recipes],
+        inputs.model,
+        harvesting=inputs.store is None,
+    )
     reporter.message(f"preset {preset.name}: {cost.describe()}")
     record = open_record(workspace, record, list(RECIPES))
     timings = record.setdefault("timings", {})
@@ -77,11 +81,11 @@ def run_recipes(request: RecipeRequest, reporter: Reporter | None = None) -> Out
     evaluation = recipe_evaluation(store, preset, device, inputs.model.name)
     outcome = Outcome(workspace.root / "report.md", cost)
     for recipe in recipes:
-        scope = recipe.scope(preset, inputs.d_in)
+        scope = scopes[recipe.name]
         recipe_timings = timings.setdefault(recipe.name, {})
         with timed(recipe_timings, "train"):
             runs, trained = train_recipe(
-                recipe, scope, store, inputs.hook, workspace, request.device,
+                recipe, scope, store, workspace, request.device,
                 reporter.training, reporter.message, request.storage_options,
             )  # fmt: skip
         outcome.trained_runs += trained
@@ -91,13 +95,14 @@ def run_recipes(request: RecipeRequest, reporter: Reporter | None = None) -> Out
                     evaluation, recipe, scope, run, workspace, reporter.message
                 )
         write_json(workspace.record_file, record)
-    _report(workspace, record, preset, inputs.d_in, cost)
+    _report(workspace, record, scopes, cost)
     return outcome
 
 
 def _harvest(request: RecipeRequest, inputs: Inputs, reporter: Reporter) -> ActivationStore:
     config = harvest_config(request, inputs)
-    reporter.message(f"harvesting {inputs.hook} of {inputs.model.name} into {config.out}")
+    hooks = ", ".join(config.hooks)
+    reporter.message(f"harvesting {hooks} of {inputs.model.name} into {config.out}")
     plan = plan_harvest(config)
     with reporter.harvesting() as bar:
         run_harvest(plan, bar)
@@ -105,7 +110,7 @@ def _harvest(request: RecipeRequest, inputs: Inputs, reporter: Reporter) -> Acti
 
 
 def _report(
-    workspace: Workspace, record: dict[str, Any], preset: Preset, d_in: int, cost: Estimate
+    workspace: Workspace, record: dict[str, Any], scopes: dict[str, Scope], cost: Estimate
 ) -> None:
     """Analyse every recipe with results in DIR (also those of earlier calls); write the report."""
     workspace.figures.mkdir(exist_ok=True)
@@ -115,6 +120,6 @@ def _report(
         if not rows:
             continue
         recipe = RECIPES[name]
-        view = View(recipe.scope(preset, d_in), workspace.figures, workspace.runs(name))
+        view = View(scopes[name], workspace.figures, workspace.runs(name))
         analyses.append(analyse(recipe, rows, view))
     write_report(workspace.root, record, analyses, cost)

@@ -38,7 +38,6 @@ def train_recipe(
     recipe: Recipe,
     scope: Scope,
     store: ActivationStore,
-    hook: str,
     workspace: Workspace,
     device: str,
     observe: Callable[[], contextlib.AbstractContextManager[Observer | None]],
@@ -51,7 +50,7 @@ def train_recipe(
     trained: dict[int, dict[str, Path]] = {seed: {} for seed in preset.seeds}
     for stage in recipe.stages(scope):
         for seed in stage.seeds(preset):
-            inputs = StageInputs(scope, seed, trained[seed], store, hook)
+            inputs = StageInputs(scope, seed, trained[seed], store)
             specs = [parse_spec(text) for text in stage.specs(inputs)]
             run_name = f"{stage.name}-s{seed}"
             run_dir = workspace.run(recipe.name, run_name)
@@ -66,7 +65,7 @@ def train_recipe(
                 )
                 request = TrainRequest(
                     store=store.location,
-                    hook=hook,
+                    hook=scope.hook,
                     out=run_dir,
                     specs=specs,
                     settings=settings,

@@ -27,6 +27,7 @@ from saekit.train.spec import SAESpec, parse_spec
 from saekit.train.trainer import Observer
 from saekit.train.variants import VARIANTS, modes
 from saekit.train.variants.gsae import DEFAULT_BETA_EFF
+from saekit.train.variants.options import SHAPE_DEFAULTS
 from saekit.train.zipf import fit_zipf
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_BETA_EFF",
     "METRICS_FILE",
     "SAE",
+    "SHAPE_DEFAULTS",
     "VARIANTS",
     "Block",
     "Code",

@@ -59,6 +59,8 @@ class ShapeOptions(OptionGroup):
 
 
 SHAPE_KEYS = tuple(f.name for f in dataclasses.fields(ShapeOptions))
+# the shape keys' defaults: a saved SAE's options leave out the keys at these values
+SHAPE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ShapeOptions)}
 
 
 @dataclass(frozen=True)
