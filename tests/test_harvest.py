@@ -1,13 +1,18 @@
 """Harvest correctness: stored values against independent computations on the same tiny GPT-2."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
+from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore
 from saekit.harvest import HarvestConfig, harvest
+from saekit.harvest.hooks import resolve
+from saekit.lm import GRADIENT_CONVENTION
 
 CONTEXT = 32
 HOOKS = ("blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.0.mlp.hook_post")
@@ -159,3 +164,138 @@ def test_dataset_running_out_ends_the_store(tiny_lm, corpus, tmp_path):
     )
     assert result.dataset_exhausted and store.complete
     assert store.n_rows_committed % CONTEXT == 0 and store.n_rows_committed > 10_000
+
+
+# The hooks a transcoder, a CLT or a crosscoder reads, at every layer (TransformerBridge names),
+# and the layer norm's pre-affine output, which is not the MLP's input.
+SUBLAYER = ("mlp.hook_in", "hook_mlp_out", "hook_resid_mid", "hook_attn_out")
+SUBLAYER_PATTERNS = (*(f"blocks.*.{h}" for h in SUBLAYER), "blocks.*.ln2.hook_normalized")
+SUBLAYER_HOOKS = tuple(f"blocks.{layer}.{h}" for h in SUBLAYER for layer in (0, 1))
+GAIN_SPREAD, BIAS_SPREAD = 0.3, 0.3
+
+
+@pytest.fixture(scope="module")
+def affine_lm(tiny_lm, tmp_path_factory):
+    """The tiny GPT-2 with every layer norm's gain and bias, and every linear bias, drawn at
+    random (a fresh GPT-2 has gains 1 and biases 0, where pre- and post-affine tensors agree)."""
+    out = tmp_path_factory.mktemp("affine") / "model"
+    shutil.copytree(tiny_lm, out)
+    model = GPT2LMHeadModel.from_pretrained(tiny_lm)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            if ".ln_" in name:
+                base = 1.0 if name.endswith("weight") else 0.0
+                parameter.copy_(base + (GAIN_SPREAD if base else BIAS_SPREAD) * noise)
+            elif name.endswith(".bias"):
+                parameter.copy_(0.1 * noise)
+    model.save_pretrained(out)
+    return out
+
+
+def hf_sublayers(model_dir, tokens):
+    """Activations and gradients at each layer's MLP input (ln_2's output), MLP output, resid_mid
+    (block input + attention output) and attention output, from the plain HF model."""
+    model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
+    seen = {}
+
+    def keep(key, pick):
+        return lambda module, args, *output: seen.__setitem__(key, pick(args, output))
+
+    handles = []
+    for layer, block in enumerate(model.transformer.h):
+        handles += [
+            block.register_forward_pre_hook(keep((layer, "in"), lambda a, o: a[0])),
+            block.attn.register_forward_hook(keep((layer, "attn"), lambda a, o: o[0][0])),
+            block.ln_2.register_forward_pre_hook(keep((layer, "mid"), lambda a, o: a[0])),
+            block.ln_2.register_forward_hook(keep((layer, "ln2"), lambda a, o: o[0])),
+            block.mlp.register_forward_hook(keep((layer, "mlp"), lambda a, o: o[0])),
+        ]
+    logits = model(tokens).logits
+    for handle in handles:
+        handle.remove()
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum")
+    nodes = {}
+    for layer in (0, 1):
+        nodes[f"blocks.{layer}.mlp.hook_in"] = seen[layer, "ln2"]
+        nodes[f"blocks.{layer}.hook_mlp_out"] = seen[layer, "mlp"]
+        nodes[f"blocks.{layer}.hook_resid_mid"] = seen[layer, "mid"]  # the tensor ln_2 reads
+        nodes[f"blocks.{layer}.hook_attn_out"] = seen[layer, "attn"]
+    grads = dict(zip(nodes, torch.autograd.grad(ce, list(nodes.values())), strict=True))
+    acts = {hook: x.detach() for hook, x in nodes.items()}
+    for layer in (0, 1):  # resid_mid computed independently: the block's input + attention out
+        acts[f"blocks.{layer}.hook_resid_mid"] = (seen[layer, "in"] + seen[layer, "attn"]).detach()
+    return acts, grads, model
+
+
+@pytest.fixture(scope="module")
+def sublayer_store(affine_lm, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sublayer") / "store.zarr"
+    return harvest_store(affine_lm, corpus, out, hooks=SUBLAYER_PATTERNS, tokens=1024)[0]
+
+
+def test_mlp_input_output_resid_mid_and_attn_out_equal_plain_hf(sublayer_store, affine_lm):
+    store = sublayer_store
+    assert store.hooks == [
+        *SUBLAYER_HOOKS,
+        "blocks.0.ln2.hook_normalized",
+        "blocks.1.ln2.hook_normalized",
+    ], "patterns expand in place, layers in order; the store names hooks, not patterns"
+    assert store.spec.identity["weights"] == "unfolded, uncentred (TransformerBridge defaults)"
+    tokens, rows = contexts_of(store)
+    acts, grads, _ = hf_sublayers(affine_lm, tokens)
+    for hook in SUBLAYER_HOOKS:
+        got = store.read_tensors(["activations", "gradients"], 0, store.n_rows_committed, hook)
+        torch.testing.assert_close(got["activations"][rows], acts[hook], rtol=1e-5, atol=1e-5)
+        scale = float(grads[hook].abs().max())
+        assert scale > 0, f"the loss depends on {hook}"
+        torch.testing.assert_close(
+            got["gradients"][rows], grads[hook], rtol=1e-4, atol=1e-5 * scale
+        )
+
+
+def test_ln2_hook_normalized_is_not_the_mlp_input(sublayer_store, affine_lm):
+    """TransformerBridge's ln2.hook_normalized is taken before the layer norm's gain and bias
+    (SAELens transcoders use that name with HookedTransformer's folded weights); the MLP reads
+    mlp.hook_in = ln2.hook_out."""
+    store = sublayer_store
+    tokens, rows = contexts_of(store)
+    acts, _, model = hf_sublayers(affine_lm, tokens)
+    for layer in (0, 1):
+        ln_2 = model.transformer.h[layer].ln_2
+        normalized = store.read_tensors(
+            ["activations"], 0, store.n_rows_committed, f"blocks.{layer}.ln2.hook_normalized"
+        )["activations"][rows]
+        mlp_input = acts[f"blocks.{layer}.mlp.hook_in"]
+        gap = float((normalized - mlp_input).abs().max())
+        relative = float(((normalized - mlp_input).norm(dim=-1) / mlp_input.norm(dim=-1)).mean())
+        print(f"layer {layer}: ln2.hook_normalized - MLP input: max {gap:.3f}, {relative:.1%}")
+        assert gap > 0.5, "pre-affine: far from the MLP's input"
+        affine = normalized * ln_2.weight.detach() + ln_2.bias.detach()
+        torch.testing.assert_close(affine, mlp_input, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [("blocks.*.hook_mlp_out",), ("blocks.1.hook_mlp_out",), ("blocks.0-1.mlp.hook_in",)],
+)
+def test_gradients_at_some_hooks_are_those_of_the_all_hooks_harvest(
+    sublayer_store, affine_lm, corpus, tmp_path, targets
+):
+    """Gradients only where asked (the graph starts at the first of those hooks): the same bits
+    there, activations and loss as a harvest with gradients at every hook."""
+    some, _ = harvest_store(
+        affine_lm, corpus, tmp_path / "s.zarr", hooks=SUBLAYER_PATTERNS, tokens=1024,
+        gradients=targets,
+    )  # fmt: skip
+    kept = [h for h in some.hooks if some.has_gradients(h)]
+    assert kept == resolve(targets, some.hooks, option="--gradients", among="the hooks")
+    assert some.spec.identity["gradient_convention"] == GRADIENT_CONVENTION
+    assert set(some.array_paths) < set(sublayer_store.array_paths)
+    for path in some.array_paths:
+        np.testing.assert_array_equal(some.array(path)[:], sublayer_store.array(path)[:], path)
+    refused = r"has no gradients for blocks\.0\.hook_resid_mid"
+    with pytest.raises(SaekitError, match=refused) as error:
+        some.require_gradients("blocks.0.hook_resid_mid")
+    assert "\n" not in str(error.value)

@@ -38,19 +38,30 @@ def test_cli_harvest_writes_a_verifiable_store(run_cli, tiny_lm, corpus, tmp_pat
     assert run_cli("verify", tmp_path / "s.zarr").exit_code == 0
 
 
+# gradients at some hooks only: the MLP outputs of a transcoder's pairs, none at their inputs
+SOME_GRADIENTS = (
+    "--hook", "blocks.*.mlp.hook_in", "--hook", "blocks.0-1.hook_mlp_out",
+    "--gradients", "blocks.*.hook_mlp_out",
+)  # fmt: skip
+
+
 @pytest.mark.slow  # kill -9 of `sae harvest` child processes, then reruns
-def test_kill_minus_nine_then_rerun_gives_a_bit_identical_store(run_cli, tiny_lm, corpus, tmp_path):
+@pytest.mark.parametrize("extra", [(), SOME_GRADIENTS], ids=["every hook", "some gradients"])
+def test_kill_minus_nine_then_rerun_gives_a_bit_identical_store(
+    run_cli, tiny_lm, corpus, tmp_path, extra
+):
     reference = tmp_path / "reference.zarr"
     with count_events() as events:
-        assert run_cli(*harvest_args(tiny_lm, corpus, reference)).exit_code == 0
+        assert run_cli(*harvest_args(tiny_lm, corpus, reference, *extra)).exit_code == 0
     killed = tmp_path / "killed.zarr"
     kill_at = len(events) // 2  # the harvest dies half-way through its writes, mid-block
     code = "from saekit.cli import main; main(sys.argv[1:])"
-    command = child_command(kill_at, code, *harvest_args(tiny_lm, corpus, killed), torn=True)
+    args = harvest_args(tiny_lm, corpus, killed, *extra)
+    command = child_command(kill_at, code, *args, torn=True)
     assert subprocess.run(command, stdout=subprocess.DEVNULL).returncode == KILLED
     rows_at_kill = committed(killed)
     assert 0 < rows_at_kill < 6000
-    rerun = run_cli(*harvest_args(tiny_lm, corpus, killed))
+    rerun = run_cli(*args)
     assert rerun.exit_code == 0, rerun.stderr
     assert_same_store(reference, killed)
 
@@ -65,6 +76,61 @@ def test_a_different_configuration_is_refused(run_cli, tiny_lm, corpus, tmp_path
     assert snapshot(out) == before
 
 
+def test_gradients_at_some_hooks_are_recorded_shown_and_kept_on_resume(
+    run_cli, tiny_lm, corpus, tmp_path
+):
+    out = tmp_path / "s.zarr"
+    result = run_cli(*harvest_args(tiny_lm, corpus, out, *SOME_GRADIENTS))
+    assert result.exit_code == 0, result.stderr
+    assert "blocks.0.mlp.hook_in (d=64, no gradients)" in result.stdout
+    store = ActivationStore.open(out)
+    expected = [
+        "blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.0.mlp.hook_in",
+        "blocks.1.mlp.hook_in", "blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out",
+    ]  # fmt: skip
+    assert store.hooks == expected, "patterns expanded in place, in layer order"
+    assert [h for h in store.hooks if store.has_gradients(h)] == expected[-2:]
+    info = run_cli("info", out)
+    assert "blocks.0.mlp.hook_in: d=64, activations float16, no gradients" in info.stdout
+    assert "blocks.1.hook_mlp_out: d=64, activations float16, gradients scaled-float16" in (
+        info.stdout
+    )
+    hooks = json.loads(run_cli("info", out, "--json").stdout)["hooks"]
+    assert hooks["blocks.1.mlp.hook_in"] == {"d": 64, "gradients": False}
+    assert run_cli("verify", out).exit_code == 0
+
+    before = snapshot(out)
+    same = list(SOME_GRADIENTS)
+    same[same.index("blocks.*.hook_mlp_out")] = "blocks.0-1.hook_mlp_out"  # the same hooks
+    assert run_cli(*harvest_args(tiny_lm, corpus, out, *same)).exit_code == 0
+    everywhere = harvest_args(tiny_lm, corpus, out, *SOME_GRADIENTS[:4])
+    refused = "hooks.blocks.0.mlp.hook_in.gradients (store: False, now: True)"
+    assert_one_line_error(run_cli(*everywhere), "other settings", refused)
+    none = harvest_args(tiny_lm, corpus, out, *SOME_GRADIENTS[:4], "--no-gradients")
+    refused = "hooks.blocks.0.hook_mlp_out.gradients (store: True, now: False)"
+    assert_one_line_error(run_cli(*none), "other settings", refused)
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith("locks")} == {
+        k: v for k, v in before.items() if not k.startswith("locks")
+    }
+
+
+def test_a_store_from_before_weights_were_recorded_resumes(run_cli, tiny_lm, corpus, tmp_path):
+    out = tmp_path / "s.zarr"
+    assert run_cli(*harvest_args(tiny_lm, corpus, out)).exit_code == 0
+    meta = json.loads((out / "zarr.json").read_text())
+    assert meta["attributes"]["identity"].pop("weights").startswith("unfolded, uncentred")
+    (out / "zarr.json").write_text(json.dumps(meta))
+    assert run_cli(*harvest_args(tiny_lm, corpus, out)).exit_code == 0
+    assert "weights" not in ActivationStore.open(out).spec.identity
+
+
+def test_gradients_and_no_gradients_together_are_refused(run_cli, tiny_lm, corpus, tmp_path):
+    args = harvest_args(tiny_lm, corpus, tmp_path / "new.zarr")
+    both = [*args, "--gradients", "blocks.0.hook_resid_post", "--no-gradients"]
+    assert_one_line_error(run_cli(*both), "--gradients PATTERN", "--no-gradients", "one of them")
+    assert not (tmp_path / "new.zarr").exists()
+
+
 @pytest.mark.parametrize(
     ("change", "fragments"),
     [
@@ -75,6 +141,38 @@ def test_a_different_configuration_is_refused(run_cli, tiny_lm, corpus, tmp_path
             ["no hook 'blocks.0.hook_resid_psot'", "did you mean blocks.0.hook_resid_post"],
         ),
         ({"--hook": "blocks.0.attn.hook_pattern"}, ["not [batch, position, d]"]),
+        (
+            {"--hook": "blocks.*.hook_resid_psot"},
+            [
+                "--hook 'blocks.*.hook_resid_psot' matches none of the hooks of model",
+                "did you mean blocks.*.hook_resid_post",
+            ],
+        ),
+        (
+            {"--hook": "blocks.0-5.hook_resid_pre"},
+            ["matches nothing for 2-5 of the range 0-5", "no blocks.2.hook_resid_pre"],
+        ),
+        ({"--hook": "blocks.1-0.hook_resid_pre"}, ["the range 1-0 runs backwards"]),
+        (
+            {"--hook": "blocks.*.hook_resid_post"},  # and the second --hook names layer 1 again
+            [
+                "a hook is given twice: blocks.1.hook_resid_post",
+                "--hook 'blocks.*.hook_resid_post' and --hook 'blocks.1.hook_resid_post'",
+            ],
+        ),
+        ({"--hook": "blocks.0.hook_mlp_in"}, ["switched off", "blocks.0.mlp.hook_in"]),
+        (
+            {"--gradients": "blocks.*.hook_mlp_out"},
+            [
+                "--gradients 'blocks.*.hook_mlp_out' matches none of the harvested hooks",
+                "did you mean blocks.*.hook_resid_post",
+            ],
+        ),
+        (
+            {"--gradients": "blocks.0.hook_resid_pre"},
+            ["--gradients 'blocks.0.hook_resid_pre' is none of the harvested hooks"],
+        ),
+        ({"--gradients": "blocks.[.hook_resid_post"}, ["matches none of the harvested hooks"]),
         ({"--dataset": "{tmp}/empty.txt"}, ["holds no text"]),
         ({"--dataset": "{tmp}/missing.txt"}, ["does not exist"]),
         ({"--dataset": "{tmp}/broken.parquet"}, ["cannot read"]),

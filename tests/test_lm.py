@@ -86,6 +86,32 @@ def test_position_zero_is_never_replaced(model, tokens_BT):
     assert torch.equal(swapped[:, 0], x_BTD[:, 0]) and not swapped[:, 1:].any()
 
 
+def test_gradients_only_at_the_hooks_asked(model, tokens_BT):
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.mlp.hook_in", "blocks.1.hook_mlp_out"]
+    every = run_batch(model.bridge, tokens_BT, hooks)
+    named = run_batch(model.bridge, tokens_BT, hooks, gradients=hooks)
+    some = run_batch(model.bridge, tokens_BT, hooks, gradients=hooks[1:2])
+    assert list(some.gradients) == hooks[1:2]
+    for hook in hooks:
+        assert torch.equal(named.gradients[hook], every.gradients[hook]), "by name = True"
+        assert torch.equal(some.activations[hook], every.activations[hook])
+    assert torch.equal(some.gradients[hooks[1]], every.gradients[hooks[1]])
+    assert torch.equal(some.loss.nan_to_num(), every.loss.nan_to_num())
+    with pytest.raises(ValueError, match="not captured"):
+        run_batch(model.bridge, tokens_BT, hooks[:1], gradients=hooks[1:])
+
+
+def test_switched_off_hooks_are_not_offered_and_refused_with_what_to_use(model):
+    names = model.hook_names
+    assert "blocks.1.mlp.hook_in" in names and "blocks.1.hook_resid_mid" in names
+    assert "blocks.1.hook_mlp_in" in model.bridge.hook_dict, "TransformerLens lists it"
+    assert "blocks.1.hook_mlp_in" not in names and "blocks.1.attn.hook_result" not in names
+    with pytest.raises(SaekitError, match="switched off") as error:
+        model.check_hooks(["blocks.1.hook_mlp_in"])
+    assert "blocks.1.mlp.hook_in" in str(error.value) and "\n" not in str(error.value)
+    assert model.identity["weights"] == "unfolded, uncentred (TransformerBridge defaults)"
+
+
 def test_next_token_stats_against_a_hand_computation():
     generator = torch.Generator().manual_seed(1)
     logits, clean = torch.randn(2, 5, 7, generator=generator), torch.randn(2, 5, 7)

@@ -89,7 +89,8 @@ class ActivationStore:
         if not self.has_gradients(hook):
             raise SaekitError(
                 f"store {self.location} has no gradients for {self.resolve_hook(hook)}; harvest "
-                "without --no-gradients to train gradient-based SAEs"
+                "it with gradients there (the default, or a --gradients pattern that matches "
+                "it) to train gradient-based SAEs"
             )
 
     def ranges(self, split: Split) -> list[tuple[int, int]]:

@@ -57,7 +57,8 @@ def register(app: typer.Typer) -> None:
         hook: Annotated[
             list[str],
             typer.Option(
-                help="TransformerLens hook name, e.g. blocks.7.hook_resid_post; repeat for several."
+                help="TransformerLens hook name, e.g. blocks.7.hook_resid_post, or pattern, e.g. "
+                "'blocks.*.hook_mlp_out' or 'blocks.0-3.hook_resid_mid'; repeat for several."
             ),
         ],
         out: Annotated[str, typer.Option(help="Store directory to create or resume.")],
@@ -77,11 +78,18 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Activation storage dtype: float16, bfloat16, float32 or float8."),
         ] = "float16",
         gradients: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="Store loss gradients only at the harvested hooks this name or pattern "
+                "gives; repeat for several (default: at every hook)."
+            ),
+        ] = None,
+        no_gradients: Annotated[
             bool,
             typer.Option(
-                "--gradients/--no-gradients", help="Store loss gradients (needs a backward pass)."
+                "--no-gradients", help="Store no gradients (forward passes only, no backward)."
             ),
-        ] = True,
+        ] = False,
         holdout_tokens: Annotated[
             int | None,
             typer.Option(
@@ -146,6 +154,11 @@ def register(app: typer.Typer) -> None:
             raise SaekitError(
                 "--shard I/N harvests one shard here; do not combine it with --shards or --cluster"
             )
+        if gradients and no_gradients:
+            raise SaekitError(
+                "--gradients PATTERN chooses where gradients are stored and --no-gradients "
+                "stores none; give one of them"
+            )
         if cluster and shards == 1:
             raise SaekitError("--cluster runs the shards of a sharded harvest; add --shards N")
         shard_index, shard_count = parse_shard(shard) if shard else (0, shards)
@@ -158,7 +171,7 @@ def register(app: typer.Typer) -> None:
             context_size=context_size,
             batch_size=batch_size,
             dtype=dtype,
-            gradients=gradients,
+            gradients=tuple(gradients) if gradients else not no_gradients,
             holdout_tokens=holdout_tokens,
             device=device,
             seed=seed,
@@ -176,7 +189,10 @@ def register(app: typer.Typer) -> None:
             plan = plan_harvest(
                 config if not cluster else dataclasses.replace(config, device="cpu")
             )
-        widths = ", ".join(f"{h} (d={s.d})" for h, s in plan.spec.hooks.items())
+        widths = ", ".join(
+            f"{h} (d={s.d}{'' if s.gradients else ', no gradients'})"
+            for h, s in plan.spec.hooks.items()
+        )
         where = f"cluster {cluster}" if cluster else str(plan.model.device)
         part = f"shard {shard_index} of {shard_count}" if shard else f"{shard_count} shard(s)"
         console.print(f"harvesting {widths} from {model} on {where} into {out} ({part})")

@@ -37,6 +37,7 @@ from saekit.cache_format.encoding import as_numpy, raise_for_problems
 from saekit.cache_format.schema import MAX_SHARDS, Block
 from saekit.cache_format.writer import check_resumable, check_target, encode_rows, row_problems
 from saekit.harvest.contexts import Packing, context_stream
+from saekit.harvest.hooks import resolve
 from saekit.harvest.sources import TextSource, resolve_source, shuffled
 from saekit.lm import GRADIENT_CONVENTION, LanguageModel, load_model, run_batch
 
@@ -56,7 +57,9 @@ class HarvestConfig:
     context_size: int = 128
     batch_size: int = 16
     dtype: str = "float16"
-    gradients: bool = True
+    # loss gradients at every hook (True), at none (False), or at the hooks these names or
+    # patterns give (`--gradients`; see saekit.harvest.hooks), each among `hooks`
+    gradients: bool | tuple[str, ...] = True
     holdout_tokens: int | None = None  # default: 5 % of --tokens, or 65536 without --tokens
     device: str = "auto"
     seed: int = 0
@@ -122,6 +125,31 @@ def _check_numbers(config: HarvestConfig) -> None:
         )
     if config.shards > 1 and config.tokens is None:
         raise SaekitError("a sharded harvest needs --tokens, to split the rows between shards")
+    if not isinstance(config.gradients, bool) and not _gradient_patterns(config):
+        raise SaekitError("--gradients takes a hook name or pattern, e.g. 'blocks.*.hook_mlp_out'")
+
+
+def _gradient_patterns(config: HarvestConfig) -> tuple[str, ...]:
+    gradients = config.gradients
+    return (gradients,) if isinstance(gradients, str) else tuple(gradients)
+
+
+def _resolve_hooks(config: HarvestConfig, model: LanguageModel) -> tuple[list[str], set[str]]:
+    """(the hooks the --hook names and patterns give, in order; those that keep gradients)."""
+    hooks = resolve(
+        config.hooks,
+        model.hook_names,
+        option="--hook",
+        among=f"the hooks of model {model.name}",
+        strict=False,  # the model's check names the closest hooks, and switched-off ones
+    )
+    model.check_hooks(hooks)
+    if isinstance(config.gradients, bool):
+        return hooks, set(hooks) if config.gradients else set()
+    chosen = resolve(
+        _gradient_patterns(config), hooks, option="--gradients", among="the harvested hooks"
+    )
+    return hooks, set(chosen)
 
 
 def _row_counts(config: HarvestConfig) -> tuple[int | None, int]:
@@ -148,8 +176,7 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
     device = resolve_device(config.device)
     source = resolve_source(config.dataset, config.split, config.text_column)
     model = load_model(config.model, device)
-    hooks = list(config.hooks)
-    model.check_hooks(hooks)
+    hooks, with_gradients = _resolve_hooks(config, model)
     if config.context_size > model.n_ctx:
         raise SaekitError(
             f"--context-size {config.context_size} is above the model's context "
@@ -171,9 +198,9 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
         "batch_size": config.batch_size,
         "seed": config.seed,
         "autocast_bf16": config.autocast_bf16,
-        "gradient_convention": GRADIENT_CONVENTION if config.gradients else None,
+        "gradient_convention": GRADIENT_CONVENTION if with_gradients else None,
     }
-    identity = _keep_recorded_paths(identity, existing)
+    identity = _compatible_identity(identity, existing)
     provenance = {
         "device": str(device),
         "host": platform.node(),
@@ -192,7 +219,7 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
             config.seed,
             config.shards,
         ),
-        hooks={h: HookSpec(d=widths[h], gradients=config.gradients) for h in hooks},
+        hooks={h: HookSpec(d=widths[h], gradients=h in with_gradients) for h in hooks},
         activation_dtype=config.dtype,
         identity=identity,
         provenance=provenance,
@@ -201,15 +228,20 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
     return HarvestPlan(config, model, source, packing, spec)
 
 
-def _keep_recorded_paths(identity: dict[str, Any], existing: dict | None) -> dict[str, Any]:
-    """Stores written by older saekit versions name a local model or dataset as it was typed
-    (relative); resuming one keeps that name when it means the same path."""
+def _compatible_identity(identity: dict[str, Any], existing: dict | None) -> dict[str, Any]:
+    """The identity to resume `existing` with, where older saekit versions recorded less:
+    - they named a local model or dataset as it was typed (relative); resuming keeps that name
+      when it means the same path;
+    - they did not record `weights` (always unfolded and uncentred, as now); resuming such a
+      store leaves it out."""
     stored = (existing or {}).get("identity")
     kept = dict(identity)
     for key in ("model", "dataset"):
         old = stored.get(key) if isinstance(stored, dict) else None
         if isinstance(old, str) and absolute_location(old) == identity.get(key):
             kept[key] = old
+    if isinstance(stored, dict) and "weights" not in stored:
+        kept.pop("weights", None)
     return kept
 
 
@@ -410,6 +442,7 @@ def run_harvest(plan: HarvestPlan, progress: Progress | None = None) -> HarvestR
             progress.start(total, writer.n_rows_committed - first_row)
         copies = _StagedCopies(device, batch_size * t) if device.type == "cuda" else _HostCopies()
         filler = _BlockFiller(writer, copies)
+        gradient_hooks = [h for h, spec in plan.spec.hooks.items() if spec.gradients]
         if not filler.done:
             first_context = filler.block.start // t // batch_size * batch_size
             for first, tokens in _batches(plan, first_context):
@@ -418,7 +451,7 @@ def run_harvest(plan: HarvestPlan, progress: Progress | None = None) -> HarvestR
                     bridge,
                     tokens_BT,
                     list(plan.spec.hooks),
-                    gradients=plan.config.gradients,
+                    gradients=gradient_hooks,
                     autocast_bf16=plan.config.autocast_bf16,
                 )
                 rows = _rows_of(first, tokens_BT, out)

@@ -2,13 +2,14 @@
 
 Gradient convention (stored in every store's identity): g_t = ∂(Σ_t' CE_t')/∂x_t — one backward
 pass of the **sum** over each sequence of next-token cross-entropy, on the clean model. Model
-parameters never require grad: the first hook point reached becomes the leaf of the graph, so
-autograd computes activation gradients only, and nothing before the first hook.
+parameters never require grad: the first hook point reached that needs gradients becomes the leaf
+of the graph, so autograd computes activation gradients only, and nothing before that hook.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,32 +55,42 @@ def run_batch(
     tokens_BT: torch.Tensor,
     hooks: list[str],
     *,
-    gradients: bool = True,
+    gradients: bool | Collection[str] = True,
     autocast_bf16: bool = False,
     keep_logits: bool = False,
 ) -> BatchOutput:
-    """Forward (and backward when `gradients`) of one batch, capturing the hooks."""
+    """Forward (and backward where gradients are asked) of one batch, capturing the hooks.
+
+    `gradients`: True (at every hook), False (none: a forward pass under inference mode), or the
+    hooks, among `hooks`, that need them. Only those become leaves of the graph and are asked of
+    autograd, so the graph starts at the first of them reached; `BatchOutput.gradients` holds
+    them alone. Asking for every hook by name computes the same bits as True.
+    """
+    wanted = _gradient_hooks(hooks, gradients)
     captured: dict[str, torch.Tensor] = {}
 
     def capture(name: str):
+        leaf = name in wanted
+
         def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
-            if gradients and not x.requires_grad:
-                x = x.detach().requires_grad_(True)  # the graph starts at the first hook
+            if leaf and not x.requires_grad:
+                x = x.detach().requires_grad_(True)  # the graph starts at the first such hook
             captured[name] = x
             return x
 
         return hook
 
     device_type = tokens_BT.device.type
-    grad_mode = contextlib.nullcontext() if gradients else torch.inference_mode()
+    grad_mode = contextlib.nullcontext() if wanted else torch.inference_mode()
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast_bf16)
     with grad_mode, autocast, bridge.hooks(fwd_hooks=[(h, capture(h)) for h in hooks]):
         logits_BTV = bridge(tokens_BT, return_type="logits")
         ce_BT = next_token_loss(logits_BTV, tokens_BT)
     grads: dict[str, torch.Tensor] = {}
-    if gradients:
-        values = torch.autograd.grad(ce_BT.sum(), [captured[h] for h in hooks])
-        grads = {h: g.float() for h, g in zip(hooks, values, strict=True)}
+    if wanted:
+        asked = [h for h in hooks if h in wanted]
+        values = torch.autograd.grad(ce_BT.sum(), [captured[h] for h in asked])
+        grads = {h: g.float() for h, g in zip(asked, values, strict=True)}
     loss_BT = F.pad(ce_BT.detach(), (0, 1), value=float("nan"))
     return BatchOutput(
         activations={h: captured[h].detach().float() for h in hooks},
@@ -87,3 +98,13 @@ def run_batch(
         loss=loss_BT,
         logits=logits_BTV.detach().float() if keep_logits else None,
     )
+
+
+def _gradient_hooks(hooks: list[str], gradients: bool | Collection[str]) -> set[str]:
+    """The hooks that need gradients, from `run_batch`'s `gradients` argument."""
+    if isinstance(gradients, bool):
+        return set(hooks) if gradients else set()
+    wanted = set(gradients)
+    if not wanted <= set(hooks):
+        raise ValueError(f"gradients asked at hooks not captured: {sorted(wanted - set(hooks))}")
+    return wanted

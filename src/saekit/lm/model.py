@@ -16,6 +16,10 @@ from saekit.base.locations import absolute_location
 from saekit.lm.forward import run_batch
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# How the weights are used (recorded in a store's identity): boot_transformers keeps the HF
+# weights as they are, unlike HookedTransformer.from_pretrained (fold_ln, centre_writing_weights
+# and centre_unembed by default), so every hook sees what the HF model computes.
+WEIGHTS = "unfolded, uncentred (TransformerBridge defaults)"
 
 
 @dataclass
@@ -47,18 +51,41 @@ class LanguageModel:
     def device(self) -> torch.device:
         return next(self.bridge.parameters()).device
 
+    @property
+    def hook_names(self) -> list[str]:
+        """The hooks this model can capture, in the bridge's order. TransformerLens also lists
+        hooks it keeps switched off (`blocks.L.hook_mlp_in`, `blocks.L.attn.hook_result`, ...);
+        they are left out."""
+        return [name for name in self.bridge.hook_dict if self._switched_off(name) is None]
+
+    def _switched_off(self, hook: str) -> str | None:
+        """Why TransformerLens refuses to attach to `hook` (a switched-off hook), or None."""
+        check = getattr(self.bridge, "check_hooks_to_add", None)
+        if check is None:
+            return None
+        try:
+            check(self.bridge.hook_dict[hook], hook, lambda x, hook: x, dir="fwd")
+        except ValueError as error:
+            return str(error).strip().splitlines()[0] if str(error).strip() else "switched off"
+        return None
+
     def check_hooks(self, hooks: list[str]) -> None:
-        """Every hook must exist; on a typo the closest valid names are suggested."""
+        """Every hook must exist and be capturable; on a typo the closest valid names are
+        suggested."""
         if not hooks:
             raise SaekitError("give at least one --hook, e.g. --hook blocks.0.hook_resid_post")
         if len(set(hooks)) != len(hooks):
             raise SaekitError(f"a hook is given twice in {hooks}")
-        valid = list(self.bridge.hook_dict)
         for hook in hooks:
             if hook not in self.bridge.hook_dict:
-                close = difflib.get_close_matches(hook, valid, n=3, cutoff=0.5)
+                close = difflib.get_close_matches(hook, self.hook_names, n=3, cutoff=0.5)
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
                 raise SaekitError(f"model {self.name} has no hook '{hook}'{hint}")
+            if self._switched_off(hook) is not None:
+                raise SaekitError(
+                    f"hook '{hook}' of model {self.name} is switched off in TransformerLens "
+                    f"(it would never fire); {_instead(hook)}"
+                )
 
     def hook_widths(self, hooks: list[str]) -> dict[str, int]:
         """Run two tokens through the model; every hook must give [batch, position, d]."""
@@ -73,6 +100,19 @@ class LanguageModel:
                 )
             widths[hook] = int(x.shape[-1])
         return widths
+
+
+def _instead(hook: str) -> str:
+    """What to capture instead of a switched-off hook."""
+    block = hook.rsplit(".", 1)[0]
+    if hook.endswith(".hook_mlp_in"):
+        return (
+            f"the MLP's input (after ln2) is {block}.mlp.hook_in, the residual stream before "
+            f"ln2 {block}.hook_resid_mid"
+        )
+    if hook.endswith(".attn.hook_result"):
+        return f"the attention output summed over heads is {block.rsplit('.', 1)[0]}.hook_attn_out"
+    return "choose another hook"
 
 
 def _model_files(name: str) -> tuple[Path | None, str | None]:
@@ -125,6 +165,7 @@ def load_model(name: str, device: torch.device) -> LanguageModel:
         if weights_dir
         else None,
         "tokenizer_fingerprint": tokenizer_fingerprint(bridge.tokenizer),
+        "weights": WEIGHTS,
     }
     return LanguageModel(bridge=bridge, name=name, identity=identity)
 
