@@ -76,6 +76,7 @@ def test_a_different_configuration_is_refused(run_cli, tiny_lm, corpus, tmp_path
     assert snapshot(out) == before
 
 
+@pytest.mark.slow  # a harvest, then a resumed one
 def test_gradients_at_some_hooks_are_recorded_shown_and_kept_on_resume(
     run_cli, tiny_lm, corpus, tmp_path
 ):
@@ -114,6 +115,7 @@ def test_gradients_at_some_hooks_are_recorded_shown_and_kept_on_resume(
     }
 
 
+@pytest.mark.slow  # a harvest cut short, then resumed
 def test_a_store_from_before_weights_were_recorded_resumes(run_cli, tiny_lm, corpus, tmp_path):
     out = tmp_path / "s.zarr"
     assert run_cli(*harvest_args(tiny_lm, corpus, out)).exit_code == 0

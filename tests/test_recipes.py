@@ -8,13 +8,14 @@ import matplotlib.image
 import pytest
 
 from helpers import assert_one_line_error, snapshot
-from saekit.cache_format import HookSpec
+from saekit.cache_format import ActivationStore, HookSpec
 from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 from saekit.recipes import SMALL, RecipeRequest, run_recipes
 from saekit.recipes.choice import ChoiceGrid
 from saekit.recipes.claims import FAILS, HOLDS, INCONCLUSIVE
 from saekit.recipes.gated import GatedGrid
 from saekit.recipes.gsae import GSAEGrid
+from saekit.recipes.transcoders import TranscodersGrid
 
 # The small preset, shrunk: an 8k-token store, 2·d latents, 4k training tokens, two seeds, the
 # sweeps cut to two points each.
@@ -41,6 +42,7 @@ FAST = dataclasses.replace(
         ),
         "choice": ChoiceGrid(k=(4, 8)),
         "gated": GatedGrid(l1=(2.0, 8.0)),
+        "transcoders": TranscodersGrid(k=(4, 8), matryoshka_k=4, prefixes=(0.25, 0.5, 1.0)),
     },
 )
 
@@ -66,6 +68,14 @@ CLAIMS = {
         "Gated needs about half as many active latents for equal fidelity",
         "Gated does not shrink codes: γ closer to 1 than the baseline at equal L0",
     ],
+    "transcoders": [
+        "Skip transcoders beat transcoders: lower NMSE at equal L0",
+        "Skip transcoders beat transcoders: less loss added when spliced, at equal L0",
+        "Transcoders reach the fidelity of an SAE on the MLP output when spliced",
+        "Each Matryoshka prefix of m latents reconstructs about as well as a BatchTopK SAE of m "
+        "latents trained alone",
+        "The full Matryoshka dictionary stays within a few percent of a full-width BatchTopK SAE",
+    ],
 }
 FIGURES = [
     "gsae_fig4_l0.png",
@@ -77,6 +87,8 @@ FIGURES = [
     "choice_usage.png",
     "choice_l0_per_token.png",
     "gated_pareto.png",
+    "transcoders_shapes.png",
+    "transcoders_matryoshka.png",
 ]
 
 
@@ -98,7 +110,7 @@ def recipes_run(tiny_lm, corpus, tmp_path_factory):
 def test_every_recipe_reports_its_claims_with_verdicts_and_figures(recipes_run):
     request, outcome = recipes_run
     out = request.out
-    assert len(outcome.trained_runs) == 2 + 4 + 2, "gsae, choice (two stages) and gated, 2 seeds"
+    assert len(outcome.trained_runs) == 2 + 4 + 2 + 2, "choice has two stages; 2 seeds each"
     report = json.loads((out / "report.json").read_text())
     for recipe, texts in CLAIMS.items():
         claims = report["recipes"][recipe]["claims"]
@@ -146,6 +158,34 @@ def test_choice_fits_zipf_capacities_and_evaluates_both_modes(recipes_run):
     assert {r["mode"] for r in rows if r["variant"] == "feature-choice"} == {"threshold", "batch"}
 
 
+@pytest.mark.slow  # the recipes_run fixture
+def test_the_transcoders_recipe_compares_shapes_and_prefixes_on_one_store(recipes_run):
+    request, _ = recipes_run
+    store = ActivationStore.open(request.out / "store.zarr")
+    mlp_in, mlp_out = "blocks.1.mlp.hook_in", "blocks.1.hook_mlp_out"
+    assert {mlp_in, mlp_out, "blocks.1.hook_resid_post"} <= set(store.hooks)
+    assert store.spec.hooks[mlp_in].gradients is False, "no recipe reads the MLP's gradients"
+    assert store.spec.hooks["blocks.1.hook_resid_post"].gradients, "g-SAEs read these"
+    report = json.loads((request.out / "report.json").read_text())["recipes"]["transcoders"]
+    shapes = {
+        (r["options"].get("hooks"), r["options"].get("target"), r["options"].get("skip", False))
+        for r in report["rows"]
+        if r["variant"] == "topk"
+    }
+    assert shapes == {(None, None, False), (mlp_in, mlp_out, False), (mlp_in, mlp_out, True)}
+    spliced = [r for r in report["rows"] if r["variant"] == "topk"]
+    assert all(r["online"]["loss_added"] == r["online"]["loss_added"] for r in spliced)
+    (nested,) = {
+        tuple(r["offline"]["prefix_nmse"]) for r in report["rows"] if r["variant"] == "matryoshka"
+    }
+    assert nested == ("32", "64", "128"), "prefixes of 1/4, 1/2 and all of 2·64 latents"
+    alone = {r["options"]["latents"] for r in report["rows"] if r["variant"] == "batchtopk"}
+    assert alone == {32, 64, 128}
+    prefix_claim = next(c for c in report["claims"] if c["claim"].startswith("Each Matryoshka"))
+    assert [p["where"] for p in prefix_claim["points"]] == ["32 latents", "64 latents"]
+    assert all(p["slack"] > 0 for p in prefix_claim["points"])
+
+
 @pytest.mark.slow  # the recipes_run fixture, then the recipes again
 def test_a_second_run_trains_and_evaluates_nothing(recipes_run):
     request, _ = recipes_run
@@ -172,6 +212,11 @@ def test_bad_input_is_one_line_and_writes_nothing(run_cli, tiny_lm, corpus, tmp_
     assert_one_line_error(
         run_cli("recipe", "gated", "--out", out, "--model", tiny_lm, "--store", two_hooks),
         "has no hook blocks.1.hook_resid_post",
+    )
+    assert_one_line_error(
+        run_cli("recipe", "transcoders", "--out", out, "--model", tiny_lm, "--store", two_hooks),
+        "has no hook blocks.1.hook_mlp_out, blocks.1.mlp.hook_in",
+        "recipe transcoders",
     )
     assert_one_line_error(run_cli("recipe", "gsae", "--out", out, "--model", tiny_lm), "--dataset")
     assert not out.exists(), "nothing was written"

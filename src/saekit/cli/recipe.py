@@ -62,7 +62,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def recipe(
         name: Annotated[
-            list[str], typer.Argument(help="gsae, choice, gated or all (several may be given).")
+            list[str],
+            typer.Argument(help="gsae, choice, gated, transcoders or all (several may be given)."),
         ],
         out: Annotated[Path, typer.Option(help="Directory for the store, runs and report.")],
         model: Annotated[

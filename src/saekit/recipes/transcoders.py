@@ -7,7 +7,8 @@ One run per seed, at the preset's layer L, reading two hooks of the same rows: t
 (`blocks.L.mlp.hook_in`, what the MLP reads) and its output (`blocks.L.hook_mlp_out`). TopK SAE,
 transcoder and skip transcoder at every k of the grid all predict the MLP output, so their NMSE and
 the loss added when their output is spliced in place of the MLP's are directly comparable. The
-Matryoshka SAE and the BatchTopK SAEs read the MLP output too, all at one k.
+Matryoshka SAE and the BatchTopK SAEs read the MLP output too, all at one k, and are compared
+with their learnt thresholds (their inference mode).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from saekit.recipes.figures import Line, line_figure, sweep_line
 from saekit.recipes.judge import PerKey, PrefixVsAlone, Within
 from saekit.recipes.results import Results, Series
 from saekit.recipes.tables import markdown_table, mean_range, percent
+from saekit.train import modes
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,10 @@ def arms(scope: Scope) -> Arms:
         sae=Arm("TopK SAE on the MLP output", "topk"),
         transcoder=Arm("TopK transcoder", "topk", transcode),
         skip=Arm("TopK skip transcoder", "topk", {**transcode, "skip": True}),
-        matryoshka=Arm("Matryoshka BatchTopK", "matryoshka", {"groups": groups}),
-        batchtopk=Arm("BatchTopK", "batchtopk"),
+        matryoshka=Arm(
+            "Matryoshka BatchTopK", "matryoshka", {"groups": groups}, modes.THRESHOLD
+        ),
+        batchtopk=Arm("BatchTopK", "batchtopk", mode=modes.THRESHOLD),
     )
 
 
