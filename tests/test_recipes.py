@@ -10,11 +10,13 @@ import pytest
 from helpers import assert_one_line_error, snapshot
 from saekit.cache_format import ActivationStore, HookSpec
 from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
+from saekit.harvest import plan_harvest
 from saekit.recipes import SMALL, RecipeRequest, run_recipes
 from saekit.recipes.choice import ChoiceGrid
 from saekit.recipes.claims import FAILS, HOLDS, INCONCLUSIVE
 from saekit.recipes.gated import GatedGrid
 from saekit.recipes.gsae import GSAEGrid
+from saekit.recipes.inputs import check_inputs, harvest_config
 from saekit.recipes.transcoders import TranscodersGrid
 
 # The small preset, shrunk: an 8k-token store, 2·d latents, 4k training tokens, two seeds, the
@@ -46,6 +48,7 @@ FAST = dataclasses.replace(
     },
 )
 
+RESID = "blocks.1.hook_resid_post"  # the tiny LM's middle layer
 CLAIMS = {
     "gsae": [
         "lower loss added than TopK at equal L0",
@@ -237,3 +240,22 @@ def test_bad_input_is_one_line_and_writes_nothing(run_cli, tiny_lm, corpus, tmp_
     assert_one_line_error(
         run_cli("recipe", "gated", *common[2:], "--out", not_a_record), "holds no recipe results"
     )
+
+
+def test_the_harvest_keeps_gradients_only_where_a_recipe_reads_them(tiny_lm, corpus, tmp_path):
+    def planned(*recipes):
+        request = RecipeRequest(
+            recipes=recipes, out=tmp_path / "out", model=str(tiny_lm), dataset=str(corpus),
+            preset=FAST,
+        )  # fmt: skip
+        return plan_harvest(harvest_config(request, check_inputs(request))).spec.hooks
+
+    mlp_out, mlp_in, resid = "blocks.1.hook_mlp_out", "blocks.1.mlp.hook_in", RESID
+    assert {h: s.gradients for h, s in planned("transcoders").items()} == {
+        mlp_out: False,
+        mlp_in: False,
+    }
+    both = planned("gsae", "transcoders")
+    assert list(both) == [resid, mlp_out, mlp_in], "each recipe's hooks, each once"
+    assert {h: s.gradients for h, s in both.items()} == {resid: True, mlp_out: False, mlp_in: False}
+    assert not (tmp_path / "out").exists(), "planning writes nothing"

@@ -174,7 +174,7 @@ def harvest_config(request: RecipeRequest, inputs: Inputs) -> HarvestConfig:
         model=inputs.model.name,
         dataset=request.dataset or "",
         hooks=inputs.harvested_hooks,
-        gradients=inputs.gradient_hooks,
+        gradients=inputs.gradient_hooks or False,
         out=str(Workspace(request.out).store),
         tokens=preset.harvest_tokens,
         holdout_tokens=preset.holdout_tokens,
