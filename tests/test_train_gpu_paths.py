@@ -14,8 +14,9 @@ import torch
 from host_syncs import host_syncs
 from saekit.base import devices
 from saekit.cache_format import Batch
+from saekit.cache_format.schema import ACTIVATIONS, GRADIENTS, hook_field
 from saekit.train.losses import ResidualAux
-from saekit.train.member import Member
+from saekit.train.member import Member, RunReads
 from saekit.train.schedule import Plan
 from saekit.train.sparse import SparsePattern, segment_sum
 from saekit.train.spec import parse_spec
@@ -126,8 +127,11 @@ def test_the_trainer_loop_never_syncs_between_logging_steps(gpu_paths, tmp_path)
         def stepped(self, step, epoch):
             self.after_step.append(sum(self.events.values()))
 
-    data = [Batch({"activations": x, "gradients": g}, epoch=0) for x, g in batches(steps)]
-    trainer = Trainer(members, members[0].plan, Cadence(1000, 0), 2.0, tmp_path)
+    (hook,) = members[0].sae.shape.hooks
+    reads = RunReads((hook,), (hook,))
+    fields = (hook_field(ACTIVATIONS, hook), hook_field(GRADIENTS, hook))
+    data = [Batch(dict(zip(fields, pair, strict=True)), epoch=0) for pair in batches(steps)]
+    trainer = Trainer(members, members[0].plan, Cadence(1000, 0), reads, {hook: 1.0}, tmp_path)
     with host_syncs(free=adam_step_of(members)) as events:
         trainer.observer = tally = Tally(events)
         trainer.run(iter(data))
