@@ -51,7 +51,7 @@ class HarvestConfig:
 
     model: str
     dataset: str
-    hooks: tuple[str, ...]
+    hooks: tuple[str, ...]  # hook names or patterns (`--hook`; see saekit.harvest.hooks)
     out: str
     tokens: int | None = None
     context_size: int = 128
