@@ -144,7 +144,27 @@ class ActivationStore:
             result[ROW_INDEX] = np.arange(start, stop, dtype=np.int64)
         for name, path in self.fields_to_arrays(fields, hook).items():
             result[name] = self._read_array(path, start, stop, None if out is None else out[name])
+            if name in INTEGER_FIELDS:
+                self._check_values(name, result[name], start)
         return result
+
+    def _check_values(self, name: str, values: np.ndarray, start: int) -> None:
+        """Refuse rows whose token id, sequence or position cannot be (negative: the fill of a
+        chunk missing or never written; beyond the vocabulary or the context the store
+        records) in one line pointing at `sae verify`."""
+        bad, _ = impossible_values(name, values, self.spec.identity)
+        if bad.any():
+            row = start + int(np.flatnonzero(bad)[0])
+            value = int(values[row - start])
+            if value < 0:
+                why = "negative: the fill of rows never written, a chunk missing?"
+            else:
+                bound = FIELD_BOUNDS[name]
+                why = f"at least identity.{bound}, {self.spec.identity[bound]}"
+            raise IntegrityError(
+                f"store {self.location}: row {row} of '{name}' holds {value}, which cannot be "
+                f"({why}); the store is damaged, run sae verify on it"
+            )
 
     def _read_array(self, path: str, start: int, stop: int, out: np.ndarray | None) -> np.ndarray:
         """Rows [start, stop) of one array; a chunk that cannot be read or decoded (checksum
@@ -205,6 +225,26 @@ class ActivationStore:
     ) -> dict[str, torch.Tensor]:
         """Rows [start, stop) as tensors, activations and gradients decoded to float32."""
         return self.decode(self.read(fields, start, stop, hook), device)
+
+
+INTEGER_FIELDS = (schema.TOKENS, schema.SEQUENCE, schema.POSITION)
+# the identity's bound on the values of an integer field, where the store records one
+FIELD_BOUNDS = {schema.TOKENS: "vocab_size", schema.POSITION: "context_size"}
+
+
+def impossible_values(
+    name: str, values: np.ndarray, identity: dict[str, Any]
+) -> tuple[np.ndarray, str]:
+    """[R] bool: which values of an integer field no harvest writes (negative, the fill of
+    unwritten rows; a token id beyond `identity.vocab_size`, a position beyond
+    `identity.context_size`), and what is wrong with them."""
+    bound_key = FIELD_BOUNDS.get(name)
+    bound = identity.get(bound_key) if bound_key else None
+    if isinstance(bound, int) and not isinstance(bound, bool) and bound > 0:
+        return (values < 0) | (values >= bound), (
+            f"negative values (unwritten rows?) or values of {bound} or more (identity.{bound_key})"
+        )
+    return values < 0, "negative values (unwritten rows?)"
 
 
 def _open_group(location: str | Path, storage_options: dict[str, Any] | None) -> zarr.Group:
