@@ -42,6 +42,7 @@ from saekit.lm import GRADIENT_CONVENTION, LanguageModel, load_model, run_batch
 
 DOCUMENT_SHUFFLE_BUFFER = 10_000
 DEFAULT_HOLDOUT_TOKENS = 1 << 16
+ADDED_IDENTITY_KEYS = ("vocab_size",)  # recorded since this saekit; absent in older stores
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ def _check_numbers(config: HarvestConfig) -> None:
         raise SaekitError("--rows-per-chunk and --chunks-per-block must be positive")
     if config.holdout_tokens is not None and config.holdout_tokens < 0:
         raise SaekitError("--holdout-tokens must be >= 0")
+    if config.seed < 0:
+        raise SaekitError(f"--seed must be 0 or more, not {config.seed}")
     if not 1 <= config.shards <= MAX_SHARDS:
         raise SaekitError(f"--shards must be from 1 to {MAX_SHARDS}, not {config.shards}")
     if not 0 <= config.shard < config.shards:
@@ -147,6 +150,7 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
     existing = check_target(config.out, config.storage_options)
     device = resolve_device(config.device)
     source = resolve_source(config.dataset, config.split, config.text_column)
+    source.check()  # every local file: readable text with the text column, before any write
     model = load_model(config.model, device)
     hooks = list(config.hooks)
     model.check_hooks(hooks)
@@ -203,13 +207,18 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
 
 def _keep_recorded_paths(identity: dict[str, Any], existing: dict | None) -> dict[str, Any]:
     """Stores written by older saekit versions name a local model or dataset as it was typed
-    (relative); resuming one keeps that name when it means the same path."""
+    (relative); resuming one keeps that name when it means the same path. They also lack the
+    identity entries added since (`vocab_size`): resuming one leaves those out."""
     stored = (existing or {}).get("identity")
     kept = dict(identity)
     for key in ("model", "dataset"):
         old = stored.get(key) if isinstance(stored, dict) else None
         if isinstance(old, str) and absolute_location(old) == identity.get(key):
             kept[key] = old
+    if isinstance(stored, dict):
+        for key in ADDED_IDENTITY_KEYS:
+            if key not in stored:
+                kept.pop(key, None)
     return kept
 
 
