@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from saekit.base.atomic import write_json, write_safetensors
 from saekit.base.errors import SaekitError
+from saekit.base.outputs import make_directory
 from saekit.train.sae import SAE
 from saekit.train.sae_config import DAMAGED, SAE_FORMAT, SAEConfig
 from saekit.train.spec import ResolvedSpec, make_spec
@@ -33,7 +34,7 @@ def save_sae(trained: SAE, directory: Path, cfg: SAEConfig) -> None:
     """Write an SAE trained on `input_scale · x` so that it takes raw activations."""
     sae = copy.deepcopy(trained).cpu()
     sae.fold_input_scale_(cfg.input_scale)
-    directory.mkdir(parents=True, exist_ok=True)
+    make_directory(directory, directory.parent.parent)  # RUN/saes/NAME, never through a link
     write_safetensors(directory / WEIGHTS_FILE, sae.state_for_saving(), {"format": SAE_FORMAT})
     write_json(directory / CFG_FILE, dataclasses.asdict(cfg))
     export_saelens(sae, directory / SAELENS_DIR, cfg)
@@ -46,7 +47,7 @@ def export_saelens(sae: SAE, directory: Path, cfg: SAEConfig) -> None:
     Choice as JumpReLU with their learnt thresholds, g-SAE as TopK (plain mode).
     """
     activation = sae.activation
-    directory.mkdir(parents=True, exist_ok=True)
+    make_directory(directory, directory.parent)
     metadata = {
         "hook_name": cfg.hook,
         "model_name": cfg.store["identity"].get("model"),
@@ -84,7 +85,11 @@ def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> SAE:
     optional = {key for key in expected if key.startswith(later)}
     check_weights(directory / WEIGHTS_FILE, expected, optional)
     sae = spec.build(cfg.d_in)
-    sae.load_state_dict(load_file(directory / WEIGHTS_FILE), strict=False)  # checked above
+    tensors = load_file(directory / WEIGHTS_FILE)
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SaekitError(f"{directory / WEIGHTS_FILE} holds NaN or Inf in {key}; {DAMAGED}")
+    sae.load_state_dict(tensors, strict=False)  # checked above
     sae.cfg = cfg
     return sae.to(device).eval()
 
