@@ -4,7 +4,7 @@ the store (or the harvest that makes it), the LM's shape and the hook."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore
 from saekit.evaluate import check_holdout
 from saekit.harvest import HarvestConfig
-from saekit.lm import ModelShape
+from saekit.lm import ModelShape, check_model_files, load_tokenizer
 from saekit.recipes.catalog import RECIPES
 from saekit.recipes.declarations import Recipe
 from saekit.recipes.presets import PRESETS, Preset
@@ -32,6 +32,7 @@ class RecipeRequest:
     device: str = "auto"
     storage_options: dict[str, Any] | None = None
     command: str = "sae recipe"
+    allow_other_model: bool = False  # a --model that is not the --store's (the report says so)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Inputs:
     store: ActivationStore | None
     model: ModelShape
     hook: str
+    warnings: list[str] = field(default_factory=list)  # what the report must say
 
     @property
     def d_in(self) -> int:
@@ -97,12 +99,18 @@ def check_inputs(request: RecipeRequest) -> Inputs:
         )
     if store is None and not request.dataset:
         raise SaekitError("give --dataset to harvest from, or an existing store with --store")
+    warnings: list[str] = []
     if store is not None:
         check_holdout(store)
         if any(r.needs_gradients for r in recipes) and store.complete:
             store.require_gradients(hook)
+        # the model the recipe splices SAEs into must be the store's, checked before training
+        tokenizer = load_tokenizer(model_name, store, check=False)
+        warnings = check_model_files(
+            store, model_name, tokenizer, request.allow_other_model, "online metrics use"
+        )
     complete = store if store is not None and store.complete else None
-    return Inputs(recipes, preset, complete, model, hook)
+    return Inputs(recipes, preset, complete, model, hook, warnings)
 
 
 def _hook(

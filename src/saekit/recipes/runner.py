@@ -74,7 +74,9 @@ def run_recipes(request: RecipeRequest, reporter: Reporter | None = None) -> Out
     if store is None:
         with timed(timings, "harvest"):
             store = _harvest(request, inputs, reporter)
-    evaluation = recipe_evaluation(store, preset, device, inputs.model.name)
+    evaluation = recipe_evaluation(
+        store, preset, device, inputs.model.name, request.allow_other_model
+    )
     outcome = Outcome(workspace.root / "report.md", cost)
     for recipe in recipes:
         scope = recipe.scope(preset, inputs.d_in)
@@ -91,7 +93,7 @@ def run_recipes(request: RecipeRequest, reporter: Reporter | None = None) -> Out
                     evaluation, recipe, scope, run, workspace, reporter.message
                 )
         write_json(workspace.record_file, record)
-    _report(workspace, record, preset, inputs.d_in, cost)
+    _report(workspace, record, preset, inputs.d_in, cost, inputs.warnings)
     return outcome
 
 
@@ -105,7 +107,12 @@ def _harvest(request: RecipeRequest, inputs: Inputs, reporter: Reporter) -> Acti
 
 
 def _report(
-    workspace: Workspace, record: dict[str, Any], preset: Preset, d_in: int, cost: Estimate
+    workspace: Workspace,
+    record: dict[str, Any],
+    preset: Preset,
+    d_in: int,
+    cost: Estimate,
+    warnings: list[str],
 ) -> None:
     """Analyse every recipe with results in DIR (also those of earlier calls); write the report."""
     workspace.figures.mkdir(exist_ok=True)
@@ -117,4 +124,4 @@ def _report(
         recipe = RECIPES[name]
         view = View(recipe.scope(preset, d_in), workspace.figures, workspace.runs(name))
         analyses.append(analyse(recipe, rows, view))
-    write_report(workspace.root, record, analyses, cost)
+    write_report(workspace.root, record, analyses, cost, warnings)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from saekit.base.devices import device_memory
 from saekit.base.errors import SaekitError
 from saekit.base.units import human_bytes
 from saekit.train.spec import ResolvedSpec
@@ -23,13 +22,6 @@ def training_bytes(d_in: int, latents: int, batch_size: int) -> int:
     parameters = 2 * latents * d_in + latents + d_in
     per_step = BATCH_BY_LATENTS_COPIES * batch_size * latents
     return FLOAT_BYTES * (PARAMETER_COPIES * parameters + per_step)
-
-
-def device_memory(device: torch.device) -> int:
-    """Total memory of the device (CUDA) or of the machine (CPU), in bytes."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[1]
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def check_memory(
