@@ -133,6 +133,7 @@ def prepare_dashboard(request: InspectRequest) -> Dashboard:
     unembedding); raise `SaekitError` on bad input. Writes nothing."""
     _check_settings(request)
     store = ActivationStore.open(_store_location(request), request.storage_options)
+    store.check_split()
     _check_out(request)
     if store.n_rows(request.split) == 0:
         other = "train" if request.split == "holdout" else "holdout"

@@ -24,6 +24,7 @@ def check_holdout(store: ActivationStore) -> None:
             f"store {store.location} has no held-out rows; harvest it with "
             "--holdout-tokens above 0 to evaluate SAEs on it"
         )
+    store.check_split()
 
 
 NONFINITE_ADVICE = (

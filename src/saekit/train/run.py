@@ -179,6 +179,7 @@ def resolve_specs(specs: list[SAESpec], d_in: int, default_lr: float | None) -> 
 
 def make_plan(store: ActivationStore, settings: TrainSettings) -> Plan:
     """Steps of the run: `tokens` (default one epoch) in batches; beyond one epoch, several."""
+    store.check_split()  # training must not read held-out rows a damaged layout hands it
     rows = eligible_training_rows(store)
     if rows == 0:
         raise SaekitError(f"store {store.location} has no training rows; harvest more tokens")
