@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from helpers import harvest_small_store, snapshot
 from saekit.base.errors import SaekitError
-from saekit.base.outputs import MARKER_FILE, marker_kind
+from saekit.base.outputs import MARKER_FILE, marker_kind, write_marker
 from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 from saekit.dashboard import is_site
 from saekit.train import TrainRequest, TrainSettings, parse_spec, train
@@ -359,6 +359,20 @@ def _(w):  # training would take the held-out rows for its own
     return w.train(w.root / "run2")
 
 
+@case("holdout-rows-lie-consistently-smaller", 1, "on the other side of the held-out split")
+def _(w):  # the identity edited to agree: the rows' contexts still give it away to training
+    edit_layout(w, holdout_rows=480)
+    edit_attrs(w, identity={**identity_of(w.store), "holdout_tokens": 480})
+    return w.train(w.root / "run2")
+
+
+@case("holdout-rows-lie-consistently-larger", 1, "on the other side of the held-out split")
+def _(w):  # and to evaluation, which would measure on training rows
+    edit_layout(w, holdout_rows=1920)
+    edit_attrs(w, identity={**identity_of(w.store), "holdout_tokens": 1920})
+    return w.eval()
+
+
 @case("verify-holdout-rows-not-whole-contexts", 1, "must be whole contexts (a multiple of")
 def _(w):  # the identity edited to agree: the context size still gives it away
     edit_layout(w, holdout_rows=950)
@@ -630,6 +644,43 @@ def _(w):
     shutil.move(step, w.mine / step.name)
     step.symlink_to(w.mine / step.name)
     return w.train(w.run, "--resume")
+
+
+def marked(folder: Path, kind: str) -> Path:
+    """`folder`, made and marked as an output of `kind` saekit wrote."""
+    folder.mkdir()
+    write_marker(folder, kind)
+    return folder
+
+
+@case("eval-inspect-site-is-a-link", 2, "report/inspect is a symbolic link; saekit never writes")
+def _(w):
+    report = marked(w.root / "report", "eval-report")
+    (report / "inspect").symlink_to(w.mine)
+    return ["eval", w.run, "--out", report, "--no-online", "--inspect"]
+
+
+@case("demo-dir-model-is-a-link", 2, "tiny-gpt2 is a symbolic link; saekit never writes")
+def _(w):  # the demo would save its tiny LM into mine/
+    demo = marked(w.root / "demo", "demo-dir")
+    (demo / "tiny-gpt2").symlink_to(w.mine)
+    return ["demo", "--out", demo]
+
+
+@case("recipe-dir-figures-is-a-link", 2, "figures is a symbolic link; saekit never writes")
+def _(w):  # the report would draw its figures into mine/
+    from saekit.recipes.catalog import RECIPES
+    from saekit.recipes.inputs import RecipeRequest, check_inputs
+    from saekit.recipes.workspace import Workspace, new_record, open_record
+
+    out = w.root / "recipes"
+    inputs = check_inputs(RecipeRequest(("gated",), out, store=str(w.store)))
+    record = new_record(
+        inputs.preset, inputs.recipes, inputs.model.name, None, str(w.store), inputs.hook
+    )
+    open_record(Workspace(out), record, list(RECIPES))
+    (out / "figures").symlink_to(w.mine)
+    return ["recipe", "gated", "--store", w.store, "--out", out]
 
 
 @case("demo-out-inside-a-store", 2, "lies inside the store")
@@ -971,7 +1022,7 @@ def _(w):
 
 
 def test_there_are_enough_cases():
-    assert len(CASES) >= 100
+    assert len(CASES) >= 120
     assert len({c.name for c in CASES}) == len(CASES)
 
 
@@ -1140,6 +1191,16 @@ def test_checkpoints_remove_only_the_checkpoints_saekit_named(tmp_path):
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["latest.json", "step-000000002", "step-precious"]
     assert (precious / "keep.txt").read_text() == "mine"
+
+
+def test_verify_finds_held_out_rows_that_lie_consistently(world, run_cli):
+    edit_layout(world, holdout_rows=480)
+    edit_attrs(world, identity={**identity_of(world.store), "holdout_tokens": 480})
+    result = run_cli("verify", world.store)
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines and all("contexts on the other side of the held-out split" in x for x in lines)
+    assert all(line.startswith("corrupt: sequence chunk ") for line in lines)
 
 
 # -- another model: refused, or allowed and said ---------------------------------------------------

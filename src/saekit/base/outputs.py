@@ -241,6 +241,22 @@ def make_directory(path: Path, root: Path) -> Path:
     return path
 
 
+def refuse_links(root: Path, paths: Iterable[str | Path]) -> None:
+    """Refuse an output whose places below `root` (each of `paths`, and the folders on the way)
+    is a symbolic link: what saekit writes there would land elsewhere."""
+    for relative in paths:
+        current = root
+        for part in Path(relative).parts:
+            current = current / part
+            if current.is_symlink():
+                raise SaekitError(
+                    f"{current} is a symbolic link; saekit never writes through links in what "
+                    "it writes: remove the link (or give a new --out)"
+                )
+            if not current.exists():
+                break
+
+
 def remove_directory(path: Path) -> None:
     """Remove a directory saekit wrote; a symbolic link in its place is removed itself, never
     followed (neither is any link inside: `shutil.rmtree` does not follow them)."""

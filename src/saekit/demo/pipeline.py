@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from saekit.base.outputs import DEMO_DIR, check_output_dir, make_directory, write_marker
+from saekit.base.outputs import (
+    DEMO_DIR,
+    check_output_dir,
+    make_directory,
+    refuse_links,
+    write_marker,
+)
 from saekit.dashboard import InspectRequest
 from saekit.demo.corpus import generate_documents, write_corpus
 from saekit.demo.tiny_lm import build_tiny_lm
@@ -46,6 +52,7 @@ def claim_output(paths: DemoPaths) -> None:
     demo (an earlier saekit's demo output carries no marker: refused with what to do); create
     DIR and mark it as a demo directory."""
     check_output_dir(paths.root, [], "demo", DEMO_DIR, lambda root: (root / "store.zarr").exists())
+    refuse_links(paths.root, ["corpus", paths.model.name, paths.store.name, "run", "report"])
     make_directory(paths.root, paths.root)
     write_marker(paths.root, DEMO_DIR)
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from saekit.base.atomic import write_json
+from saekit.base.outputs import make_directory
 from saekit.cache_format import ActivationStore
 from saekit.evaluate import EvalSettings, Evaluation, Steering, check_provenance, targets_of
 from saekit.lm import load_model_for_store
@@ -69,6 +70,6 @@ def evaluate_run(
     )
     for row in evaluation.rows(todo, steer=steered, steering=steering):
         cached[row["label"]] = row
-    cache.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(cache.parent, workspace.root)  # never through a link planted in DIR
     write_json(cache, cached)
     return len(todo)

@@ -11,6 +11,7 @@ from typing import Any
 
 from saekit.base.atomic import write_json
 from saekit.base.devices import resolve_device
+from saekit.base.outputs import make_directory
 from saekit.cache_format import ActivationStore
 from saekit.harvest import plan_harvest, run_harvest
 from saekit.recipes.analysis import analyse
@@ -115,7 +116,7 @@ def _report(
     warnings: list[str],
 ) -> None:
     """Analyse every recipe with results in DIR (also those of earlier calls); write the report."""
-    workspace.figures.mkdir(exist_ok=True)
+    make_directory(workspace.figures, workspace.root)
     analyses = []
     for name in record["recipes"]:
         rows = [Row(row) for row in workspace.cached_rows(name)]

@@ -30,6 +30,7 @@ from saekit.base.outputs import (
     marker_kind,
     probe_writable,
     refuse_inside_store,
+    refuse_links,
     write_marker,
 )
 from saekit.recipes.declarations import Recipe
@@ -39,6 +40,7 @@ RECORD_FILE = "recipe.json"
 RECORD_FORMAT = "saekit.recipe"
 STORE_DIR = "store.zarr"
 COMPARED = ("preset", "model", "store", "hook")  # settings a resumed DIR must repeat
+PARTS = ("runs", "evals")  # the folders of each recipe in DIR
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,9 @@ def check_workspace(out: Path, record: dict[str, Any]) -> None:
             f"--out {out} holds recipes run with another {', '.join(changed)}; repeat those "
             "settings to resume them, or choose a new directory"
         )
+    refuse_links(
+        out, [STORE_DIR, "figures", *(f"{p.name}/{d}" for p in out.iterdir() for d in PARTS)]
+    )
 
 
 def _same_preset(stored: Any, wanted: dict[str, Any]) -> bool:

@@ -79,6 +79,8 @@ def load_config(path: Path) -> tuple[dict[str, Any], list[SAESpec]]:
         raise SaekitError(f"config file {path} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise SaekitError(f"config file {path} is not valid TOML: {error}") from None
+    except OSError as error:  # a directory, no permission
+        raise SaekitError(f"cannot read config file {path}: {error.strerror or error}") from None
     saes = table.pop("sae", [])
     if not isinstance(saes, list) or not all(isinstance(s, dict) for s in saes):
         raise SaekitError(f"config file {path}: write each SAE as a [[sae]] table")
