@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import resource
@@ -1259,6 +1260,25 @@ def test_a_damaged_row_scale_stops_training_and_is_found_by_verify(tmp_path, run
 # -- the machine refuses a write ------------------------------------------------------------------
 
 
+def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    from saekit.base import atomic
+
+    target = tmp_path / "report.json"
+    target.write_text("old")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    with pytest.raises(
+        SaekitError, match=r"cannot write .*report\.json: No space left on device; "
+    ):
+        atomic.write_text(target, "new")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "report.json"
+    ]
+
+
 @contextlib.contextmanager
 def file_size_limit(limit: int) -> Iterator[None]:
     """A file-size limit for this process (as `ulimit -f`): writes past it fail with EFBIG."""
@@ -1277,6 +1297,7 @@ def test_a_write_past_a_file_size_limit_is_one_line_and_leaves_nothing_half_writ
     last = trained.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot write ") and "File too large; raise the file" in last
     assert not (world.root / "run2" / "checkpoints" / "latest.json").exists()
+    assert list((world.root / "run2" / "checkpoints").iterdir()) == [], "no half checkpoint"
 
     with file_size_limit(20_000):  # report.json fits, a plot does not
         evaluated = run_cli(*world.eval())

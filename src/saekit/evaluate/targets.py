@@ -168,8 +168,8 @@ def check_provenance(
     must then carry."""
     check_against_store(sae, store, where)
     trained = sae.cfg.store.get("identity")
-    differences = provenance_differences(trained if isinstance(trained, dict) else {},
-                                         store.spec.identity)  # fmt: skip
+    trained = trained if isinstance(trained, dict) else {}
+    differences = provenance_differences(trained, store.spec.identity)
     if not differences:
         return []
     if not allow_other_model:

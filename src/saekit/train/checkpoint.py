@@ -66,9 +66,13 @@ class Checkpoints:
         make_directory(self.root, self.run_dir)
         remove_directory(directory)  # a partial one from a killed run
         make_directory(directory, self.root)
-        write_torch(directory / TRAINER_STATE, trainer)
-        for name, state in members.items():
-            write_torch(directory / f"{name}.pt", state)
+        try:
+            write_torch(directory / TRAINER_STATE, trainer)
+            for name, state in members.items():
+                write_torch(directory / f"{name}.pt", state)
+        except BaseException:  # a full disk, a file-size limit, Ctrl-C: no half checkpoint left
+            remove_directory(directory)
+            raise
         write_json(
             self.root / LATEST, {"step": step, "directory": directory.name, "complete": complete}
         )
