@@ -44,9 +44,9 @@ def build_gpt2_small(directory: Path) -> None:
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    tokenizer = GPT2TokenizerFast(
-        vocab_file=str(SHARED / "gpt2-tokenizer" / "vocab.json"),
-        merges_file=str(SHARED / "gpt2-tokenizer" / "merges.txt"),
+    tokenizer = GPT2TokenizerFast(  # (vocab_file=/merges_file= gave a 1-token tokenizer)
+        vocab=str(SHARED / "gpt2-tokenizer" / "vocab.json"),
+        merges=str(SHARED / "gpt2-tokenizer" / "merges.txt"),
     )
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config()).save_pretrained(directory)

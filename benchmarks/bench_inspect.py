@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+import zarr
 
 from saekit.base.devices import resolve_device
 from saekit.cache_format import ActivationStore, HookSpec
@@ -56,16 +57,17 @@ SHARED = next(
 )  # fmt: skip
 
 
-def build_lm(directory: Path, d: int) -> None:
-    """A one-layer GPT-2 of width d (random weights) with GPT-2's tokenizer when available."""
+def build_lm(directory: Path, d: int) -> int:
+    """A one-layer GPT-2 of width d (random weights) with GPT-2's tokenizer when available;
+    the size of the tokenizer's vocabulary."""
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
     from transformers.utils import logging
 
     logging.disable_progress_bar()
     if SHARED is not None:
-        tokenizer = GPT2TokenizerFast(
-            vocab_file=str(SHARED / "gpt2-tokenizer" / "vocab.json"),
-            merges_file=str(SHARED / "gpt2-tokenizer" / "merges.txt"),
+        tokenizer = GPT2TokenizerFast(  # (vocab_file=/merges_file= gave a 1-token tokenizer)
+            vocab=str(SHARED / "gpt2-tokenizer" / "vocab.json"),
+            merges=str(SHARED / "gpt2-tokenizer" / "merges.txt"),
         )
     else:
         from saekit.demo import build_tiny_lm, generate_documents
@@ -77,6 +79,7 @@ def build_lm(directory: Path, d: int) -> None:
     config = GPT2Config(n_layer=1, n_embd=d, n_head=max(1, d // 64), vocab_size=SYNTHETIC_VOCAB)
     GPT2LMHeadModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    return len(tokenizer)
 
 
 def save_random_sae(run: Path, text: str, d: int, store: Path, sample_x: torch.Tensor) -> None:
@@ -217,7 +220,10 @@ def run_benchmark(root: Path, args: argparse.Namespace) -> None:
     store_path = root / "store.zarr"
     print(f"writing a synthetic store: {2 * holdout:,} rows ({holdout:,} held out), d = {d}")
     write_synthetic_store(store_path, spec)
-    build_lm(root / "lm", d)
+    vocabulary = build_lm(root / "lm", d)
+    if vocabulary < SYNTHETIC_VOCAB:  # the fallback tokenizer: inspect refuses ids it lacks
+        tokens = zarr.open_group(store_path, mode="r+")["tokens"]
+        tokens[:] = tokens[:] % vocabulary
     store = ActivationStore.open(store_path)
     sample = store.read_tensors(["activations"], holdout, holdout + 4096, HOOK)["activations"]
     specs = {

@@ -18,13 +18,13 @@ pytestmark = pytest.mark.slow  # kill -9 of writer processes at random points, t
 N_ROWS = 48 * 1024
 WRITER = """
 from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
-spec = synthetic_spec({n_rows}, holdout_rows=1000, activation_dtype="{dtype}")
+spec = synthetic_spec({n_rows}, holdout_rows=1008, activation_dtype="{dtype}")
 write_synthetic_store(sys.argv[1], spec)
 """
 
 
 def spec(dtype):
-    return synthetic_spec(N_ROWS, holdout_rows=1000, activation_dtype=dtype)
+    return synthetic_spec(N_ROWS, holdout_rows=1008, activation_dtype=dtype)  # 63 contexts
 
 
 @pytest.fixture(scope="module")

@@ -141,7 +141,8 @@ def test_sae_export_assembles_a_circuit_tracer_transcoder_set(tmp_path, run_cli)
     unrelated.mkdir()
     (unrelated / "thesis.txt").write_text("mine")
     assert_one_line_error(
-        run_cli("export", layer1, layer0, "--circuit-tracer", unrelated), "is not a transcoder set"
+        run_cli("export", layer1, layer0, "--circuit-tracer", unrelated),
+        "is not a circuit-tracer transcoder set saekit wrote",
     )
     assert [p.name for p in unrelated.iterdir()] == ["thesis.txt"]
     sae_only = saved(tmp_path, "relu:latents=16")[1]

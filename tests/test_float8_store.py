@@ -85,8 +85,8 @@ def test_verify_finds_nan_bits_and_bad_scales_in_a_float8_store(tmp_path, run_cl
         "(unwritten rows?): rows 300" in result.stderr
     )
     assert (
-        f"hooks/{HOOK}/activation_scale chunk 2 (rows 512-767): 1 rows with non-positive or "
-        "non-finite activation scales: rows 700" in result.stderr
+        f"hooks/{HOOK}/activation_scale chunk 2 (rows 512-767): 1 rows with activation scales "
+        "that are not a power of two from 2^-126 to 2^126: rows 700" in result.stderr
     )
 
 

@@ -126,6 +126,9 @@ def test_every_recipe_reports_its_claims_with_verdicts_and_figures(recipes_run):
         for text in texts:
             assert text in claims_table
     assert markdown.rstrip().endswith("|"), "the report ends in the claims table"
+    spliced = report["recipes"]["gated"]["rows"][0]["online"]["tokens"]
+    assert f"spliced into the LM: {spliced:,} predicted tokens" in markdown, "the tokens used"
+    assert report["warnings"] == [] and "Warning" not in markdown
     for figure in FIGURES:
         assert f"figures/{figure}" in markdown
         image = matplotlib.image.imread(out / "figures" / figure)

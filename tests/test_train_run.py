@@ -318,7 +318,11 @@ def test_nan_or_inf_in_a_batch_stops_with_the_rows_named_and_a_checkpoint(tmp_pa
     before = snapshot(store)
     result = run_cli(*train_args(store, out, "gsae:k=4,latents=64", tokens=3584 * 2))
     assert_one_line_error(
-        result, "holds NaN or Inf in store rows", "--resume", during_training=True, exit_code=1
+        result,
+        "holds NaN or Inf (or a damaged row scale) in store rows",
+        "--resume",
+        during_training=True,
+        exit_code=1,
     )
     assert named_rows(result) <= {*NAN_ACTIVATION_ROWS, *INF_GRADIENT_ROWS}
     latest = Checkpoints(out).latest()
@@ -333,7 +337,10 @@ def test_gradients_are_read_only_when_an_sae_needs_them(tmp_path, run_cli):
     assert topk.exit_code == 0, "a TopK run never reads the gradients"
     gsae = run_cli(*train_args(store, tmp_path / "gsae", "gsae:k=4,latents=64", tokens=3584))
     assert_one_line_error(
-        gsae, "holds NaN or Inf in store rows 3001;", during_training=True, exit_code=1
+        gsae,
+        "holds NaN or Inf (or a damaged row scale) in store rows 3001;",
+        during_training=True,
+        exit_code=1,
     )
 
 

@@ -52,7 +52,7 @@ def test_foreign_directory_and_file_are_refused_untouched(tmp_path):
 
 
 def test_stopping_early_and_resuming_gives_the_same_store(tmp_path):
-    spec = synthetic_spec(4096, holdout_rows=300)
+    spec = synthetic_spec(4096, holdout_rows=304)  # 19 contexts of 16
     write_synthetic_store(tmp_path / "whole", spec)
     with StoreWriter.open(tmp_path / "parts", spec) as writer:
         block = next(writer.pending_blocks())

@@ -1,14 +1,18 @@
 """Crash-safe file writes: write a temporary file beside the target, fsync, then `os.replace`.
 
 A reader (or a resumed run) sees either the old file or the complete new one, never a torn one.
-The temporary file is created new (`O_CREAT | O_EXCL | O_NOFOLLOW`): a link planted in its place
-is never followed.
+The temporary file has a random short name (so a target name of any legal length leaves room for
+it) and is created new (`O_CREAT | O_EXCL | O_NOFOLLOW`): a link planted in its place is never
+followed. A write the machine refuses (full disk, file-size limit, permissions) is one line naming
+the file and the cause (`SaekitError`), and leaves the old file as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -16,21 +20,51 @@ from typing import Any, BinaryIO
 import torch
 from safetensors.torch import save
 
+from saekit.base.errors import write_error
+
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Create or replace `path` with what `write(file)` writes."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.unlink(missing_ok=True)  # a leftover of a killed process with this pid (or a link)
+    temporary = path.with_name(f".saekit-{secrets.token_hex(6)}.tmp")
+    recorder: _RecordingFile | None = None
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "wb") as file:
-            write(file)
+            recorder = _RecordingFile(file)
+            write(recorder)  # type: ignore[arg-type]
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        raise write_error(path, error) from None
+    except Exception:
+        # a writer that wraps the file's errors in its own (torch.save raises RuntimeError)
+        if recorder is not None and recorder.error is not None:
+            raise write_error(path, recorder.error) from None
+        raise
     finally:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
     _fsync_directory(path.parent)
+
+
+class _RecordingFile:
+    """A binary file that remembers the OS error a write met, for writers that re-raise it as
+    something else."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -8,6 +8,7 @@ whatever those threads' current device is.
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -54,3 +55,10 @@ def host_reads_are_free(device: torch.device) -> bool:
     loops use fixed-size, masked formulations there and keep data-dependent shortcuts for the CPU.
     """
     return device.type == "cpu"
+
+
+def device_memory(device: torch.device) -> int:
+    """Total memory of the device (CUDA) or of the machine (CPU), in bytes."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from saekit.cache_format.loader import Batch
 
 MAX_ROWS_NAMED = 10
+SCALE_EXPONENTS = (-126, 126)  # a row scale is 2^e for e in this range (`encoding.row_scale`)
 
 
 def finite_rows(values_RD: np.ndarray, element: str) -> np.ndarray:
@@ -37,17 +38,28 @@ def finite_rows(values_RD: np.ndarray, element: str) -> np.ndarray:
     return magnitude.max(axis=tuple(range(1, values_RD.ndim)), initial=0) < threshold
 
 
+def valid_scales(scale_R: np.ndarray) -> np.ndarray:
+    """[R] bool: which row scales are what a writer stores, a power of two from 2^-126 to
+    2^126 (`encoding.row_scale`); anything else (zero, negative, NaN, Inf, 1e-30) is damage
+    that would decode the row to wrong values. Reads the float32 bits: sign and mantissa zero,
+    exponent in range."""
+    bits = np.ascontiguousarray(scale_R, dtype=np.float32).view(np.uint32)
+    exponent = (bits >> np.uint32(23)) & np.uint32(0xFF)
+    low, high = 127 + SCALE_EXPONENTS[0], 127 + SCALE_EXPONENTS[1]
+    return ((bits & np.uint32(0x807FFFFF)) == 0) & (exponent >= low) & (exponent <= high)
+
+
 def nonfinite_index(raw: Mapping[str, np.ndarray], spec: schema.StoreSpec) -> np.ndarray:
     """Positions of the rows of raw stored values (named as `ActivationStore.read` names them)
-    with NaN or Inf in their activations or gradients, or a scale that is not a positive finite
-    number."""
+    with NaN or Inf in their activations or gradients, or a scale that is not one a writer
+    stores (`valid_scales`)."""
     good: np.ndarray | None = None
     for name, values in raw.items():
         base, _ = schema.split_field(name)
         if base in schema.SCALE_ARRAYS:
             ok = finite_rows(values, spec.encoding(base).element)
         elif base in schema.SCALE_ARRAYS.values():
-            ok = np.isfinite(values) & (values > 0)
+            ok = valid_scales(values)
         else:
             continue
         good = ok if good is None else good & ok
@@ -67,7 +79,10 @@ class NonFiniteRows(IntegrityError):
 
     def __init__(self, rows: np.ndarray, context: str, advice: str) -> None:
         self.rows = rows
-        super().__init__(f"{context} holds NaN or Inf in store rows {named_rows(rows)}; {advice}")
+        super().__init__(
+            f"{context} holds NaN or Inf (or a damaged row scale) in store rows "
+            f"{named_rows(rows)}; {advice}"
+        )
 
 
 @dataclass

@@ -100,6 +100,18 @@ class ActivationStore:
         clipped = [(max(a, low), b if high is None else min(b, high)) for a, b in self.committed]
         return [(a, b) for a, b in clipped if b > a]
 
+    def check_split(self) -> None:
+        """Read the sequences of the rows on either side of the held-out split (a chunk each) and
+        refuse a layout whose held-out rows are not the harvest's (`split_mismatch`): cheap
+        enough for every trainer and evaluator to call, and it catches a `holdout_rows` edited
+        together with the identity, which would let training read held-out rows."""
+        holdout, chunk = self.spec.layout.holdout_rows, self.spec.layout.rows_per_chunk
+        for first, stop in self.committed:
+            for low, high in ((holdout - chunk, holdout), (holdout, holdout + chunk)):
+                low, high = max(low, first), min(high, stop)
+                if high > low:
+                    self.read([schema.SEQUENCE], low, high)
+
     def n_rows(self, split: Split) -> int:
         return sum(stop - start for start, stop in self.ranges(split))
 
@@ -148,7 +160,42 @@ class ActivationStore:
             result[ROW_INDEX] = np.arange(start, stop, dtype=np.int64)
         for name, path in self.fields_to_arrays(fields, hook).items():
             result[name] = self._read_array(path, start, stop, None if out is None else out[name])
+            if name in INTEGER_FIELDS:
+                self._check_values(name, result[name], start)
+            if name == schema.SEQUENCE:
+                self._check_split(result[name], start)
         return result
+
+    def _check_split(self, sequence: np.ndarray, start: int) -> None:
+        """Refuse rows whose context lies on the other side of the held-out split than the row
+        (`split_mismatch`): the layout's held-out rows are not the harvest's."""
+        bad = split_mismatch(sequence, start, self.spec)
+        if bad.any():
+            row = start + int(np.flatnonzero(bad)[0])
+            raise IntegrityError(
+                f"store {self.location}: row {row} holds a token of context "
+                f"{int(sequence[row - start])}, on the other side of the held-out split "
+                f"(layout.holdout_rows {self.spec.layout.holdout_rows}) than the row; the "
+                "store's metadata is damaged, run sae verify on it"
+            )
+
+    def _check_values(self, name: str, values: np.ndarray, start: int) -> None:
+        """Refuse rows whose token id, sequence or position cannot be (negative: the fill of a
+        chunk missing or never written; beyond the vocabulary or the context the store
+        records) in one line pointing at `sae verify`."""
+        bad, _ = impossible_values(name, values, self.spec.identity)
+        if bad.any():
+            row = start + int(np.flatnonzero(bad)[0])
+            value = int(values[row - start])
+            if value < 0:
+                why = "negative: the fill of rows never written, a chunk missing?"
+            else:
+                bound = FIELD_BOUNDS[name]
+                why = f"at least identity.{bound}, {self.spec.identity[bound]}"
+            raise IntegrityError(
+                f"store {self.location}: row {row} of '{name}' holds {value}, which cannot be "
+                f"({why}); the store is damaged, run sae verify on it"
+            )
 
     def _read_array(self, path: str, start: int, stop: int, out: np.ndarray | None) -> np.ndarray:
         """Rows [start, stop) of one array; a chunk that cannot be read or decoded (checksum
@@ -214,6 +261,41 @@ class ActivationStore:
     ) -> dict[str, torch.Tensor]:
         """Rows [start, stop) as tensors, activations and gradients decoded to float32."""
         return self.decode(self.read(fields, start, stop, hook), device)
+
+
+INTEGER_FIELDS = (schema.TOKENS, schema.SEQUENCE, schema.POSITION)
+# the identity's bound on the values of an integer field, where the store records one
+FIELD_BOUNDS = {schema.TOKENS: "vocab_size", schema.POSITION: "context_size"}
+
+
+def impossible_values(
+    name: str, values: np.ndarray, identity: dict[str, Any]
+) -> tuple[np.ndarray, str]:
+    """[R] bool: which values of an integer field no harvest writes (negative, the fill of
+    unwritten rows; a token id beyond `identity.vocab_size`, a position beyond
+    `identity.context_size`), and what is wrong with them."""
+    bound_key = FIELD_BOUNDS.get(name)
+    bound = identity.get(bound_key) if bound_key else None
+    if isinstance(bound, int) and not isinstance(bound, bool) and bound > 0:
+        return (values < 0) | (values >= bound), (
+            f"negative values (unwritten rows?) or values of {bound} or more (identity.{bound_key})"
+        )
+    return values < 0, "negative values (unwritten rows?)"
+
+
+def split_mismatch(sequence: np.ndarray, start: int, spec: schema.StoreSpec) -> np.ndarray:
+    """[R] bool: rows [start, start + R) whose context (`sequence`) lies on the other side of
+    the held-out split than the row. The held-out rows are the first contexts of the harvest and
+    the training contexts are numbered after them, so a row before `holdout_rows` holds a context
+    that starts before it, and a row after it one that ends after it; a layout whose held-out
+    rows were edited gives itself away here. Nothing is checked without a recorded context size."""
+    context = spec.identity.get("context_size")
+    if not isinstance(context, int) or isinstance(context, bool) or context <= 0:
+        return np.zeros(len(sequence), dtype=bool)
+    holdout = spec.layout.holdout_rows
+    held_out = np.arange(start, start + len(sequence)) < holdout
+    first_row = sequence.astype(np.int64) * context
+    return np.where(held_out, first_row >= holdout, first_row + context <= holdout)
 
 
 def _open_group(location: str | Path, storage_options: dict[str, Any] | None) -> zarr.Group:

@@ -74,7 +74,12 @@ def synthetic_spec(
         layout=StoreLayout(rows_per_chunk, chunks_per_block, holdout_rows, n_rows, seed),
         hooks=hooks or {"synthetic.hook_resid": HookSpec(d=64)},
         activation_dtype=activation_dtype,
-        identity={"generator": "saekit.synthetic", "context_size": context_size, "seed": seed},
+        identity={
+            "generator": "saekit.synthetic",
+            "context_size": context_size,
+            "seed": seed,
+            "vocab_size": SYNTHETIC_VOCAB,
+        },
         provenance={"description": "synthetic GPT-2-like rows"},
     )
 

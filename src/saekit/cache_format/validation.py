@@ -26,6 +26,8 @@ from saekit.cache_format.schema import StoreSpec
 # Array attributes that say how stored values decode (the others are descriptive).
 DECODING_ATTRS = ("logical_dtype", "encoding")
 HOOK_KEYS = {f.name for f in dataclasses.fields(schema.HookSpec)}
+# numbers of the identity a reader relies on where they are recorded, and their least value
+IDENTITY_COUNTS = {"context_size": 1, "vocab_size": 1, "holdout_tokens": 0}
 
 
 class StoreMetadataError(IntegrityError):
@@ -128,7 +130,101 @@ def root_problems(attrs: dict[str, Any]) -> list[str]:
     for key in ("identity", "provenance"):
         value = attrs.get(key, {})
         found.need(isinstance(value, dict), key, "an object", value)
+    complete, initialized = attrs.get("complete"), attrs.get("initialized")
+    found.need(
+        complete is not True or initialized is True,
+        "initialized",
+        "true when complete",
+        initialized,
+    )
+    identity = attrs.get("identity", {})
+    if isinstance(identity, dict) and isinstance(layout, dict):
+        _identity_problems(found, identity, layout, attrs)
     return found.problems
+
+
+def _identity_problems(
+    found: _Findings, identity: dict[str, Any], layout: dict[str, Any], attrs: dict[str, Any]
+) -> None:
+    """The identity's numbers (where recorded) in their ranges, and the layout's rows in whole
+    contexts, as the harvest writes them: held-out rows and capacity are multiples of the
+    context size, the held-out rows are the recorded held-out tokens, a complete store holds at
+    least its held-out rows; the layout's seed is the identity's; hooks
+    keep gradients exactly when a gradient convention is recorded."""
+    known: dict[str, int] = {}
+    for key, minimum in IDENTITY_COUNTS.items():
+        if identity.get(key) is not None and found.count(identity, key, f"identity.{key}", minimum):
+            known[key] = identity[key]
+    if (
+        identity.get("seed") is not None
+        and found.need(_is_int(identity["seed"]), "identity.seed", "an integer", identity["seed"])
+        and _is_int(layout.get("seed"))
+    ):
+        found.need(
+            layout["seed"] == identity["seed"],
+            "layout.seed",
+            f"identity.seed ({identity['seed']})",
+            layout["seed"],
+        )
+    holdout, capacity = layout.get("holdout_rows"), layout.get("capacity_rows")
+    committed = attrs.get("n_rows_committed")
+    context = known.get("context_size")
+    if context is not None:
+        for field, value in (("layout.holdout_rows", holdout), ("layout.capacity_rows", capacity)):
+            if _is_int(value):
+                found.need(
+                    value % context == 0,
+                    field,
+                    f"whole contexts (a multiple of identity.context_size, {context})",
+                    value,
+                )
+        tokens = identity.get("tokens")
+        if _is_int(tokens) and tokens > 0 and _is_int(capacity):
+            whole = -(-tokens // context) * context
+            found.need(
+                capacity == whole,
+                "layout.capacity_rows",
+                f"identity.tokens ({tokens}) in whole contexts ({whole})",
+                capacity,
+            )
+    if "holdout_tokens" in known and _is_int(holdout):
+        found.need(
+            holdout == known["holdout_tokens"],
+            "layout.holdout_rows",
+            f"identity.holdout_tokens ({known['holdout_tokens']})",
+            holdout,
+        )
+    if attrs.get("complete") is True and _is_int(committed) and _is_int(holdout):
+        found.need(
+            committed >= holdout,
+            "n_rows_committed",
+            f"at least layout.holdout_rows ({holdout}) in a complete store",
+            committed,
+        )
+    hooks = attrs.get("hooks")
+    if "gradient_convention" in identity and isinstance(hooks, dict):
+        # a convention is recorded exactly when some hook keeps gradients (not necessarily all)
+        recorded = identity["gradient_convention"] is not None
+        flags = {
+            name: hook["gradients"]
+            for name, hook in hooks.items()
+            if isinstance(hook, dict) and isinstance(hook.get("gradients"), bool)
+        }
+        if recorded:
+            found.need(
+                any(flags.values()) or not flags,
+                "hooks.*.gradients",
+                "true for some hook, as identity.gradient_convention says",
+                flags,
+            )
+        else:
+            for name, kept in flags.items():
+                found.need(
+                    not kept,
+                    f"hooks.{name}.gradients",
+                    "false, as identity.gradient_convention is null",
+                    kept,
+                )
 
 
 def _hook_problems(found: _Findings, name: str, hook: Any) -> None:

@@ -11,8 +11,8 @@ import zarr
 from zarr.core.sync import sync
 
 from saekit.cache_format import schema
-from saekit.cache_format.nonfinite import finite_rows, named_rows
-from saekit.cache_format.reader import ActivationStore
+from saekit.cache_format.nonfinite import SCALE_EXPONENTS, finite_rows, named_rows, valid_scales
+from saekit.cache_format.reader import ActivationStore, impossible_values, split_mismatch
 from saekit.cache_format.schema import StoreSpec
 
 
@@ -36,13 +36,19 @@ def _value_problem(path: str, first_row: int, values: np.ndarray, spec: StoreSpe
     """What is impossible about a committed chunk's values (how many rows, and which), or None.
     Fill values (NaN, -1) mean rows never written."""
     name = path.rsplit("/", 1)[-1]
-    if name in (schema.TOKENS, schema.SEQUENCE, schema.POSITION):
-        bad_R, what = values < 0, "negative values (unwritten rows?)"
+    if name == schema.SEQUENCE and not impossible_values(name, values, spec.identity)[0].any():
+        bad_R = split_mismatch(values, first_row, spec)
+        what = "contexts on the other side of the held-out split (layout.holdout_rows)"
+    elif name in (schema.TOKENS, schema.SEQUENCE, schema.POSITION):
+        bad_R, what = impossible_values(name, values, spec.identity)
     elif name == schema.LOSS:  # NaN is legitimate: the last position predicts nothing
         bad_R, what = np.isinf(values), "infinite loss values"
     elif name in schema.SCALE_ARRAYS.values():
-        bad_R = ~(np.isfinite(values) & (values > 0))
-        what = f"non-positive or non-finite {name.replace('_', ' ')}s"
+        bad_R = ~valid_scales(values)
+        what = (
+            f"{name.replace('_', ' ')}s that are not a power of two from 2^"
+            f"{SCALE_EXPONENTS[0]} to 2^{SCALE_EXPONENTS[1]}"
+        )
     else:
         element = spec.encoding(name).element
         bad_R, what = ~finite_rows(values, element), "NaN or Inf values (unwritten rows?)"

@@ -13,7 +13,7 @@ import traceback
 
 import typer
 
-from saekit.base.errors import SaekitError
+from saekit.base.errors import MACHINE_ERRNOS, SaekitError, write_error
 from saekit.cli import dashboard, demo, evaluate, export, harvest, recipe, store, train
 from saekit.cli.common import set_invocation
 
@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> None:
         code = error.exit_code
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)
+    except OSError as error:  # the machine's state, not a bug: a full disk, permissions, ...
+        if error.errno not in MACHINE_ERRNOS:
+            _internal_error(error, debug)
+        where = error.filename if error.filename is not None else "a file"
+        _fail(_one_line(str(write_error(where, error, "use"))), 2)
     except MemoryError:
         _fail(
             "out of memory; use smaller settings (--batch-size, latents=..., --tokens) or a "
@@ -64,11 +69,15 @@ def main(argv: list[str] | None = None) -> None:
             2,
         )
     except Exception as error:  # a safety net: every failure a user can cause has its own line
-        if debug:
-            traceback.print_exc()
-        _fail(
-            f"internal error: {type(error).__name__}: {_one_line(str(error))}; please report "
-            "it with the command (add --debug for the traceback)",
-            INTERNAL_ERROR_EXIT,
-        )
+        _internal_error(error, debug)
     sys.exit(code or 0)
+
+
+def _internal_error(error: Exception, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    _fail(
+        f"internal error: {type(error).__name__}: {_one_line(str(error))}; please report "
+        "it with the command (add --debug for the traceback)",
+        INTERNAL_ERROR_EXIT,
+    )

@@ -42,10 +42,19 @@ def register(app: typer.Typer) -> None:
         before: Annotated[int, typer.Option(help="Context tokens before the firing one.")] = 16,
         after: Annotated[int, typer.Option(help="Context tokens after the firing one.")] = 4,
         seed: Annotated[int, typer.Option(help="Seed of the random samples.")] = 0,
+        allow_other_model: Annotated[
+            bool,
+            typer.Option(
+                "--allow-other-model",
+                help="Inspect SAEs trained on another model's activations than the store's, or "
+                "with a --model whose weights or tokenizer differ from the store's (the site's "
+                "inspect.json and this command's output say so).",
+            ),
+        ] = False,
         storage_options: StorageOptions = None,
     ) -> None:
         """Build latent dashboards: density, histograms, top and typical contexts, logit effects."""
-        from saekit.dashboard import InspectRequest, build_dashboard
+        from saekit.dashboard import InspectRequest, prepare_dashboard
 
         request = InspectRequest(
             saes=tuple(saes),
@@ -63,7 +72,11 @@ def register(app: typer.Typer) -> None:
             before=before,
             after=after,
             seed=seed,
+            allow_other_model=allow_other_model,
         )
         with EvalBar() as bar:
-            index = build_dashboard(request, bar)
+            dashboard = prepare_dashboard(request)
+            index = dashboard.build(bar)
+        for warning in dashboard.warnings:
+            console.print(f"warning: {warning}", markup=False)
         console.print(f"dashboards: {index}")

@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         from saekit.dashboard import build_dashboard
         from saekit.demo.pipeline import (
             DemoPaths,
+            claim_output,
             eval_request,
             harvest_config,
             inspect_request,
@@ -42,6 +43,7 @@ def register(app: typer.Typer) -> None:
         from saekit.train import train
 
         paths = DemoPaths(out)
+        claim_output(paths)
         console.rule("1. a generated corpus and a tiny GPT-2 trained on it (offline)")
         with console.status("building"):
             prepare_model_and_corpus(paths)

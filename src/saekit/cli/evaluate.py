@@ -102,8 +102,9 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option(
                 "--allow-other-model",
-                help="Evaluate online with a model whose weights or tokenizer differ from the "
-                "store's (the report says so).",
+                help="Measure SAEs on a store of another model than the one they were trained "
+                "on, or online with a model whose weights or tokenizer differ from the store's "
+                "(the report says so).",
             ),
         ] = False,
         inspect: Annotated[
@@ -143,6 +144,7 @@ def register(app: typer.Typer) -> None:
                     tokens=tokens,
                     model=model,
                     device=device,
+                    allow_other_model=allow_other_model,
                 )
             )
         with EvalBar() as bar:

@@ -28,12 +28,12 @@ def register(app: typer.Typer) -> None:
         ],
     ) -> None:
         """Assemble per-layer transcoders into a circuit-tracer transcoder set."""
-        from saekit.base.outputs import check_output_dir
+        from saekit.base.outputs import TRANSCODER_SET, check_output_dir
         from saekit.train import export_transcoder_set, is_transcoder_set, run_of, sae_directories
 
         directories = [d for path in saes for d in sae_directories(path)]
         runs = [run_of(d) or d for d in directories]
-        check_output_dir(circuit_tracer, runs, "export", "a transcoder set", is_transcoder_set)
+        check_output_dir(circuit_tracer, runs, "export", TRANSCODER_SET, is_transcoder_set)
         config = export_transcoder_set(directories, circuit_tracer)
         console.print(
             f"circuit-tracer transcoder set: {config.parent} (load it by its absolute path)"

@@ -48,6 +48,8 @@ class RecipeReporter:
 
 def print_claims(report_json: Path) -> None:
     report = json.loads(report_json.read_text())
+    for warning in report.get("warnings", []):
+        console.print(f"warning: {warning}", markup=False)
     table = Table(title="Claims", title_justify="left")
     for column in ("recipe", "claim", "compared", "verdict"):
         table.add_column(column)
@@ -80,6 +82,14 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="small (CPU, tiny LM) or paper (the papers' settings, GPU).")
         ] = "small",
         device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+        allow_other_model: Annotated[
+            bool,
+            typer.Option(
+                "--allow-other-model",
+                help="Splice the SAEs into a --model whose weights or tokenizer differ from the "
+                "--store's (the report says so).",
+            ),
+        ] = False,
         storage_options: StorageOptions = None,
     ) -> None:
         """Run a paper's headline comparison: harvest, train the sweep, evaluate, report."""
@@ -95,6 +105,7 @@ def register(app: typer.Typer) -> None:
             device=device,
             storage_options=parse_storage_options(storage_options),
             command=invocation(),
+            allow_other_model=allow_other_model,
         )
         outcome = run_recipes(request, RecipeReporter())
         trained, evaluated = len(outcome.trained_runs), outcome.evaluated_rows

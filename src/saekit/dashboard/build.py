@@ -12,27 +12,32 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from saekit.base.devices import resolve_device
-from saekit.base.errors import SaekitError
-from saekit.base.outputs import check_output_dir
+from saekit.base.devices import device_memory, resolve_device
+from saekit.base.errors import IntegrityError, SaekitError
+from saekit.base.outputs import INSPECT_SITE, check_output_dir
+from saekit.base.units import human_bytes
 from saekit.cache_format import SPLITS, ActivationStore, Split
-from saekit.evaluate import DENSE_THRESHOLD, report_head
+from saekit.evaluate import DENSE_THRESHOLD, report_head, trained_store
 from saekit.lm import (
     Readout,
+    check_model_files,
     load_readout,
     load_tokenizer,
     recorded_model,
     token_strings,
     top_logit_effects,
 )
-from saekit.train import recorded_store, run_of, sae_directories
+from saekit.train import run_of, sae_directories
 
 from .accumulators import BINS_PER_DECADE, LOWEST_DECADE, N_BINS
 from .contexts import encode_windows, find_windows
 from .pages import LogitEffects, SaeData, context_request, sae_data
 from .scan import DECILES, ScanSettings, hook_groups, rows_to_scan, scan
-from .site import is_site, write_site
+from .site import is_unmarked_site, write_site
 from .subjects import Subject, load_subjects
+
+KEPT_FIRING_BYTES = 20  # the key, row and value of a kept firing (`KeptRows`)
+CONTEXT_PLACE_BYTES = 40  # the row, token, position, key and value of a place of its context
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,9 @@ class InspectRequest:
     after: int = 4  # and after it
     logit_tokens: int = 10  # promoted and suppressed tokens listed per latent
     seed: int = 0
+    # inspect SAEs of another model than the store's, or with another model's tokenizer and
+    # unembedding (the site's inspect.json and the command's output then say so)
+    allow_other_model: bool = False
 
 
 class Progress(Protocol):
@@ -88,6 +96,7 @@ class Dashboard:
     tokenizer: Any
     readout: Readout | None
     device: torch.device
+    warnings: list[str]
 
     def build(self, progress: Progress) -> Path:
         """The streaming pass, the contexts, the logit effects, then the site; its index.html."""
@@ -112,8 +121,10 @@ class Dashboard:
             progress.advance(1)
         progress.stage("writing the site", sum(len(sae.latents) for sae in saes))
         token_ids = set().union(*(sae.token_ids for sae in saes))
+        _check_token_ids(token_ids, self.tokenizer, store, self.model)
         vocabulary = token_strings(self.tokenizer, token_ids)
         manifest = _manifest(request, store, self.model, self.readout, self.device)
+        manifest["warnings"] = self.warnings
         return write_site(Path(request.out), manifest, saes, vocabulary, progress.advance)
 
 
@@ -122,6 +133,7 @@ def prepare_dashboard(request: InspectRequest) -> Dashboard:
     unembedding); raise `SaekitError` on bad input. Writes nothing."""
     _check_settings(request)
     store = ActivationStore.open(_store_location(request), request.storage_options)
+    store.check_split()
     _check_out(request)
     if store.n_rows(request.split) == 0:
         other = "train" if request.split == "holdout" else "holdout"
@@ -129,11 +141,23 @@ def prepare_dashboard(request: InspectRequest) -> Dashboard:
             f"store {store.location} has no {request.split} rows; choose --split {other}"
         )
     device = resolve_device(request.device)
-    subjects = load_subjects(list(request.saes), store, request.latents, device)
+    warnings: list[str] = []
+    subjects = load_subjects(
+        list(request.saes), store, request.latents, device, request.allow_other_model, warnings
+    )
+    _check_memory(request, subjects, device)
     model = request.model or recorded_model(store)
-    tokenizer = load_tokenizer(model, store)
+    try:
+        tokenizer = load_tokenizer(model, store, check=False)
+    except SaekitError as error:
+        if request.model:
+            raise
+        raise SaekitError(f"{error} (the store names this model; give it with --model)") from None
+    warnings += check_model_files(
+        store, model, tokenizer, request.allow_other_model, "token strings and logit effects use"
+    )
     readout = load_readout(model, device)
-    return Dashboard(request, store, subjects, model, tokenizer, readout, device)
+    return Dashboard(request, store, subjects, model, tokenizer, readout, device, warnings)
 
 
 def _logit_effects(readout: Readout | None, subject: Subject, k: int) -> LogitEffects | None:
@@ -147,6 +171,35 @@ def _logit_effects(readout: Readout | None, subject: Subject, k: int) -> LogitEf
     return LogitEffects(*top_logit_effects(readout, directions_EF, subject.latents_S, k))
 
 
+def _check_memory(request: InspectRequest, subjects: list[Subject], device: torch.device) -> None:
+    """Refuse settings whose kept firings and their contexts cannot fit in memory."""
+    kept = request.top + DECILES * request.per_band
+    window = request.before + request.after + 1
+    latents = sum(subject.n_slots for subject in subjects)
+    need = latents * kept * (KEPT_FIRING_BYTES + window * CONTEXT_PLACE_BYTES)
+    have = min(device_memory(device), device_memory(torch.device("cpu")))
+    if need > have:
+        raise SaekitError(
+            f"--top {request.top}, --per-band {request.per_band} and contexts of {window} "
+            f"tokens for {latents:,} latents would need about {human_bytes(need)} of memory, "
+            f"more than the {human_bytes(have)} here; lower --top, --per-band, --before, "
+            "--after or --latents"
+        )
+
+
+def _check_token_ids(
+    token_ids: set[int], tokenizer: Any, store: ActivationStore, model: str
+) -> None:
+    """Refuse token ids that the tokenizer cannot show (a damaged store, or another model)."""
+    outside = sorted(i for i in token_ids if not 0 <= i < len(tokenizer))
+    if outside:
+        raise IntegrityError(
+            f"store {store.location} holds token id {outside[0]}, outside the vocabulary of "
+            f"{len(tokenizer)} tokens of model {model}'s tokenizer; the store is damaged (run "
+            "sae verify on it) or --model is not its model; no site was written"
+        )
+
+
 def _check_settings(request: InspectRequest) -> None:
     if request.tokens is not None and request.tokens <= 0:
         raise SaekitError(f"--tokens must be positive, not {request.tokens}")
@@ -155,15 +208,19 @@ def _check_settings(request: InspectRequest) -> None:
     for name in ("batch_size", "top", "logit_tokens"):
         if getattr(request, name) <= 0:
             raise SaekitError(f"--{name.replace('_', '-')} must be positive")
-    for name in ("per_band", "before", "after"):
+    for name in ("per_band", "before", "after", "seed"):
         if getattr(request, name) < 0:
-            raise SaekitError(f"--{name.replace('_', '-')} must be 0 or more")
+            raise SaekitError(
+                f"--{name.replace('_', '-')} must be 0 or more, not {getattr(request, name)}"
+            )
 
 
 def _store_location(request: InspectRequest) -> str:
     if request.store:
         return request.store
-    return recorded_store(sae_directories(request.saes[0])[0])
+    return trained_store(
+        [directory for path in request.saes for directory in sae_directories(path)]
+    )
 
 
 def _check_out(request: InspectRequest) -> None:
@@ -172,7 +229,7 @@ def _check_out(request: InspectRequest) -> None:
         for path in request.saes
         for directory in sae_directories(path)
     ]
-    check_output_dir(request.out, runs, "inspect", "an inspect site", is_site)
+    check_output_dir(request.out, runs, "inspect", INSPECT_SITE, is_unmarked_site)
 
 
 def _manifest(

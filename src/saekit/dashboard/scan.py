@@ -22,6 +22,7 @@ from .accumulators import Firings, KeptRows, LogHistogram, Moments, UniformKeys,
 from .subjects import Subject
 
 DECILES = 10
+NONFINITE_ADVICE = "no site was written (--out is as it was); run sae verify on the store"
 GRADIENT_CHUNK = 16384  # firings per gather of gradient rows and decoder columns
 
 
@@ -113,6 +114,7 @@ def scan(
             settings.batch_rows,
             NonFinitePolicy(),
             settings.split,
+            NONFINITE_ADVICE,
         )
         for batch in batches:
             row_B = batch["row"].to(device)

@@ -13,19 +13,27 @@ site for programs.
     DIR/data/sae-<i>/index.js           one column per statistic, one entry per latent
     DIR/data/sae-<i>/latents/<j>.js     latent j's histogram, contexts and logit effects
 
-The site is written into a temporary directory beside DIR and moved into place at the end, so DIR
-holds either the previous site or the complete new one.
+The site is written into a new directory of a random name beside DIR (`base.outputs.staged`),
+its ownership marker first, and moved into place at the end, so DIR holds either the previous site
+or the complete new one. A directory at DIR is replaced only when saekit marked it as a site.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+
+from saekit.base.errors import write_error
+from saekit.base.outputs import (
+    INSPECT_SITE,
+    marker_kind,
+    replace_directory,
+    staged,
+    write_marker,
+)
 
 from .pages import SaeData
 
@@ -36,8 +44,17 @@ FORMAT_VERSION = 1
 
 
 def is_site(directory: Path) -> bool:
-    """Whether `directory` holds a site written by `sae inspect`."""
-    return (directory / MANIFEST).is_file()
+    """Whether `directory` holds a site written by `sae inspect` (its marker, not a file name)."""
+    return marker_kind(directory) == INSPECT_SITE
+
+
+def is_unmarked_site(directory: Path) -> bool:
+    """Whether `directory` looks like a site of a saekit that wrote no marker (not replaced)."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
 def data_script(name: str, value: object) -> str:
@@ -66,14 +83,16 @@ def write_site(
     """Write the whole site into `out` (replacing a previous site there); return index.html."""
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
     manifest["saes"] = [{"id": i, **sae.summary} for i, sae in enumerate(saes)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     try:
-        _write_files(staging, manifest, saes, vocabulary, on_latent)
-        _replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise write_error(out.parent, error, "create") from None
+    with staged(out) as staging:
+        site = staging / "site"
+        site.mkdir()
+        write_marker(site, INSPECT_SITE)
+        _write_files(site, manifest, saes, vocabulary, on_latent)
+        replace_directory(site, out, staging, INSPECT_SITE)
     return out / "index.html"
 
 
@@ -101,14 +120,3 @@ def _write_files(
             name = f"sae-{number}/latents/{latent}"
             (data / f"{name}.js").write_text(data_script(name, detail))
             on_latent(1)
-
-
-def _replace(staging: Path, out: Path) -> None:
-    """Move the finished site to `out`; a previous site there is removed only afterwards."""
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    previous = out.parent / f".{out.name}.previous-{os.getpid()}"
-    os.replace(out, previous)
-    os.replace(staging, out)
-    shutil.rmtree(previous, ignore_errors=True)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore
-from saekit.evaluate import Target, check_against_store, inspection_target
+from saekit.evaluate import Target, check_provenance, inspection_target
 from saekit.train import SAE, DenseCode, load_sae, run_of, sae_directories
 
 from .accumulators import Firings
@@ -68,7 +68,10 @@ def parse_latents(text: str) -> int | list[int] | None:
             if count <= 0:
                 raise ValueError
             return count
-        return [int(part) for part in text.split(",") if part.strip()]
+        chosen = [int(part) for part in text.split(",") if part.strip()]
+        if not chosen:
+            raise ValueError
+        return chosen
     except ValueError:
         raise SaekitError(
             f"--latents {text!r} is not 'all', a positive count N or a list i,j,k of latents"
@@ -91,15 +94,23 @@ def choose_latents(spec: int | list[int] | None, d_sae: int, where: Path) -> Ten
 
 
 def load_subjects(
-    paths: list[str], store: ActivationStore, latents: str, device: torch.device
+    paths: list[str],
+    store: ActivationStore,
+    latents: str,
+    device: torch.device,
+    allow_other_model: bool = False,
+    warnings: list[str] | None = None,
 ) -> list[Subject]:
-    """Every SAE named by `paths`, checked against the store, in its inspection mode."""
+    """Every SAE named by `paths`, checked against the store (`check_provenance`; the warnings
+    of what `allow_other_model` let through are added to `warnings`), in its inspection mode."""
     spec = parse_latents(latents)
     subjects = []
     for path in paths:
         for directory in sae_directories(path):
             sae = load_sae(directory, device)
-            check_against_store(sae, store, directory)
+            found = check_provenance(sae, store, directory, allow_other_model)
+            if warnings is not None:
+                warnings += found
             chosen = choose_latents(spec, sae.d_sae, directory)
             run = run_of(directory)
             target = inspection_target(run.name if run else "", sae, store)

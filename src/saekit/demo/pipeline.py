@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from saekit.base.outputs import (
+    DEMO_DIR,
+    check_output_dir,
+    make_directory,
+    refuse_links,
+    write_marker,
+)
 from saekit.dashboard import InspectRequest
 from saekit.demo.corpus import generate_documents, write_corpus
 from saekit.demo.tiny_lm import build_tiny_lm
@@ -38,6 +45,16 @@ class DemoPaths:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+
+def claim_output(paths: DemoPaths) -> None:
+    """Refuse a DIR inside a store, a file, a link or a directory saekit did not write as a
+    demo (an earlier saekit's demo output carries no marker: refused with what to do); create
+    DIR and mark it as a demo directory."""
+    check_output_dir(paths.root, [], "demo", DEMO_DIR, lambda root: (root / "store.zarr").exists())
+    refuse_links(paths.root, ["corpus", paths.model.name, paths.store.name, "run", "report"])
+    make_directory(paths.root, paths.root)
+    write_marker(paths.root, DEMO_DIR)
 
 
 def prepare_model_and_corpus(paths: DemoPaths) -> None:

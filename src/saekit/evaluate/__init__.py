@@ -9,9 +9,11 @@ from saekit.evaluate.runner import EvalRequest, evaluate
 from saekit.evaluate.targets import (
     Target,
     check_against_store,
+    check_provenance,
     inspection_target,
     load_targets,
     targets_of,
+    trained_store,
 )
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "Target",
     "check_against_store",
     "check_holdout",
+    "check_provenance",
     "evaluate",
     "holdout_batches",
     "inspection_target",
@@ -32,4 +35,5 @@ __all__ = [
     "report_head",
     "report_row",
     "targets_of",
+    "trained_store",
 ]

@@ -15,7 +15,7 @@ from saekit.cache_format.nonfinite import NonFinitePolicy, nonfinite_index
 from saekit.cache_format.reader import ROW_INDEX
 
 MEAN_SAMPLE_ROWS = 1 << 18
-SPLIT_ROWS = {"holdout": "held-out rows", "train": "training rows"}
+SPLIT_ROWS = {"holdout": "held-out rows", "train": "training rows", "all": "rows"}
 
 
 def check_holdout(store: ActivationStore) -> None:
@@ -24,6 +24,7 @@ def check_holdout(store: ActivationStore) -> None:
             f"store {store.location} has no held-out rows; harvest it with "
             "--holdout-tokens above 0 to evaluate SAEs on it"
         )
+    store.check_split()
 
 
 NONFINITE_ADVICE = (
@@ -39,6 +40,7 @@ def read_rows(
     unit: tuple[int, int],
     policy: NonFinitePolicy,
     what: str,
+    advice: str = NONFINITE_ADVICE,
 ) -> Batch:
     """The rows of `unit` except those at position 0, decoded, after the non-finite policy
     (`what` names the rows in its message, e.g. "held-out rows"). `fields` may include `row`,
@@ -54,7 +56,7 @@ def read_rows(
     if ROW_INDEX in fields:
         tensors[ROW_INDEX] = torch.from_numpy(rows)
     batch = Batch(tensors, 0, bad, rows[bad])
-    return policy.apply(batch, f"{what} of store {store.location}", NONFINITE_ADVICE)
+    return policy.apply(batch, f"{what} of store {store.location}", advice)
 
 
 def holdout_batches(
@@ -65,15 +67,16 @@ def holdout_batches(
     batch_rows: int,
     policy: NonFinitePolicy,
     split: Split = "holdout",
+    advice: str = NONFINITE_ADVICE,
 ) -> Iterator[dict[str, Tensor]]:
     """Held-out rows (or another split's; position 0 excluded) in store order, in batches of
     `batch_rows` (the last may be shorter), `max_rows` at most; `fields` may include `row`, the
     store row index. Rows of a block are stored shuffled, so consecutive rows mix many contexts.
-    Rows with NaN or Inf stop the reading or are left out (`policy`)."""
+    Rows with NaN or Inf stop the reading (saying `advice`) or are left out (`policy`)."""
     budget = max_rows if max_rows is not None else store.n_rows(split)
     pending: dict[str, Tensor] | None = None
     for unit in chunk_units(store.ranges(split), store.spec.layout.rows_per_chunk):
-        rows = dict(read_rows(store, hook, fields, unit, policy, SPLIT_ROWS[split]))
+        rows = dict(read_rows(store, hook, fields, unit, policy, SPLIT_ROWS[split], advice))
         pending = rows if pending is None else {k: torch.cat([pending[k], rows[k]]) for k in rows}
         while len(next(iter(pending.values()))) >= min(batch_rows, budget) > 0:
             take = min(batch_rows, budget)

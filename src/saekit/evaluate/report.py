@@ -17,6 +17,8 @@ from matplotlib.figure import Figure
 
 from saekit import __version__
 from saekit.base.atomic import write_atomically, write_text
+from saekit.base.errors import write_error
+from saekit.base.outputs import EVAL_REPORT, write_marker
 from saekit.cache_format import ActivationStore
 from saekit.train import modes
 
@@ -268,7 +270,11 @@ def link_inspect_site(out: Path) -> None:
 def write_report(report: dict, out: Path) -> dict[str, Path]:
     """Write report.json, report.md and the plots into `out`; return the files written. The
     report links to latent dashboards in `out/inspect/` when they exist."""
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise write_error(out, error, "create") from None
+    write_marker(out, EVAL_REPORT)
     report = {**report, "inspect": inspect_link(out)}
     files = {"json": out / "report.json", "markdown": out / "report.md"}
     write_text(files["json"], json.dumps(report, indent=2, allow_nan=True))

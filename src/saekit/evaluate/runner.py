@@ -8,14 +8,14 @@ from typing import Any
 
 from saekit.base.devices import resolve_device
 from saekit.base.errors import SaekitError
-from saekit.base.outputs import check_output_dir
+from saekit.base.outputs import EVAL_REPORT, check_output_dir
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.nonfinite import NonFinitePolicy
 from saekit.evaluate.evaluation import EvalSettings, Evaluation, Progress, Steering
 from saekit.evaluate.report import report_head, write_report
-from saekit.evaluate.targets import load_targets
+from saekit.evaluate.targets import load_targets, trained_store
 from saekit.lm import load_model_for_store
-from saekit.train import recorded_store, saved_saes
+from saekit.train import saved_saes
 
 STEERING_CONTEXTS = 32
 
@@ -37,7 +37,9 @@ class EvalRequest:
     steering_latents: int = 64
     seed: int = 0
     skip_nonfinite: bool = False  # leave rows with NaN or Inf out (counted) instead of stopping
-    allow_other_model: bool = False  # evaluate online with a model whose fingerprints differ
+    # measure SAEs on a store of another model than theirs, or online with another model than
+    # the store's (the report then says so)
+    allow_other_model: bool = False
 
     def settings(self) -> EvalSettings:
         steering = Steering(self.steering_latents, STEERING_CONTEXTS) if self.steering else None
@@ -54,7 +56,7 @@ def _check_runs_and_out(request: EvalRequest) -> None:
         request.out,
         [Path(run) for run in request.runs],
         "eval",
-        "an eval report",
+        EVAL_REPORT,
         lambda out: (out / "report.json").exists(),
     )
     if request.tokens is not None and request.tokens <= 0:
@@ -66,13 +68,13 @@ def _check_runs_and_out(request: EvalRequest) -> None:
 def _store_location(request: EvalRequest) -> str:
     if request.store:
         return request.store
-    for run in request.runs:
-        for sae_dir in saved_saes(Path(run)):
-            return recorded_store(sae_dir)
-    raise SaekitError(
-        f"{request.runs[0]} holds no trained SAEs (no saes/<name>/cfg.json); give "
-        "a directory written by sae train"
-    )
+    sae_dirs = [sae_dir for run in request.runs for sae_dir in saved_saes(Path(run))]
+    if not sae_dirs:
+        raise SaekitError(
+            f"{request.runs[0]} holds no trained SAEs (no saes/<name>/cfg.json); give "
+            "a directory written by sae train"
+        )
+    return trained_store(sae_dirs)
 
 
 def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str, Path]:
@@ -94,7 +96,8 @@ def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str
         load_model if request.online else None,
         progress,
     )
-    targets = load_targets(list(request.runs), store, device)
+    provenance: list[str] = []
+    targets = load_targets(list(request.runs), store, device, request.allow_other_model, provenance)
     if evaluation.online:  # a model that does not fit is refused before any long pass
         evaluation.model(sorted({h for t in targets for h in t.shape.hooks}))
     rows = evaluation.rows(targets, steer={t.name for t in targets})
@@ -109,7 +112,7 @@ def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str
         },
         "runs": [str(Path(run).resolve()) for run in request.runs],
         "rows": rows,
-        "warnings": evaluation.warnings(),
+        "warnings": provenance + evaluation.warnings(),
     }
     report["store"]["nonfinite_rows_skipped"] = len(policy.rows)
     return write_report(report, Path(request.out))

@@ -6,17 +6,31 @@ computes codes in each (`saekit.train.modes` names them); nothing here knows a v
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from saekit.base.errors import SaekitError
+from saekit.base.locations import is_local, local_path
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.schema import ACTIVATIONS, GRADIENTS, hook_field
-from saekit.train import SAE, Code, Shape, concatenated, load_sae, modes, saved_saes
+from saekit.train import (
+    CFG_FILE,
+    SAE,
+    Code,
+    SAEConfig,
+    Shape,
+    concatenated,
+    load_sae,
+    modes,
+    recorded_store,
+    saved_saes,
+)
 
 DEFAULT_BATCH_ROWS = 4096
 
@@ -121,8 +135,15 @@ def inspection_target(run: str, sae: SAE, store: ActivationStore) -> Target:
     return targets[0]
 
 
-def load_targets(runs: list[str], store: ActivationStore, device: torch.device) -> list[Target]:
-    """Every SAE under `RUN/saes/`, checked against the store, in every mode."""
+def load_targets(
+    runs: list[str],
+    store: ActivationStore,
+    device: torch.device,
+    allow_other_model: bool = False,
+    warnings: list[str] | None = None,
+) -> list[Target]:
+    """Every SAE under `RUN/saes/`, checked against the store (`check_provenance`; the warnings
+    of what `allow_other_model` let through are added to `warnings`), in every mode."""
     targets = []
     for run in runs:
         sae_dirs = saved_saes(Path(run))
@@ -133,7 +154,9 @@ def load_targets(runs: list[str], store: ActivationStore, device: torch.device) 
             )
         for sae_dir in sae_dirs:
             sae = load_sae(sae_dir, device)
-            check_against_store(sae, store, sae_dir)
+            found = check_provenance(sae, store, sae_dir, allow_other_model)
+            if warnings is not None:
+                warnings += found
             targets += targets_of(Path(run).name, sae)
     return targets
 
@@ -155,3 +178,77 @@ def check_against_store(sae: SAE, store: ActivationStore, where: Path) -> None:
                 f"SAE {where} takes {side}={block.d} at {block.hook} but store "
                 f"{store.location} has d={width} there"
             )
+
+
+# What must agree between the store an SAE was trained on and a store it is measured on (where
+# both record it): the LM that made the activations, its tokenizer and vocabulary, the context.
+PROVENANCE_KEYS = ("weights_fingerprint", "tokenizer_fingerprint", "vocab_size", "context_size")
+
+
+def provenance_differences(trained: dict[str, Any], here: dict[str, Any]) -> list[str]:
+    """How the identity of a store an SAE was trained on differs from another store's, in what
+    makes the activations the same kind (the dataset may differ). Without weights fingerprints
+    on both sides, the models' names and revisions are compared instead."""
+    keys = list(PROVENANCE_KEYS)
+    if not (trained.get("weights_fingerprint") and here.get("weights_fingerprint")):
+        keys += ["model", "model_revision"]
+    return [
+        f"{key} (trained on: {trained[key]}, this store: {here[key]})"
+        for key in keys
+        if trained.get(key) is not None and here.get(key) is not None and trained[key] != here[key]
+    ]
+
+
+def check_provenance(
+    sae: SAE, store: ActivationStore, where: Path, allow_other_model: bool = False
+) -> list[str]:
+    """The one check of an SAE meeting a store (eval, inspect, recipes): the hook and width
+    always (`check_against_store`); the model, tokenizer, vocabulary and context size the store
+    it was trained on recorded, unless `allow_other_model`, which returns the warning a report
+    must then carry."""
+    check_against_store(sae, store, where)
+    trained = sae.cfg.store.get("identity")
+    trained = trained if isinstance(trained, dict) else {}
+    differences = provenance_differences(trained, store.spec.identity)
+    if not differences:
+        return []
+    if not allow_other_model:
+        raise SaekitError(
+            f"SAE {where} was trained on activations of another model than store "
+            f"{store.location} holds: {'; '.join(differences)}; give the store it was trained "
+            "on with --store, or pass --allow-other-model to measure it on this one (the output "
+            "then says so)"
+        )
+    return [
+        f"SAE {where} is measured on store {store.location}, whose activations come from "
+        f"another model than it was trained on: {'; '.join(differences)} (--allow-other-model)"
+    ]
+
+
+def trained_store(sae_dirs: list[Path]) -> str:
+    """The store saved SAEs were trained on, from their `cfg.json`; refused when they were
+    trained on different stores (other identities), or when the store is gone."""
+    first = sae_dirs[0]
+    first_cfg = SAEConfig.read(first / CFG_FILE)
+    for other in sae_dirs[1:]:
+        cfg = SAEConfig.read(other / CFG_FILE)
+        if _store_key(cfg) != _store_key(first_cfg):
+            raise SaekitError(
+                f"SAEs {first} and {other} were trained on different stores "
+                f"({first_cfg.store.get('location')} and {cfg.store.get('location')}); "
+                "measure them separately, or give the one store to measure them on with --store"
+            )
+    location = recorded_store(first)
+    if is_local(location) and not local_path(location).exists():
+        raise SaekitError(
+            f"{first / CFG_FILE} names the store {location}, which does not exist (moved or "
+            "deleted); give the store with --store"
+        )
+    return location
+
+
+def _store_key(cfg: SAEConfig) -> Any:
+    """What tells two training stores apart: their identity (a copy of a store is the same
+    store), or their location when no identity was recorded."""
+    identity = cfg.store.get("identity")
+    return json.dumps(identity, sort_keys=True) if identity else cfg.store.get("location")

@@ -43,6 +43,8 @@ from saekit.lm import GRADIENT_CONVENTION, LanguageModel, load_model, run_batch
 
 DOCUMENT_SHUFFLE_BUFFER = 10_000
 DEFAULT_HOLDOUT_TOKENS = 1 << 16
+# identity entries recorded since the first saekit; absent in older stores
+ADDED_IDENTITY_KEYS = ("weights", "vocab_size")
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,8 @@ def _check_numbers(config: HarvestConfig) -> None:
         raise SaekitError("--rows-per-chunk and --chunks-per-block must be positive")
     if config.holdout_tokens is not None and config.holdout_tokens < 0:
         raise SaekitError("--holdout-tokens must be >= 0")
+    if config.seed < 0:
+        raise SaekitError(f"--seed must be 0 or more, not {config.seed}")
     if not 1 <= config.shards <= MAX_SHARDS:
         raise SaekitError(f"--shards must be from 1 to {MAX_SHARDS}, not {config.shards}")
     if not 0 <= config.shard < config.shards:
@@ -175,6 +179,7 @@ def plan_harvest(config: HarvestConfig) -> HarvestPlan:
     existing = check_target(config.out, config.storage_options)
     device = resolve_device(config.device)
     source = resolve_source(config.dataset, config.split, config.text_column)
+    source.check()  # every local file: readable text with the text column, before any write
     model = load_model(config.model, device)
     hooks, with_gradients = _resolve_hooks(config, model)
     if config.context_size > model.n_ctx:
@@ -232,16 +237,18 @@ def _compatible_identity(identity: dict[str, Any], existing: dict | None) -> dic
     """The identity to resume `existing` with, where older saekit versions recorded less:
     - they named a local model or dataset as it was typed (relative); resuming keeps that name
       when it means the same path;
-    - they did not record `weights` (always unfolded and uncentred, as now); resuming such a
-      store leaves it out."""
+    - they lack the identity entries added since (`weights`: always unfolded and uncentred, as
+      now; `vocab_size`); resuming such a store leaves them out."""
     stored = (existing or {}).get("identity")
     kept = dict(identity)
     for key in ("model", "dataset"):
         old = stored.get(key) if isinstance(stored, dict) else None
         if isinstance(old, str) and absolute_location(old) == identity.get(key):
             kept[key] = old
-    if isinstance(stored, dict) and "weights" not in stored:
-        kept.pop("weights", None)
+    if isinstance(stored, dict):
+        for key in ADDED_IDENTITY_KEYS:
+            if key not in stored:
+                kept.pop(key, None)
     return kept
 
 

@@ -8,6 +8,7 @@ line by line or in record batches.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import itertools
 import json
@@ -44,6 +45,24 @@ class TextSource:
             "dataset_files": len(self.files),
             "dataset_fingerprint": files_fingerprint(self.files, root=_common_root(self.files)),
         }
+
+    def check(self) -> None:
+        """Read every local file once and refuse, in one line, what the harvest would meet later:
+        a file that is not UTF-8 text (or holds binary data), a JSON Lines record without the
+        text field, a parquet file without the text column. Called before anything is written,
+        so that a store is never created for a dataset that cannot be read to its end. (A hub
+        dataset is checked on its first record only: it is streamed.)"""
+        for path in self.files or ():
+            try:
+                if path.suffix == ".txt":
+                    _check_text(path)
+                elif path.suffix == ".jsonl":
+                    for _ in _jsonl_documents(path, self.text_column):
+                        pass
+                else:
+                    _parquet_file(path, self.text_column)
+            except OSError as error:
+                raise SaekitError(f"cannot read {path}: {error.strerror or error}") from None
 
     def documents(self) -> Iterator[str]:
         """Every non-empty document, in a fixed order."""
@@ -93,15 +112,46 @@ def resolve_source(spec: str, split: str = "train", text_column: str = "text") -
     return TextSource(spec, tuple(files), split, text_column)
 
 
+TEXT_CHECK_BYTES = 1 << 24  # read per step when checking a text file
+
+
+def _check_text(path: Path) -> None:
+    """Refuse a `.txt` file that is not UTF-8 text, or holds NUL bytes (binary data), naming
+    the line; reads the file in blocks."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with path.open("rb") as file:
+        while block := file.read(TEXT_CHECK_BYTES):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as error:
+                where = line + block.count(b"\n", 0, error.start)
+                raise SaekitError(f"{path}:{where} is not UTF-8 text; convert the file") from None
+            nul = block.find(b"\0")
+            if nul >= 0:
+                where = line + block.count(b"\n", 0, nul)
+                raise SaekitError(
+                    f"{path}:{where} holds binary data (a NUL byte), not text; give text files"
+                )
+            line += block.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise SaekitError(f"{path}:{line} is not UTF-8 text; convert the file") from None
+
+
 def _txt_documents(path: Path, _column: str) -> Iterator[str]:
     lines: list[str] = []
-    with path.open(encoding="utf-8", errors="replace") as file:
-        for line in file:
-            if line.strip():
-                lines.append(line.rstrip("\n"))
-            elif lines:
-                yield "\n".join(lines)
-                lines = []
+    try:
+        with path.open(encoding="utf-8") as file:
+            for line in file:
+                if line.strip():
+                    lines.append(line.rstrip("\n"))
+                elif lines:
+                    yield "\n".join(lines)
+                    lines = []
+    except UnicodeDecodeError:
+        raise SaekitError(f"{path} is not UTF-8 text; convert the file") from None
     if lines:
         yield "\n".join(lines)
 
@@ -127,7 +177,8 @@ def _jsonl_documents(path: Path, column: str) -> Iterator[str]:
             yield str(record[column])
 
 
-def _parquet_documents(path: Path, column: str) -> Iterator[str]:
+def _parquet_file(path: Path, column: str) -> Any:
+    """The parquet file, refused in one line when it cannot be read or lacks the column."""
     import pyarrow.parquet as pq
 
     try:
@@ -139,6 +190,11 @@ def _parquet_documents(path: Path, column: str) -> Iterator[str]:
             f"{path} has no column '{column}' (it has {parquet.schema_arrow.names});"
             " choose it with --text-column"
         )
+    return parquet
+
+
+def _parquet_documents(path: Path, column: str) -> Iterator[str]:
+    parquet = _parquet_file(path, column)
     for batch in parquet.iter_batches(columns=[column], batch_size=1024):
         yield from (str(text) for text in batch.column(0).to_pylist() if text is not None)
 

@@ -3,10 +3,11 @@ batches with hooks (activations, loss, gradients), splicing replacements at seve
 once, its readout (final norm and unembedding) and its shape, read from the model itself."""
 
 from saekit.lm.forward import GRADIENT_CONVENTION, BatchOutput, next_token_loss, run_batch
-from saekit.lm.model import LanguageModel, load_model, tokenizer_fingerprint
+from saekit.lm.model import LanguageModel, load_model, tokenizer_fingerprint, weights_fingerprint
 from saekit.lm.provenance import (
     CheckedModel,
     check_hooks_match,
+    check_model_files,
     check_token_ids,
     identity_differences,
     load_model_for_store,
@@ -40,6 +41,7 @@ __all__ = [
     "added_at_last_position",
     "after_first_position",
     "check_hooks_match",
+    "check_model_files",
     "check_token_ids",
     "direction_logits",
     "edited_logits",
@@ -56,4 +58,5 @@ __all__ = [
     "token_strings",
     "tokenizer_fingerprint",
     "top_logit_effects",
+    "weights_fingerprint",
 ]

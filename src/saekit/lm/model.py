@@ -155,19 +155,25 @@ def load_model(name: str, device: torch.device) -> LanguageModel:
         parameter.requires_grad_(False)
     if bridge.tokenizer is None:
         raise SaekitError(f"model {name} comes without a tokenizer; save one beside it")
-    weights_dir, revision = _model_files(name)
+    _, revision = _model_files(name)
     identity = {
         "model": absolute_location(local) if local.exists() else name,
         "model_revision": revision,
-        "weights_fingerprint": files_fingerprint(
-            [p for p in weights_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES]
-        )
-        if weights_dir
-        else None,
+        "weights_fingerprint": weights_fingerprint(name),
         "tokenizer_fingerprint": tokenizer_fingerprint(bridge.tokenizer),
         "weights": WEIGHTS,
+        "vocab_size": int(bridge.cfg.d_vocab),
     }
     return LanguageModel(bridge=bridge, name=name, identity=identity)
+
+
+def weights_fingerprint(name: str) -> str | None:
+    """The fingerprint of a model's weight files (a local directory, or a hub model in the local
+    cache), read from the files alone, without loading the model; None when they are not here."""
+    weights_dir, _ = _model_files(name)
+    if weights_dir is None:
+        return None
+    return files_fingerprint([p for p in weights_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES])
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

@@ -4,16 +4,22 @@ store is the one it was harvested with (hooks, widths, weights, tokenizer, vocab
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from saekit.base.errors import SaekitError
 from saekit.base.locations import is_local, local_path, resolve_recorded_path
 from saekit.cache_format import ActivationStore
-from saekit.lm.model import LanguageModel, load_model
+from saekit.lm.model import (
+    LanguageModel,
+    load_model,
+    tokenizer_fingerprint,
+    weights_fingerprint,
+)
 
 # what identifies the LM in a store's identity, compared with the model that is loaded for it
-PROVENANCE_KEYS = ("weights_fingerprint", "tokenizer_fingerprint")
+PROVENANCE_KEYS = ("weights_fingerprint", "tokenizer_fingerprint", "vocab_size")
 
 
 def recorded_model(store: ActivationStore) -> str:
@@ -29,12 +35,46 @@ def recorded_model(store: ActivationStore) -> str:
 
 def identity_differences(store: ActivationStore, model: LanguageModel) -> list[str]:
     """How the loaded model differs from the one the store recorded (where both are known)."""
-    recorded, loaded = store.spec.identity, model.identity
+    return _differences(store.spec.identity, model.identity)
+
+
+def _differences(recorded: dict, loaded: dict) -> list[str]:
     return [
         f"{key} (store: {recorded[key]}, model: {loaded[key]})"
         for key in PROVENANCE_KEYS
         if recorded.get(key) and loaded.get(key) and recorded[key] != loaded[key]
     ]
+
+
+def check_model_files(
+    store: ActivationStore,
+    name: str,
+    tokenizer: Any | None = None,
+    allow_other_model: bool = False,
+    purpose: str = "the output uses",
+) -> list[str]:
+    """Check a model that is read without being loaded (its tokenizer, its unembedding, its
+    shape) against the store: the fingerprints of its weight files and of `tokenizer` against
+    those the store recorded, as `load_model_for_store` checks a loaded one. Another model is
+    refused unless `allow_other_model`; then the warning a report must carry is returned."""
+    loaded = {"weights_fingerprint": weights_fingerprint(name)}
+    if tokenizer is not None:
+        loaded["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
+    differences = _differences(store.spec.identity, loaded)
+    if differences and not allow_other_model:
+        raise SaekitError(
+            f"model {name} is not the model store {store.location} was harvested with: "
+            f"{'; '.join(differences)}; give that model with --model, or pass "
+            "--allow-other-model to use this one (the output then says so)"
+        )
+    return [f"{purpose} {_other_model(name, differences)}"] if differences else []
+
+
+def _other_model(name: str, differences: list[str]) -> str:
+    return (
+        f"model {name}, which differs from the store's: {'; '.join(differences)} "
+        "(--allow-other-model)"
+    )
 
 
 @dataclass(frozen=True)
@@ -71,10 +111,7 @@ def load_model_for_store(
             f"{'; '.join(differences)}; give that model with --model, or pass "
             "--allow-other-model to evaluate with this one (the report then says so)"
         )
-    warnings = [
-        f"online metrics use model {name}, which differs from the store's: "
-        f"{'; '.join(differences)} (--allow-other-model)"
-    ]
+    warnings = [f"online metrics use {_other_model(name, differences)}"]
     return CheckedModel(model, warnings if differences else [])
 
 
@@ -93,6 +130,11 @@ def check_token_ids(
     contexts_CT: torch.Tensor, model: LanguageModel, store: ActivationStore
 ) -> None:
     """Refuse token ids the model's vocabulary does not have."""
+    if len(contexts_CT) and int(contexts_CT.min()) < 0:
+        raise SaekitError(
+            f"store {store.location} holds negative token ids; the store is damaged, run sae "
+            "verify on it"
+        )
     if len(contexts_CT) and int(contexts_CT.max()) >= model.d_vocab:
         raise SaekitError(
             f"store {store.location} holds token ids up to {int(contexts_CT.max())} but model "

@@ -10,9 +10,10 @@ from saekit.cache_format import ActivationStore
 from saekit.lm.model import tokenizer_fingerprint
 
 
-def load_tokenizer(model: str, store: ActivationStore) -> Any:
+def load_tokenizer(model: str, store: ActivationStore, check: bool = True) -> Any:
     """The tokenizer of `model`, normalised as the harvest's TransformerBridge normalises it, and
-    refused when its fingerprint differs from the one recorded in the store."""
+    refused when its fingerprint differs from the one recorded in the store (unless `check` is
+    False: the caller checks it, with `provenance.check_model_files`)."""
     from transformer_lens.model_bridge.sources._hf_format import setup_tokenizer
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -24,7 +25,7 @@ def load_tokenizer(model: str, store: ActivationStore) -> Any:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SaekitError(f"cannot load the tokenizer of model {model}: {reason}") from None
     recorded = store.spec.identity.get("tokenizer_fingerprint")
-    if recorded and tokenizer_fingerprint(tokenizer) != recorded:
+    if check and recorded and tokenizer_fingerprint(tokenizer) != recorded:
         raise SaekitError(
             f"the tokenizer of {model} is not the one store {store.location} was harvested "
             "with; give the store's model with --model"

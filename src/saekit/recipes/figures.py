@@ -6,6 +6,7 @@ the seeds' minimum to maximum.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # (after the backend is chosen)
+from matplotlib.figure import Figure
 
+from saekit.base.atomic import write_atomically
 from saekit.recipes.results import Results, Series
 
 STYLES = ("-o", "--s", ":^", "-.v", "-D", "--P", ":X", "-.*")
@@ -86,8 +89,7 @@ def line_figure(
         axes.legend(fontsize=7, loc="best")
     figure.suptitle(title, fontsize=11)
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def _spans_decades(values: list[float]) -> bool:
@@ -111,8 +113,7 @@ def bar_figure(
     axes.grid(True, axis="y", alpha=0.3)
     axes.legend(fontsize=7, loc="best")
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def histogram_figure(path: Path, histograms: dict[str, list[int]], xlabel: str, title: str) -> None:
@@ -127,5 +128,12 @@ def histogram_figure(path: Path, histograms: dict[str, list[int]], xlabel: str, 
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=7, loc="best")
     figure.tight_layout()
-    figure.savefig(path)
+    _save(figure, path)
+
+
+def _save(figure: Figure, path: Path) -> None:
+    """PNG bytes written atomically: a link planted at `path` is replaced, never followed."""
+    image = io.BytesIO()
+    figure.savefig(image, format="png")
     plt.close(figure)
+    write_atomically(path, lambda file: file.write(image.getvalue()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore
 from saekit.evaluate import check_holdout
 from saekit.harvest import HarvestConfig
-from saekit.lm import ModelShape
+from saekit.lm import ModelShape, check_model_files, load_tokenizer
 from saekit.recipes.catalog import RECIPES
 from saekit.recipes.declarations import Recipe, Scope, residual_stream
 from saekit.recipes.presets import PRESETS, Preset
@@ -33,6 +33,7 @@ class RecipeRequest:
     device: str = "auto"
     storage_options: dict[str, Any] | None = None
     command: str = "sae recipe"
+    allow_other_model: bool = False  # a --model that is not the --store's (the report says so)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Inputs:
     model: ModelShape
     hook: str
     hooks: Mapping[str, tuple[str, ...]]  # recipe name -> the hooks it trains on, main first
+    warnings: list[str] = field(default_factory=list)  # what the report must say
 
     def scope(self, recipe: Recipe) -> Scope:
         """The recipe's scope: its grid at the preset, its hooks and their width."""
@@ -119,13 +121,19 @@ def check_inputs(request: RecipeRequest) -> Inputs:
     if store is None and not request.dataset:
         raise SaekitError("give --dataset to harvest from, or an existing store with --store")
     inputs = Inputs(recipes, preset, store, model, residual[0], hooks)
+    warnings: list[str] = []
     if store is not None:
         check_holdout(store)
         if store.complete:
             for hook in inputs.gradient_hooks:
                 store.require_gradients(hook)
+        # the model the recipe splices SAEs into must be the store's, checked before training
+        tokenizer = load_tokenizer(model_name, store, check=False)
+        warnings = check_model_files(
+            store, model_name, tokenizer, request.allow_other_model, "online metrics use"
+        )
     complete = store if store is not None and store.complete else None
-    return dataclasses.replace(inputs, store=complete)
+    return dataclasses.replace(inputs, store=complete, warnings=warnings)
 
 
 def _check_layer(preset: Preset, model: ModelShape) -> None:

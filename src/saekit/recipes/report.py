@@ -34,12 +34,19 @@ VERDICTS = (
 
 
 def write_report(
-    out: Path, record: dict[str, Any], analyses: list[Analysis], estimate: Estimate
+    out: Path,
+    record: dict[str, Any],
+    analyses: list[Analysis],
+    estimate: Estimate,
+    warnings: list[str] | None = None,
 ) -> None:
-    """Write `report.md` and `report.json` into `out` (figures are already in `figures/`)."""
+    """Write `report.md` and `report.json` into `out` (figures are already in `figures/`);
+    `warnings` say what a reader of the numbers must know (another model, --allow-other-model)."""
+    warnings = warnings or []
     claims = [c for analysis in analyses for c in analysis.claims]
-    write_text(out / "report.md", _markdown(record, analyses, claims, estimate))
+    write_text(out / "report.md", _markdown(record, analyses, claims, estimate, warnings))
     report = {
+        "warnings": warnings,
         "saekit_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": {k: v for k, v in record.items() if k != "timings"},
@@ -61,8 +68,25 @@ def write_report(
     write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=True))
 
 
+def spliced_tokens(analyses: list[Analysis]) -> int:
+    """The predicted tokens the rows were spliced into the LM on (the preset's number is an
+    upper bound: a store may hold fewer held-out tokens)."""
+    return max(
+        (
+            int((row.data.get("online") or {}).get("tokens", 0))
+            for analysis in analyses
+            for row in analysis.rows
+        ),
+        default=0,
+    )
+
+
 def _markdown(
-    record: dict[str, Any], analyses: list[Analysis], claims: list[Claim], estimate: Estimate
+    record: dict[str, Any],
+    analyses: list[Analysis],
+    claims: list[Claim],
+    estimate: Estimate,
+    warnings: list[str],
 ) -> str:
     preset = record["preset"]
     timings = record.get("timings", {})
@@ -73,8 +97,11 @@ def _markdown(
         f"{preset['train_tokens']:,} training tokens per SAE in batches of "
         f"{preset['batch_size']:,}, {preset['expansion']}·d latents, seeds "
         f"{', '.join(map(str, preset['seeds']))}; evaluation on the store's held-out tokens "
-        f"(offline: all; spliced into the LM: {preset['online_tokens']:,}).",
+        f"(offline: all; spliced into the LM: {spliced_tokens(analyses):,} predicted tokens, "
+        f"the preset asking for up to {preset['online_tokens']:,}).",
         "",
+        *[f"- **Warning**: {warning}" for warning in warnings],
+        *([""] if warnings else []),
         f"Cost: {estimate.describe()}. Measured wall time: "
         + ", ".join(f"{key} {_duration(value)}" for key, value in _flat(timings).items())
         + ".",

@@ -11,6 +11,7 @@ from typing import Any
 
 from saekit.base.atomic import write_json
 from saekit.base.devices import resolve_device
+from saekit.base.outputs import make_directory
 from saekit.cache_format import ActivationStore
 from saekit.harvest import plan_harvest, run_harvest
 from saekit.recipes.analysis import analyse
@@ -78,7 +79,9 @@ def run_recipes(request: RecipeRequest, reporter: Reporter | None = None) -> Out
     if store is None:
         with timed(timings, "harvest"):
             store = _harvest(request, inputs, reporter)
-    evaluation = recipe_evaluation(store, preset, device, inputs.model.name)
+    evaluation = recipe_evaluation(
+        store, preset, device, inputs.model.name, request.allow_other_model
+    )
     outcome = Outcome(workspace.root / "report.md", cost)
     for recipe in recipes:
         scope = scopes[recipe.name]
@@ -95,7 +98,7 @@ def run_recipes(request: RecipeRequest, reporter: Reporter | None = None) -> Out
                     evaluation, recipe, scope, run, workspace, reporter.message
                 )
         write_json(workspace.record_file, record)
-    _report(workspace, record, scopes, cost)
+    _report(workspace, record, scopes, cost, inputs.warnings)
     return outcome
 
 
@@ -110,10 +113,14 @@ def _harvest(request: RecipeRequest, inputs: Inputs, reporter: Reporter) -> Acti
 
 
 def _report(
-    workspace: Workspace, record: dict[str, Any], scopes: dict[str, Scope], cost: Estimate
+    workspace: Workspace,
+    record: dict[str, Any],
+    scopes: dict[str, Scope],
+    cost: Estimate,
+    warnings: list[str],
 ) -> None:
     """Analyse every recipe with results in DIR (also those of earlier calls); write the report."""
-    workspace.figures.mkdir(exist_ok=True)
+    make_directory(workspace.figures, workspace.root)
     analyses = []
     for name in record["recipes"]:
         rows = [Row(row) for row in workspace.cached_rows(name)]
@@ -122,4 +129,4 @@ def _report(
         recipe = RECIPES[name]
         view = View(scopes[name], workspace.figures, workspace.runs(name))
         analyses.append(analyse(recipe, rows, view))
-    write_report(workspace.root, record, analyses, cost)
+    write_report(workspace.root, record, analyses, cost, warnings)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from saekit.base.errors import SaekitError
+from saekit.base.outputs import make_directory
 from saekit.cache_format import ActivationStore
 from saekit.recipes.declarations import Recipe, Scope, StageInputs
 from saekit.recipes.workspace import Workspace
@@ -57,6 +58,7 @@ def train_recipe(
             names = [spec.resolve(scope.d_in).name for spec in specs]
             if not _complete(run_dir, names):
                 message(f"{recipe.name}: training run {run_name} ({len(specs)} SAEs)")
+                make_directory(run_dir.parent, workspace.root)  # never through a link in DIR
                 settings = TrainSettings(
                     tokens=preset.train_tokens,
                     batch_size=preset.batch_size,

@@ -23,7 +23,16 @@ from typing import Any
 from saekit import __version__
 from saekit.base.atomic import write_json
 from saekit.base.errors import SaekitError
-from saekit.base.outputs import refuse_inside_store
+from saekit.base.outputs import (
+    KINDS,
+    RECIPE_DIR,
+    make_directory,
+    marker_kind,
+    probe_writable,
+    refuse_inside_store,
+    refuse_links,
+    write_marker,
+)
 from saekit.recipes.declarations import Recipe
 from saekit.recipes.presets import Preset
 
@@ -31,6 +40,7 @@ RECORD_FILE = "recipe.json"
 RECORD_FORMAT = "saekit.recipe"
 STORE_DIR = "store.zarr"
 COMPARED = ("preset", "model", "store", "hook")  # settings a resumed DIR must repeat
+PARTS = ("runs", "evals")  # the folders of each recipe in DIR
 
 
 @dataclass(frozen=True)
@@ -66,7 +76,23 @@ class Workspace:
         """Every evaluated row of the recipe, run by run."""
         rows = []
         for cache in sorted((self.root / recipe / "evals").glob("*.json")):
-            rows += json.loads(cache.read_text()).values()
+            rows += self.read_cache(cache).values()
+        return rows
+
+    def read_cache(self, cache: Path) -> dict[str, dict[str, Any]]:
+        """The rows cached in `cache` by label (none when it does not exist yet); a damaged
+        cache is refused in one line."""
+        try:
+            rows = json.loads(cache.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            rows = None
+        if not isinstance(rows, dict) or not all(isinstance(r, dict) for r in rows.values()):
+            raise SaekitError(
+                f"{cache} is not a cache of evaluated rows (damaged); delete it to evaluate that "
+                "run again"
+            )
         return rows
 
 
@@ -100,13 +126,24 @@ def new_record(
 
 
 def check_workspace(out: Path, record: dict[str, Any]) -> None:
-    """DIR lies in no store (links resolved) and is new, empty, or holds recipes of the same
-    settings (a grid recorded for a recipe must be this preset's grid for it)."""
+    """DIR lies in no store (links resolved), is not a link, can be written, and is new, empty,
+    or holds recipes of the same settings (a grid recorded for a recipe must be this preset's
+    grid for it): its `recipe.json` records them, and, from this saekit on, saekit's marker
+    says it wrote DIR; a directory another kind of output's marker claims is refused."""
     refuse_inside_store(out, "recipe")
+    if out.is_symlink():
+        raise SaekitError(
+            f"--out {out} is a symbolic link; saekit never writes through links, give the "
+            "directory itself"
+        )
     if out.exists() and not out.is_dir():
         raise SaekitError(f"--out {out} is a file; choose a directory")
+    probe_writable(out)
     if not out.exists() or not any(out.iterdir()):
         return
+    kind = marker_kind(out)
+    if kind not in (None, RECIPE_DIR):
+        raise SaekitError(f"--out {out} holds {KINDS[kind]}, not recipe results")
     stored = _read_record(out)
     if stored is None:
         raise SaekitError(
@@ -124,6 +161,9 @@ def check_workspace(out: Path, record: dict[str, Any]) -> None:
             f"--out {out} holds recipes run with another {', '.join(changed)}; repeat those "
             "settings to resume them, or choose a new directory"
         )
+    refuse_links(
+        out, [STORE_DIR, "figures", *(f"{p.name}/{d}" for p in out.iterdir() for d in PARTS)]
+    )
 
 
 def _same_preset(stored: Any, wanted: dict[str, Any]) -> bool:
@@ -138,17 +178,63 @@ def _same_preset(stored: Any, wanted: dict[str, Any]) -> bool:
 
 
 def _read_record(out: Path) -> dict[str, Any] | None:
+    """DIR's record, None when there is none (or it is not a recipe record); a record whose
+    fields are damaged is refused in one line."""
+    path = out / RECORD_FILE
     try:
-        stored = json.loads((out / RECORD_FILE).read_text())
-    except (OSError, ValueError):
+        stored = json.loads(path.read_bytes())
+    except FileNotFoundError:
         return None
-    return stored if isinstance(stored, dict) else None
+    except (OSError, ValueError):
+        raise SaekitError(f"{path} cannot be read as JSON; {RECORD_DAMAGED}") from None
+    if not isinstance(stored, dict) or stored.get("format") != RECORD_FORMAT:
+        return None
+    for key, expected, ok in _RECORD_FIELDS:
+        if key in stored and not ok(stored[key]):
+            raise SaekitError(
+                f"{path}: {key} must be {expected}, not {_shown(stored[key])}; {RECORD_DAMAGED}"
+            )
+    return stored
+
+
+RECORD_DAMAGED = "the recipe directory is damaged: delete it, or choose a new --out"
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_timings(value: Any) -> bool:
+    """{key: seconds or {key: seconds}}, as `timed` records them."""
+
+    def seconds(x: Any) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool)
+
+    return isinstance(value, dict) and all(
+        seconds(v) or (isinstance(v, dict) and all(seconds(w) for w in v.values()))
+        for v in value.values()
+    )
+
+
+_RECORD_FIELDS = (
+    ("preset", "an object with an object of grids", lambda v: isinstance(v, dict)
+     and isinstance(v.get("grids", {}), dict)),
+    ("model", "a string", lambda v: isinstance(v, str)),
+    ("dataset", "a string or null", lambda v: v is None or isinstance(v, str)),
+    ("store", "a string or null", lambda v: v is None or isinstance(v, str)),
+    ("hook", "a string", lambda v: isinstance(v, str)),
+    ("recipes", "a list of recipe names", lambda v: isinstance(v, list)
+     and all(isinstance(x, str) for x in v)),
+    ("timings", "an object of durations", _is_timings),
+)  # fmt: skip
 
 
 def open_record(workspace: Workspace, record: dict[str, Any], order: list[str]) -> dict[str, Any]:
     """Create DIR, merge this call's record into the one it holds (the recipes done so far, in
-    `order`; the grids of every recipe recorded) and write it."""
-    workspace.root.mkdir(parents=True, exist_ok=True)
+    `order`; the grids of every recipe recorded) and write it; mark DIR as saekit's."""
+    make_directory(workspace.root, workspace.root)
+    write_marker(workspace.root, RECIPE_DIR)
     stored = _read_record(workspace.root) or {}
     merged = {**stored, **{k: v for k, v in record.items() if v is not None or k not in stored}}
     grids = {**stored.get("preset", {}).get("grids", {}), **record["preset"]["grids"]}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from saekit.base.atomic import write_json, write_torch
 from saekit.base.errors import SaekitError
+from saekit.base.outputs import make_directory, remove_directory
 
 LATEST = "latest.json"
 TRAINER_STATE = "trainer.pt"
@@ -40,7 +40,17 @@ class Checkpoints:
     """The checkpoints directory of one run."""
 
     def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
         self.root = run_dir / "checkpoints"
+
+    def _refuse_links(self, path: Path) -> None:
+        """Checkpoints are read and written only in real directories of the run, never through
+        a symbolic link (which could redirect the writes and the removal of old checkpoints)."""
+        if path.is_symlink():
+            raise SaekitError(
+                f"{path} is a symbolic link; saekit never writes through links in a run: "
+                "remove the link, or start a new run in another --out"
+            )
 
     def save(
         self,
@@ -53,21 +63,27 @@ class Checkpoints:
         if latest is not None and (latest["step"], latest["complete"]) == (step, complete):
             return  # the state at a step is deterministic: this one is saved already
         directory = self.root / f"step-{step:09d}"
-        shutil.rmtree(directory, ignore_errors=True)  # a partial one from a killed run
-        directory.mkdir(parents=True)
-        write_torch(directory / TRAINER_STATE, trainer)
-        for name, state in members.items():
-            write_torch(directory / f"{name}.pt", state)
+        make_directory(self.root, self.run_dir)
+        remove_directory(directory)  # a partial one from a killed run
+        make_directory(directory, self.root)
+        try:
+            write_torch(directory / TRAINER_STATE, trainer)
+            for name, state in members.items():
+                write_torch(directory / f"{name}.pt", state)
+        except BaseException:  # a full disk, a file-size limit, Ctrl-C: no half checkpoint left
+            remove_directory(directory)
+            raise
         write_json(
             self.root / LATEST, {"step": step, "directory": directory.name, "complete": complete}
         )
-        for other in self.root.glob("step-*"):
-            if other != directory:
-                shutil.rmtree(other, ignore_errors=True)
+        for other in self.root.iterdir():  # only the checkpoints saekit names, nothing else
+            if other != directory and _STEP_DIR.fullmatch(other.name):
+                remove_directory(other)
 
     def latest(self) -> dict[str, Any] | None:
         """What `latest.json` says, or None when no checkpoint was completed."""
         path = self.root / LATEST
+        self._refuse_links(self.root)
         try:
             latest = json.loads(path.read_bytes())
         except FileNotFoundError:
@@ -93,6 +109,7 @@ class Checkpoints:
         if latest is None:
             return None
         directory = self.root / latest["directory"]
+        self._refuse_links(directory)
 
         def load(path: Path) -> dict[str, Any]:
             try:

@@ -18,6 +18,7 @@ Command-line options override the file's settings; `--sae` specs are added to it
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass
@@ -53,7 +54,11 @@ class TrainSettings:
 
         require(self.tokens is None or self.tokens > 0, "--tokens must be positive")
         require(self.batch_size > 0, "--batch-size must be positive")
-        require(self.lr is None or self.lr > 0, "--lr must be positive")
+        require(
+            self.lr is None or (math.isfinite(self.lr) and self.lr > 0),
+            "--lr must be a positive number",
+        )
+        require(self.seed >= 0, f"--seed must be 0 or more, not {self.seed}")
         check_device_name(self.device)
         require(self.log_every > 0, "log_every must be positive")
         require(self.checkpoint_every >= 0, "--checkpoint-every must be >= 0")
@@ -74,6 +79,8 @@ def load_config(path: Path) -> tuple[dict[str, Any], list[SAESpec]]:
         raise SaekitError(f"config file {path} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise SaekitError(f"config file {path} is not valid TOML: {error}") from None
+    except OSError as error:  # a directory, no permission
+        raise SaekitError(f"cannot read config file {path}: {error.strerror or error}") from None
     saes = table.pop("sae", [])
     if not isinstance(saes, list) or not all(isinstance(s, dict) for s in saes):
         raise SaekitError(f"config file {path}: write each SAE as a [[sae]] table")

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from saekit.base.atomic import write_json, write_safetensors
 from saekit.base.errors import SaekitError
+from saekit.base.outputs import make_directory
 from saekit.train import formats
 from saekit.train.clt import CrossLayerTranscoder
 from saekit.train.sae import SAE, Dictionary
@@ -43,7 +44,7 @@ def save_sae(trained: Dictionary, directory: Path, cfg: SAEConfig) -> None:
     sae.fold_scales_(
         [cfg.scale_of(h) for h in shape.source_hooks], [cfg.scale_of(h) for h in shape.target_hooks]
     )
-    directory.mkdir(parents=True, exist_ok=True)
+    make_directory(directory, directory.parent.parent)  # RUN/saes/NAME, never through a link
     write_safetensors(directory / WEIGHTS_FILE, sae.state_for_saving(), {"format": SAE_FORMAT})
     write_json(directory / CFG_FILE, dataclasses.asdict(cfg))
     write_json(directory / EXPORTS_FILE, write_exports(sae, directory, cfg))
@@ -97,7 +98,7 @@ def export_saelens(sae: SAE, directory: Path, cfg: SAEConfig) -> None:
     Choice as JumpReLU with their learnt thresholds, g-SAE as TopK (plain mode).
     """
     activation = sae.activation
-    directory.mkdir(parents=True, exist_ok=True)
+    make_directory(directory, directory.parent)
     metadata = {
         "hook_name": cfg.hook,
         "model_name": cfg.store["identity"].get("model"),
@@ -139,7 +140,11 @@ def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> Dicti
     optional = {key for key in expected if key.startswith(later)}
     check_weights(directory / WEIGHTS_FILE, expected, optional)
     sae = spec.build(shape)
-    sae.load_state_dict(load_file(directory / WEIGHTS_FILE), strict=False)  # checked above
+    tensors = load_file(directory / WEIGHTS_FILE)
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SaekitError(f"{directory / WEIGHTS_FILE} holds NaN or Inf in {key}; {DAMAGED}")
+    sae.load_state_dict(tensors, strict=False)  # checked above
     sae.cfg = cfg
     return sae.to(device).eval()
 

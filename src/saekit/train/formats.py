@@ -25,6 +25,7 @@ from torch import Tensor
 
 from saekit.base.atomic import write_safetensors, write_text
 from saekit.base.errors import SaekitError
+from saekit.base.outputs import TRANSCODER_SET, make_directory, write_marker
 from saekit.train.clt import CrossLayerTranscoder
 from saekit.train.sae import SAE, Dictionary
 from saekit.train.sae_config import SAEConfig
@@ -229,7 +230,8 @@ def export_transcoder_set(sae_dirs: list[Path], out: Path) -> Path:
         )
     ((input_hook, output_hook),) = hooks
     first = by_layer[0][1]
-    out.mkdir(parents=True, exist_ok=True)
+    make_directory(out, out)
+    write_marker(out, TRANSCODER_SET)
     for layer, (path, _) in sorted(by_layer.items()):
         write_safetensors(out / f"layer_{layer}.safetensors", load_file(path))
     config = transcoder_set_config(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import torch
 
+from saekit.base.devices import device_memory
 from saekit.base.errors import SaekitError
 from saekit.base.units import human_bytes
 from saekit.train.shape import Shape
@@ -25,13 +25,6 @@ def training_bytes(d_in: int, d_out: int, latents: int, batch_size: int) -> int:
     parameters = latents * (d_in + d_out) + latents + d_in + d_out
     per_step = BATCH_BY_LATENTS_COPIES * batch_size * latents
     return FLOAT_BYTES * (PARAMETER_COPIES * parameters + per_step)
-
-
-def device_memory(device: torch.device) -> int:
-    """Total memory of the device (CUDA) or of the machine (CPU), in bytes."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[1]
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def check_memory(

@@ -29,7 +29,15 @@ from saekit.base.atomic import write_json
 from saekit.base.devices import resolve_device
 from saekit.base.errors import IntegrityError, SaekitError
 from saekit.base.locations import absolute_location
-from saekit.base.outputs import refuse_inside_store
+from saekit.base.outputs import (
+    KINDS,
+    RUN,
+    make_directory,
+    marker_kind,
+    probe_writable,
+    refuse_inside_store,
+    write_marker,
+)
 from saekit.cache_format import ActivationStore, LoaderThreads, ShuffledLoader
 from saekit.cache_format.nonfinite import NonFinitePolicy
 from saekit.cache_format.reader import ROW_INDEX
@@ -37,7 +45,7 @@ from saekit.cache_format.schema import ACTIVATIONS, hook_field
 from saekit.train.calibration import geometric_median, input_scale
 from saekit.train.checkpoint import Checkpoint, Checkpoints
 from saekit.train.config import TrainSettings
-from saekit.train.export import save_sae
+from saekit.train.export import SAELENS_DIR, save_sae
 from saekit.train.layout import sae_directory
 from saekit.train.member import Member, RunReads, concatenated
 from saekit.train.memory import check_memory
@@ -49,6 +57,7 @@ from saekit.train.spec import ResolvedSpec, SAESpec, source_hooks
 from saekit.train.trainer import Cadence, Observer, Trainer
 
 RUN_FORMAT = "saekit.train-run"
+RUN_FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 POSITION_READ_ROWS = 1 << 20
 
@@ -93,6 +102,8 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
     plan = make_plan(store, settings)
     identity = run_identity(store, hook, specs, settings, plan)
     check_out_dir(request.out, identity, request.resume)
+    check_run_directories(request.out, [spec.name for spec in specs])
+    probe_writable(request.out)
 
     device = resolve_device(settings.device)
     check_memory(specs, shapes, settings.batch_size, device)
@@ -105,11 +116,12 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
     if checkpoint is None:
         scales, calibration = calibrate(store, reads, members, settings, device)
         config = run_config(identity, plan, hook, scales, calibration, request, device)
-        request.out.mkdir(parents=True, exist_ok=True)
+        make_directory(request.out, request.out)
         write_json(request.out / CONFIG_FILE, config)
     else:
         config = json.loads((request.out / CONFIG_FILE).read_text())
         scales, calibration = recorded_calibration(config, hook, specs, request.out)
+    write_marker(request.out, RUN)  # after config.json: a run killed between is still a run
 
     cadence = Cadence(settings.log_every, settings.checkpoint_every)
     nonfinite = NonFinitePolicy(skip=settings.skip_nonfinite)
@@ -203,6 +215,7 @@ def resolve_specs(
 
 def make_plan(store: ActivationStore, settings: TrainSettings) -> Plan:
     """Steps of the run: `tokens` (default one epoch) in batches; beyond one epoch, several."""
+    store.check_split()  # training must not read held-out rows a damaged layout hands it
     rows = eligible_training_rows(store)
     if rows == 0:
         raise SaekitError(f"store {store.location} has no training rows; harvest more tokens")
@@ -256,11 +269,23 @@ def _options(spec: ResolvedSpec) -> dict[str, Any]:
 
 
 def check_out_dir(out: Path, identity: dict[str, Any], resume: bool) -> None:
-    """Refuse an output directory that holds something else, or this run without `resume`."""
+    """Refuse an output directory that holds something else, or this run without `resume`.
+
+    A run is recognised by its `config.json`, which records this very run (its store, SAEs and
+    settings), and, from this saekit on, by the marker saekit writes beside it; a directory
+    that another kind of output's marker claims is refused."""
+    if out.is_symlink():
+        raise SaekitError(
+            f"--out {out} is a symbolic link; saekit never writes through links, give the "
+            "directory itself"
+        )
     if out.exists() and not out.is_dir():
         raise SaekitError(f"--out {out} is a file; choose a directory")
     if not out.exists() or not any(out.iterdir()):
         return
+    kind = marker_kind(out)
+    if kind not in (None, RUN):
+        raise SaekitError(f"--out {out} holds {KINDS[kind]}, not a training run")
     try:
         stored = json.loads((out / CONFIG_FILE).read_text())
     except (OSError, ValueError):
@@ -269,6 +294,12 @@ def check_out_dir(out: Path, identity: dict[str, Any], resume: bool) -> None:
         ) from None
     if not isinstance(stored, dict) or stored.get("format") != RUN_FORMAT:
         raise SaekitError(f"--out {out} holds something else than a training run")
+    version = stored.get("format_version", RUN_FORMAT_VERSION)
+    if isinstance(version, int) and not isinstance(version, bool) and version > RUN_FORMAT_VERSION:
+        raise SaekitError(
+            f"{out / CONFIG_FILE} uses run format version {version}, newer than the "
+            f"{RUN_FORMAT_VERSION} this saekit reads; upgrade saekit"
+        )
     changed = differing_keys(stored.get("run"), identity)
     if changed:
         shown = ", ".join(changed[:4]) + (", ..." if len(changed) > 4 else "")
@@ -281,6 +312,19 @@ def check_out_dir(out: Path, identity: dict[str, Any], resume: bool) -> None:
             f"--out {out} already holds this run; pass --resume to continue it, or choose "
             "another --out"
         )
+
+
+def check_run_directories(out: Path, names: list[str]) -> None:
+    """Refuse a run whose checkpoints or saved SAEs would be written through a symbolic link
+    (checked again where they are written)."""
+    saes = out / "saes"
+    for path in (out / "checkpoints", saes, *(saes / n for n in names),
+                 *(saes / n / SAELENS_DIR for n in names)):  # fmt: skip
+        if path.is_symlink():
+            raise SaekitError(
+                f"{path} is a symbolic link; saekit never writes through links in a run: "
+                "remove the link, or start a new run in another --out"
+            )
 
 
 def differing_keys(stored: Any, wanted: Any, prefix: str = "") -> list[str]:
@@ -371,7 +415,7 @@ def run_config(
     scale = {"input_scale": scales[hook]} if hook in scales else {}
     return {
         "format": RUN_FORMAT,
-        "format_version": 1,
+        "format_version": RUN_FORMAT_VERSION,
         "saekit_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "run": identity,

@@ -56,6 +56,16 @@ class SAEConfig:
             raise SaekitError(f"{path} cannot be read as JSON ({error}); {DAMAGED}") from None
         if not isinstance(values, dict) or values.get("format") != SAE_FORMAT:
             raise SaekitError(f"{path} does not describe a saekit SAE")
+        version = values.get("format_version", SAE_FORMAT_VERSION)
+        if not _is_count(version):
+            raise SaekitError(
+                f"{path}: format_version must be a positive integer, not {version!r}; {DAMAGED}"
+            )
+        if version > SAE_FORMAT_VERSION:
+            raise SaekitError(
+                f"{path} uses saved-SAE format version {version}, newer than the "
+                f"{SAE_FORMAT_VERSION} this saekit reads; upgrade saekit"
+            )
         for name, expected, ok in _FIELD_CHECKS:
             if not ok(values.get(name)):
                 raise SaekitError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -162,6 +163,8 @@ def parse_spec(text: str) -> SAESpec:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise SaekitError(f"{source}: '{item}' is not key=value; write e.g. topk:k=32")
+        if key.strip() in values:
+            raise SaekitError(f"{source}: key '{key.strip()}' is given twice; give it once")
         values[key.strip()] = value.strip()
     return make_spec(variant.strip(), values, source)
 
@@ -247,9 +250,12 @@ def convert(value: Any, annotation: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ValueError(f"expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             raise ValueError(f"expected a number, got '{value}'") from None
+        if not math.isfinite(number):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        return number
     return str(value)
 
 

@@ -16,6 +16,7 @@ from saekit.train.shape import parse_layers
 
 DEFAULT_EXPANSION = 16  # latents = 16 · d unless given
 LR_REFERENCE = 2e-4  # lr = 2e-4 · sqrt(16384 / latents) unless given
+MAX_NAME_LENGTH = 200  # a file name: RUN/saes/<name>/, checkpoints/<name>.pt
 AUX_TERMS: dict[str, type[losses.ResidualAux]] = {"auxk": losses.AuxK, "zipf": losses.AuxZipf}
 
 
@@ -81,7 +82,8 @@ class SAEOptions(ShapeOptions):
         check(self.dead_tokens >= 1, "dead_tokens must be at least 1")
         check(
             self.name is None or _valid_name(self.name),
-            "name must be letters, digits, '.', '-' or '_', not starting with '.'",
+            f"name must be letters, digits, '.', '-' or '_', not starting with '.', at most "
+            f"{MAX_NAME_LENGTH} bytes",
         )
         super().__post_init__()
 
@@ -140,4 +142,8 @@ class ThresholdOptions(OptionGroup):
 
 
 def _valid_name(name: str) -> bool:
-    return bool(name) and name[0] != "." and all(c.isalnum() or c in ".-_" for c in name)
+    return (
+        0 < len(name.encode()) <= MAX_NAME_LENGTH
+        and name[0] != "."
+        and all(c.isalnum() or c in ".-_" for c in name)
+    )
