@@ -20,12 +20,12 @@ from saekit.cli.common import (
     stop_bar,
 )
 from saekit.train import (
-    VARIANTS,
     Observer,
     Plan,
     RunResult,
     TrainRequest,
     TrainSettings,
+    described_names,
     load_config,
     parse_spec,
     train,
@@ -33,7 +33,7 @@ from saekit.train import (
 
 SPEC_HELP = (
     "An SAE to train, as variant[:key=value,...]; repeat for several SAEs trained on the same "
-    f"batches. Variants: {', '.join(sorted(VARIANTS))} (alias mutual-choice). Keys include "
+    f"batches. Variants: {', '.join(described_names())}. Keys include "
     "latents, k, lr, aux, l1, beta, beta_eff, name; see docs/variants.md."
 )
 

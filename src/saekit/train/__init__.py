@@ -25,7 +25,7 @@ from saekit.train.shape import Block, Shape
 from saekit.train.sparse import Code, DenseCode, SparseCode
 from saekit.train.spec import SAESpec, parse_spec
 from saekit.train.trainer import Observer
-from saekit.train.variants import VARIANTS, modes
+from saekit.train.variants import VARIANTS, described_names, modes
 from saekit.train.variants.gsae import DEFAULT_BETA_EFF
 from saekit.train.variants.options import SHAPE_DEFAULTS
 from saekit.train.zipf import fit_zipf
@@ -51,6 +51,7 @@ __all__ = [
     "TrainRequest",
     "TrainSettings",
     "concatenated",
+    "described_names",
     "export_transcoder_set",
     "fit_zipf",
     "is_transcoder_set",
