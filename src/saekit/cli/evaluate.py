@@ -14,6 +14,8 @@ from saekit.cli.common import (
     DEVICE_HELP,
     LateProgressBar,
     StorageOptions,
+    TensorboardDir,
+    WandbProject,
     console,
     parse_storage_options,
     print_table,
@@ -111,9 +113,22 @@ def register(app: typer.Typer) -> None:
             typer.Option("--inspect", help="Also build latent dashboards into REPORT/inspect."),
         ] = False,
         storage_options: StorageOptions = None,
+        wandb: WandbProject = None,
+        tensorboard: TensorboardDir = None,
     ) -> None:
         """Evaluate every SAE of the runs on the store's held-out tokens; write a report."""
-        from saekit.evaluate import INSPECT_SITE, EvalRequest, evaluate, link_inspect_site
+        from saekit.base.tracking import Tracking
+        from saekit.evaluate import (
+            INSPECT_SITE,
+            EvalRequest,
+            check_tracking,
+            evaluate,
+            link_inspect_site,
+            track_report,
+        )
+
+        tracking = Tracking(wandb, tensorboard)
+        check_tracking(tracking, runs)
 
         request = EvalRequest(
             runs=tuple(runs),
@@ -150,4 +165,7 @@ def register(app: typer.Typer) -> None:
             if dashboard is not None:
                 dashboard.build(bar)
                 link_inspect_site(Path(out))
+        tracked = track_report(tracking, files["json"], runs) if tracking else []
         print_report_summary(files)
+        for where in tracked:
+            console.print(where, markup=False)

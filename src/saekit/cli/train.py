@@ -10,9 +10,12 @@ import typer
 from rich.progress import Progress, TextColumn
 from rich.table import Table
 
+from saekit.base.tracking import Tracking
 from saekit.cli.common import (
     DEVICE_HELP,
     StorageOptions,
+    TensorboardDir,
+    WandbProject,
     console,
     parse_storage_options,
     print_table,
@@ -92,6 +95,8 @@ def print_result(result: RunResult) -> None:
     skipped = max((record.get("nonfinite_rows_skipped", 0) for record in metrics), default=0)
     if skipped:
         console.print(f"warning: {skipped:,} rows holding NaN or Inf were left out of training")
+    for where in result.tracked:
+        console.print(where, markup=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -142,6 +147,8 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         storage_options: StorageOptions = None,
+        wandb: WandbProject = None,
+        tensorboard: TensorboardDir = None,
     ) -> None:
         """Train SAEs on shuffled rows streamed from a store (several SAEs per pass)."""
         file_settings, specs = load_config(config) if config else ({}, [])
@@ -166,6 +173,7 @@ def register(app: typer.Typer) -> None:
             settings=settings,
             resume=resume,
             storage_options=parse_storage_options(storage_options),
+            tracking=Tracking(wandb, tensorboard),
         )
         with ProgressReporter(progress_bar(TextColumn("{task.fields[rate]}"))) as reporter:
             result = train(request, reporter)

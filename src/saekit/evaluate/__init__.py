@@ -13,6 +13,7 @@ from saekit.evaluate.targets import (
     load_targets,
     targets_of,
 )
+from saekit.evaluate.tracking import check_tracking, track_report
 
 __all__ = [
     "DENSE_THRESHOLD",
@@ -24,6 +25,7 @@ __all__ = [
     "Target",
     "check_against_store",
     "check_holdout",
+    "check_tracking",
     "evaluate",
     "holdout_batches",
     "inspection_target",
@@ -32,4 +34,5 @@ __all__ = [
     "report_head",
     "report_row",
     "targets_of",
+    "track_report",
 ]

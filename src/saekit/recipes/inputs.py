@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from saekit.base.errors import SaekitError
+from saekit.base.tracking import Tracking
 from saekit.cache_format import ActivationStore
 from saekit.evaluate import check_holdout
 from saekit.harvest import HarvestConfig
@@ -33,6 +34,7 @@ class RecipeRequest:
     device: str = "auto"
     storage_options: dict[str, Any] | None = None
     command: str = "sae recipe"
+    tracking: Tracking = field(default_factory=Tracking)  # training runs' wandb / TensorBoard
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ def check_inputs(request: RecipeRequest) -> Inputs:
     """The request's recipes, preset, store, model and hooks, all checked."""
     recipes = resolve_recipes(request.recipes)
     preset = resolve_preset(request.preset)
+    request.tracking.check()
     workspace = Workspace(request.out)
     location = request.store
     if location is None and (workspace.store / "zarr.json").exists():
