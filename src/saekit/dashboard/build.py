@@ -129,7 +129,9 @@ def prepare_dashboard(request: InspectRequest) -> Dashboard:
             f"store {store.location} has no {request.split} rows; choose --split {other}"
         )
     device = resolve_device(request.device)
-    subjects = load_subjects(list(request.saes), store, request.latents, device)
+    subjects = load_subjects(
+        list(request.saes), store, request.latents, device, request.storage_options
+    )
     model = request.model or recorded_model(store)
     tokenizer = load_tokenizer(model, store)
     readout = load_readout(model, device)
@@ -163,14 +165,14 @@ def _check_settings(request: InspectRequest) -> None:
 def _store_location(request: InspectRequest) -> str:
     if request.store:
         return request.store
-    return recorded_store(sae_directories(request.saes[0])[0])
+    return recorded_store(sae_directories(request.saes[0], request.storage_options)[0])
 
 
 def _check_out(request: InspectRequest) -> None:
     runs = [
         run_of(directory) or directory
         for path in request.saes
-        for directory in sae_directories(path)
+        for directory in sae_directories(path, request.storage_options)
     ]
     check_output_dir(request.out, runs, "inspect", "an inspect site", is_site)
 

@@ -91,13 +91,18 @@ def choose_latents(spec: int | list[int] | None, d_sae: int, where: Path) -> Ten
 
 
 def load_subjects(
-    paths: list[str], store: ActivationStore, latents: str, device: torch.device
+    paths: list[str],
+    store: ActivationStore,
+    latents: str,
+    device: torch.device,
+    storage_options: dict | None = None,
 ) -> list[Subject]:
-    """Every SAE named by `paths`, checked against the store, in its inspection mode."""
+    """Every SAE named by `paths` (runs, saved SAEs, published SAEs' URLs), checked against the
+    store, in its inspection mode."""
     spec = parse_latents(latents)
     subjects = []
     for path in paths:
-        for directory in sae_directories(path):
+        for directory in sae_directories(path, storage_options):
             sae = load_sae(directory, device)
             check_against_store(sae, store, directory)
             chosen = choose_latents(spec, sae.d_sae, directory)

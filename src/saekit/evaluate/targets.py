@@ -16,7 +16,7 @@ from torch import Tensor
 from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.schema import ACTIVATIONS, GRADIENTS, hook_field
-from saekit.train import SAE, Code, Shape, concatenated, load_sae, modes, saved_saes
+from saekit.train import SAE, Code, Shape, concatenated, load_sae, modes, sae_directories
 
 DEFAULT_BATCH_ROWS = 4096
 
@@ -121,21 +121,27 @@ def inspection_target(run: str, sae: SAE, store: ActivationStore) -> Target:
     return targets[0]
 
 
-def load_targets(runs: list[str], store: ActivationStore, device: torch.device) -> list[Target]:
-    """Every SAE under `RUN/saes/`, checked against the store, in every mode."""
+def load_targets(
+    runs: list[str],
+    store: ActivationStore,
+    device: torch.device,
+    storage_options: dict | None = None,
+) -> list[Target]:
+    """Every SAE each argument names (a run's `RUN/saes/*`, a saved SAE, a published SAE's
+    URL), checked against the store, in every mode; rows name the argument's last part."""
     targets = []
     for run in runs:
-        sae_dirs = saved_saes(Path(run))
-        if not sae_dirs:
-            raise SaekitError(
-                f"{run} holds no trained SAEs (no saes/<name>/cfg.json); give a "
-                "directory written by sae train"
-            )
-        for sae_dir in sae_dirs:
+        for sae_dir in sae_directories(run, storage_options):
             sae = load_sae(sae_dir, device)
             check_against_store(sae, store, sae_dir)
-            targets += targets_of(Path(run).name, sae)
+            targets += targets_of(run_name(run), sae)
     return targets
+
+
+def run_name(run: str) -> str:
+    """What a report row calls the run (or SAE) it comes from: the last part of its path or
+    URL."""
+    return Path(run.rstrip("/")).name
 
 
 def check_against_store(sae: SAE, store: ActivationStore, where: Path) -> None:

@@ -17,6 +17,7 @@ from saekit.base.errors import SaekitError
 from saekit.base.locations import is_local
 from saekit.base.tracking import Tracking, new_run_id, numbers, open_tracker
 from saekit.evaluate.report import PLOTS
+from saekit.evaluate.targets import run_name
 from saekit.train import TrackedRun, tracked_as
 
 MEASURES = ("offline", "online", "steering")
@@ -62,8 +63,7 @@ def track_report(tracking: Tracking, report_file: Path, runs: list[str]) -> list
     plots = {f"eval/{name}": report_file.parent / file for name, file in PLOTS.items()}
     where: list[str] = []
     for run in runs:
-        name = Path(run.rstrip("/")).name
-        rows = [row for row in report["rows"] if row["run"] == name]
+        rows = [row for row in report["rows"] if row["run"] == run_name(run)]
         if not rows:
             continue
         tracked = tracked_run(run)
