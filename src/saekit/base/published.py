@@ -153,6 +153,10 @@ def check_destination(
     it holds anything but a publish of saekit's (a cut-short one may be published over)."""
     check_name(name)
     where = Destination(url, storage_options)
+    protocol = where.fs.protocol
+    protocols = {protocol} if isinstance(protocol, str) else set(protocol)
+    if protocols & {"http", "https"}:
+        raise SaekitError(f"{url} is read-only (HTTP); publish to a directory or a bucket")
     folder = where.path(name)
     published = where.read_json(f"{folder}/{MANIFEST}") is not None
     if published and not replace:
