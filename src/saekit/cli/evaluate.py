@@ -40,7 +40,7 @@ def print_report_summary(files: dict[str, Path]) -> None:
         title_justify="left",
     )
     table.add_column("SAE [mode]", overflow="fold")
-    for column in ("L0", "NMSE", "dead", "loss added", "CE rec.", "KL"):
+    for column in ("L0", "NMSE", "dead (held-out)", "loss added", "CE rec.", "KL"):
         table.add_column(column, justify="right", no_wrap=True)
 
     def number(value: float | None, form: str) -> str:

@@ -79,7 +79,7 @@ def print_result(result: RunResult) -> None:
     if result.already_complete:
         console.print(f"run {result.run_dir} was already complete; SAEs re-exported")
     table = Table(title=f"SAEs of {result.run_dir}", title_justify="left")
-    for column in ("sae", "NMSE", "L0", "dead", "saved to"):
+    for column in ("sae", "NMSE", "L0", "dead in training", "saved to"):
         table.add_column(column)
     for name, directory in result.sae_dirs.items():
         record = result.final_metrics.get(name, {})
@@ -91,6 +91,12 @@ def print_result(result: RunResult) -> None:
             str(directory),
         )
     print_table(table)
+    console.print(
+        "dead in training: latents that did not fire in an SAE's last dead_tokens training tokens "
+        "(default 1,000,000; none in a shorter run). sae eval measures dead (held-out): latents "
+        "that never fire on the held-out tokens.",
+        markup=False,
+    )
     metrics = result.final_metrics.values()
     skipped = max((record.get("nonfinite_rows_skipped", 0) for record in metrics), default=0)
     if skipped:
