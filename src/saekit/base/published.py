@@ -20,6 +20,7 @@ URL/<name>/ is touched; readers only read. One publisher per name at a time.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ import platform
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +38,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from saekit.base.errors import SaekitError
-from saekit.base.locations import absolute_location
+from saekit.base.locations import absolute_location, is_local
 from saekit.base.outputs import STORE_FORMAT
 
 MANIFEST = "saekit-published.json"
@@ -70,6 +71,9 @@ class Destination:
         except (ImportError, ValueError, TypeError) as error:
             raise SaekitError(f"cannot use {url}: {error}") from None
         self.root = root.rstrip("/")
+        # fsspec caches filesystems and their listings per process: what another process
+        # published since must be seen
+        self.fs.invalidate_cache()
 
     def path(self, *parts: str) -> str:
         return "/".join((self.root, *parts))
@@ -78,20 +82,47 @@ class Destination:
         """The URL a person gives for a path below the root."""
         return self.url + path[len(self.root) :]
 
-    def read_json(self, path: str) -> Any | None:
-        """The JSON at `path`, or None when there is none (or it is not JSON)."""
+    @contextlib.contextmanager
+    def reaching(self) -> Iterator[None]:
+        """Failures to reach the place as one line: any error of a remote filesystem (network,
+        credentials, its own types), OS errors of a local one."""
         try:
-            return json.loads(self.fs.cat_file(path))
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError):
-            return None
-        except OSError as error:
+            yield
+        except SaekitError:
+            raise
+        except Exception as error:
+            if is_local(self.url) and not isinstance(error, OSError):
+                raise
             raise unreachable(self.url, error) from None
 
+    def read_json(self, path: str) -> Any | None:
+        """The JSON at `path`, or None when there is none (or it is not JSON)."""
+        with self.reaching():
+            try:
+                return json.loads(self.fs.cat_file(path))
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError):
+                return None
+
     def exists(self, path: str) -> bool:
-        try:
+        with self.reaching():
             return bool(self.fs.exists(path))
-        except OSError as error:
-            raise unreachable(self.url, error) from None
+
+    def folders(self, path: str) -> list[str]:
+        """The folders directly inside `path`, hidden ones left out."""
+        with self.reaching():
+            try:
+                listed = self.fs.ls(path, detail=True)
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        parent = path.rstrip("/")
+        found = []
+        for item in listed:
+            child = item["name"].rstrip("/")
+            inside = child.startswith(parent + "/") and child != parent
+            hidden = child.rsplit("/", 1)[-1].startswith(".")
+            if item.get("type") == "directory" and inside and not hidden:
+                found.append(child)
+        return found
 
 
 def unreachable(url: str, error: BaseException) -> SaekitError:
@@ -132,7 +163,7 @@ def publish(
         "files": {relative: _describe(source) for relative, source in sorted(files.items())},
         "facts": dict(facts),
     }
-    try:
+    with where.reaching():
         _write(where, f"{folder}/{INTENT}", _intent())
         if published:
             where.fs.rm_file(f"{folder}/{MANIFEST}")  # unlisted from here on
@@ -141,8 +172,6 @@ def publish(
             _write(where, f"{folder}/{relative}", source)
         _write(where, f"{folder}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
         where.fs.rm_file(f"{folder}/{INTENT}")
-    except OSError as error:
-        raise unreachable(where.url, error) from None
     return where.url_of(folder)
 
 
@@ -191,12 +220,11 @@ def _describe(source: Source) -> dict[str, Any]:
 
 
 def _holds_anything(where: Destination, folder: str) -> bool:
-    try:
-        return bool(where.fs.ls(folder))
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError as error:
-        raise unreachable(where.url, error) from None
+    with where.reaching():
+        try:
+            return bool(where.fs.ls(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
 
 def _clear(where: Destination, folder: str) -> None:
@@ -249,6 +277,8 @@ def entries(url: str, storage_options: Mapping[str, Any] | None = None) -> list[
     """The published folders and the stores under `url` (itself included, down to LIST_DEPTH
     folders), from their manifests and root attributes only; hidden folders are skipped."""
     where = Destination(url, storage_options)
+    if not where.exists(where.root):
+        raise SaekitError(f"{url} does not exist; check the URL and --storage-options")
     found: list[Entry] = []
 
     def visit(path: str, depth: int) -> None:
@@ -263,29 +293,11 @@ def entries(url: str, storage_options: Mapping[str, Any] | None = None) -> list[
             return
         if depth == LIST_DEPTH:
             return
-        for child in _folders(where, path):
+        for child in where.folders(path):
             visit(child, depth + 1)
 
     visit(where.root, 0)
     return sorted(found, key=lambda entry: (entry.kind != "store", entry.url))
-
-
-def _folders(where: Destination, path: str) -> list[str]:
-    """The folders directly inside `path` (not hidden)."""
-    try:
-        listed = where.fs.ls(path, detail=True)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except OSError as error:
-        raise unreachable(where.url, error) from None
-    folders = []
-    for item in listed:
-        child = item["name"].rstrip("/")
-        name = child.rsplit("/", 1)[-1]
-        inside = child.startswith(path.rstrip("/") + "/") and child != path.rstrip("/")
-        if item.get("type") == "directory" and inside and not name.startswith("."):
-            folders.append(child)
-    return folders
 
 
 _fetched: dict[str, Path] = {}
@@ -315,16 +327,23 @@ def fetch(
         expected = manifest["files"].get(relative)
         if expected is None:
             raise SaekitError(f"{where.url} publishes no {relative}; it is not a saved SAE")
-        try:
-            data = where.fs.cat_file(where.path(relative))
-        except OSError as error:
-            raise unreachable(where.url, error) from None
-        if len(data) != expected["size"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
+        size, sha256 = _download(where, where.path(relative), directory / relative)
+        if (size, sha256) != (expected["size"], expected["sha256"]):
             raise SaekitError(
                 f"{where.url}/{relative} does not match its manifest (replaced while being "
                 "read, or damaged); read it again, or publish it again"
             )
-        (directory / relative).parent.mkdir(parents=True, exist_ok=True)
-        (directory / relative).write_bytes(data)
     _fetched[key] = directory
     return directory
+
+
+def _download(where: Destination, path: str, target: Path) -> tuple[int, str]:
+    """Copy a file to `target`, streamed; return its size and sha256."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest, size = hashlib.sha256(), 0
+    with where.reaching(), where.fs.open(path, "rb") as remote, target.open("wb") as local:
+        for block in iter(lambda: remote.read(1 << 24), b""):
+            digest.update(block)
+            size += len(block)
+            local.write(block)
+    return size, digest.hexdigest()
