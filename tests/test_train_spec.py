@@ -117,3 +117,12 @@ def test_bad_settings_are_refused():
         TrainSettings(batch_size=0)
     with pytest.raises(SaekitError, match="--device must be auto, cpu, cuda"):
         TrainSettings(device="tpu")
+
+
+def test_train_help_names_each_alias_after_its_own_variant():
+    """Mutual Choice is BatchTopK: `sae train --help` says so next to batchtopk, not after the
+    last name (topk)."""
+    from saekit.cli.train import SPEC_HELP
+
+    assert "batchtopk (alias mutual-choice)," in SPEC_HELP
+    assert "topk (alias" not in SPEC_HELP.replace("batchtopk (alias", "")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 _EDGE = 1 << 20  # bytes hashed at each end of a file
 
@@ -27,3 +29,11 @@ def files_fingerprint(paths: Iterable[Path], root: Path | None = None) -> str:
 def text_fingerprint(text: str) -> str:
     """Short sha256 of a string."""
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def store_fingerprint(identity: dict[str, Any], rows: int) -> str:
+    """A store's fingerprint: its harvest's identity (model and weights, tokenizer, dataset,
+    packing, seed, token counts) and its committed rows. Two stores with one fingerprint hold
+    the same tokens, and the same activations at every hook both have; an SAE's cfg.json
+    records both, so its store's fingerprint is known without the store."""
+    return text_fingerprint(json.dumps({"identity": identity, "rows": rows}, sort_keys=True))

@@ -120,4 +120,21 @@ StorageOptions = Annotated[
     str | None,
     typer.Option(help="JSON object of fsspec options for remote stores, e.g. an endpoint."),
 ]
+WandbProject = Annotated[
+    str | None,
+    typer.Option(
+        "--wandb",
+        metavar="PROJECT",
+        help="Also log to this Weights & Biases project (saekit[wandb]; WANDB_MODE=offline "
+        "writes it locally for wandb sync).",
+    ),
+]
+TensorboardDir = Annotated[
+    str | None,
+    typer.Option(
+        "--tensorboard",
+        metavar="DIR",
+        help="Also log to TensorBoard event files in DIR/<run name> (saekit[tensorboard]).",
+    ),
+]
 DEVICE_HELP = "auto (the current GPU if any, else cpu), cpu, cuda (the current GPU) or cuda:N."

@@ -14,6 +14,8 @@ from saekit.cli.common import (
     DEVICE_HELP,
     LateProgressBar,
     StorageOptions,
+    TensorboardDir,
+    WandbProject,
     console,
     parse_storage_options,
     print_table,
@@ -38,7 +40,7 @@ def print_report_summary(files: dict[str, Path]) -> None:
         title_justify="left",
     )
     table.add_column("SAE [mode]", overflow="fold")
-    for column in ("L0", "NMSE", "dead", "loss added", "CE rec.", "KL"):
+    for column in ("L0", "NMSE", "dead (held-out)", "loss added", "CE rec.", "KL"):
         table.add_column(column, justify="right", no_wrap=True)
 
     def number(value: float | None, form: str) -> str:
@@ -112,9 +114,22 @@ def register(app: typer.Typer) -> None:
             typer.Option("--inspect", help="Also build latent dashboards into REPORT/inspect."),
         ] = False,
         storage_options: StorageOptions = None,
+        wandb: WandbProject = None,
+        tensorboard: TensorboardDir = None,
     ) -> None:
         """Evaluate every SAE of the runs on the store's held-out tokens; write a report."""
-        from saekit.evaluate import INSPECT_SITE, EvalRequest, evaluate, link_inspect_site
+        from saekit.base.tracking import Tracking
+        from saekit.evaluate import (
+            INSPECT_SITE,
+            EvalRequest,
+            check_tracking,
+            evaluate,
+            link_inspect_site,
+            track_report,
+        )
+
+        tracking = Tracking(wandb, tensorboard)
+        check_tracking(tracking, runs)
 
         request = EvalRequest(
             runs=tuple(runs),
@@ -152,4 +167,7 @@ def register(app: typer.Typer) -> None:
             if dashboard is not None:
                 dashboard.build(bar)
                 link_inspect_site(Path(out))
+        tracked = track_report(tracking, files["json"], runs) if tracking else []
         print_report_summary(files)
+        for where in tracked:
+            console.print(where, markup=False)

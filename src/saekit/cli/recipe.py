@@ -16,6 +16,8 @@ from rich.table import Table
 from saekit.cli.common import (
     DEVICE_HELP,
     StorageOptions,
+    TensorboardDir,
+    WandbProject,
     console,
     invocation,
     parse_storage_options,
@@ -91,8 +93,11 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         storage_options: StorageOptions = None,
+        wandb: WandbProject = None,
+        tensorboard: TensorboardDir = None,
     ) -> None:
         """Run a paper's headline comparison: harvest, train the sweep, evaluate, report."""
+        from saekit.base.tracking import Tracking
         from saekit.recipes import RecipeRequest, run_recipes
 
         request = RecipeRequest(
@@ -106,6 +111,7 @@ def register(app: typer.Typer) -> None:
             storage_options=parse_storage_options(storage_options),
             command=invocation(),
             allow_other_model=allow_other_model,
+            tracking=Tracking(wandb, tensorboard),
         )
         outcome = run_recipes(request, RecipeReporter())
         trained, evaluated = len(outcome.trained_runs), outcome.evaluated_rows

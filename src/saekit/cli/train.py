@@ -10,9 +10,12 @@ import typer
 from rich.progress import Progress, TextColumn
 from rich.table import Table
 
+from saekit.base.tracking import Tracking
 from saekit.cli.common import (
     DEVICE_HELP,
     StorageOptions,
+    TensorboardDir,
+    WandbProject,
     console,
     parse_storage_options,
     print_table,
@@ -20,12 +23,12 @@ from saekit.cli.common import (
     stop_bar,
 )
 from saekit.train import (
-    VARIANTS,
     Observer,
     Plan,
     RunResult,
     TrainRequest,
     TrainSettings,
+    described_names,
     load_config,
     parse_spec,
     train,
@@ -33,7 +36,7 @@ from saekit.train import (
 
 SPEC_HELP = (
     "An SAE to train, as variant[:key=value,...]; repeat for several SAEs trained on the same "
-    f"batches. Variants: {', '.join(sorted(VARIANTS))} (alias mutual-choice). Keys include "
+    f"batches. Variants: {', '.join(described_names())}. Keys include "
     "latents, k, lr, aux, l1, beta, beta_eff, name; see docs/variants.md."
 )
 
@@ -76,7 +79,7 @@ def print_result(result: RunResult) -> None:
     if result.already_complete:
         console.print(f"run {result.run_dir} was already complete; SAEs re-exported")
     table = Table(title=f"SAEs of {result.run_dir}", title_justify="left")
-    for column in ("sae", "NMSE", "L0", "dead", "saved to"):
+    for column in ("sae", "NMSE", "L0", "dead in training", "saved to"):
         table.add_column(column)
     for name, directory in result.sae_dirs.items():
         record = result.final_metrics.get(name, {})
@@ -88,10 +91,18 @@ def print_result(result: RunResult) -> None:
             str(directory),
         )
     print_table(table)
+    console.print(
+        "dead in training: latents that did not fire in an SAE's last dead_tokens training tokens "
+        "(default 1,000,000; none in a shorter run). sae eval measures dead (held-out): latents "
+        "that never fire on the held-out tokens.",
+        markup=False,
+    )
     metrics = result.final_metrics.values()
     skipped = max((record.get("nonfinite_rows_skipped", 0) for record in metrics), default=0)
     if skipped:
         console.print(f"warning: {skipped:,} rows holding NaN or Inf were left out of training")
+    for where in result.tracked:
+        console.print(where, markup=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -142,6 +153,8 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         storage_options: StorageOptions = None,
+        wandb: WandbProject = None,
+        tensorboard: TensorboardDir = None,
     ) -> None:
         """Train SAEs on shuffled rows streamed from a store (several SAEs per pass)."""
         file_settings, specs = load_config(config) if config else ({}, [])
@@ -166,6 +179,7 @@ def register(app: typer.Typer) -> None:
             settings=settings,
             resume=resume,
             storage_options=parse_storage_options(storage_options),
+            tracking=Tracking(wandb, tensorboard),
         )
         with ProgressReporter(progress_bar(TextColumn("{task.fields[rate]}"))) as reporter:
             result = train(request, reporter)

@@ -8,13 +8,14 @@ the decoder directions through the LM's final norm and unembedding alone. The pa
 """
 
 from saekit.dashboard.build import Dashboard, InspectRequest, build_dashboard, prepare_dashboard
-from saekit.dashboard.site import is_site, read_data_script
+from saekit.dashboard.site import is_site, one_sae_site, read_data_script
 
 __all__ = [
     "Dashboard",
     "InspectRequest",
     "build_dashboard",
     "is_site",
+    "one_sae_site",
     "prepare_dashboard",
     "read_data_script",
 ]

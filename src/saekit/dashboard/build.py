@@ -143,7 +143,13 @@ def prepare_dashboard(request: InspectRequest) -> Dashboard:
     device = resolve_device(request.device)
     warnings: list[str] = []
     subjects = load_subjects(
-        list(request.saes), store, request.latents, device, request.allow_other_model, warnings
+        list(request.saes),
+        store,
+        request.latents,
+        device,
+        request.allow_other_model,
+        warnings,
+        request.storage_options,
     )
     _check_memory(request, subjects, device)
     model = request.model or recorded_model(store)
@@ -219,7 +225,11 @@ def _store_location(request: InspectRequest) -> str:
     if request.store:
         return request.store
     return trained_store(
-        [directory for path in request.saes for directory in sae_directories(path)]
+        [
+            directory
+            for path in request.saes
+            for directory in sae_directories(path, request.storage_options)
+        ]
     )
 
 
@@ -227,7 +237,7 @@ def _check_out(request: InspectRequest) -> None:
     runs = [
         run_of(directory) or directory
         for path in request.saes
-        for directory in sae_directories(path)
+        for directory in sae_directories(path, request.storage_options)
     ]
     check_output_dir(request.out, runs, "inspect", INSPECT_SITE, is_unmarked_site)
 

@@ -120,3 +120,25 @@ def _write_files(
             name = f"sae-{number}/latents/{latent}"
             (data / f"{name}.js").write_text(data_script(name, detail))
             on_latent(1)
+
+
+def one_sae_site(site: Path, run: str, name: str) -> dict[str, bytes | Path] | None:
+    """The files (relative path -> content or source file) of a site that shows only the SAE
+    `name` of run `run` (its data renumbered as SAE 0), cut out of a site built for several; None
+    when the site does not show that SAE."""
+    manifest = json.loads((site / MANIFEST).read_text())
+    entry = next((e for e in manifest["saes"] if (e["name"], e["run"]) == (name, run)), None)
+    if entry is None:
+        return None
+    alone = {**manifest, "saes": [{**entry, "id": 0}]}
+    files: dict[str, bytes | Path] = {asset: site / asset for asset in ASSETS}
+    files[MANIFEST] = (json.dumps(alone, indent=2) + "\n").encode()
+    files["data/site.js"] = data_script("site", alone).encode()
+    files["data/vocab.js"] = site / "data" / "vocab.js"
+    source = site / "data" / f"sae-{entry['id']}"
+    for path in sorted(source.rglob("*.js")):
+        relative = path.relative_to(source).with_suffix("").as_posix()
+        files[f"data/sae-0/{relative}.js"] = data_script(
+            f"sae-0/{relative}", read_data_script(path)
+        ).encode()
+    return files

@@ -100,13 +100,15 @@ def load_subjects(
     device: torch.device,
     allow_other_model: bool = False,
     warnings: list[str] | None = None,
+    storage_options: dict | None = None,
 ) -> list[Subject]:
-    """Every SAE named by `paths`, checked against the store (`check_provenance`; the warnings
-    of what `allow_other_model` let through are added to `warnings`), in its inspection mode."""
+    """Every SAE named by `paths` (runs, saved SAEs, published SAEs' URLs), checked against the
+    store (`check_provenance`; the warnings of what `allow_other_model` let through are added to
+    `warnings`), in its inspection mode."""
     spec = parse_latents(latents)
     subjects = []
     for path in paths:
-        for directory in sae_directories(path):
+        for directory in sae_directories(path, storage_options):
             sae = load_sae(directory, device)
             found = check_provenance(sae, store, directory, allow_other_model)
             if warnings is not None:

@@ -15,6 +15,7 @@ from saekit.evaluate.targets import (
     targets_of,
     trained_store,
 )
+from saekit.evaluate.tracking import check_tracking, track_report
 
 __all__ = [
     "DENSE_THRESHOLD",
@@ -27,6 +28,7 @@ __all__ = [
     "check_against_store",
     "check_holdout",
     "check_provenance",
+    "check_tracking",
     "evaluate",
     "holdout_batches",
     "inspection_target",
@@ -35,5 +37,6 @@ __all__ = [
     "report_head",
     "report_row",
     "targets_of",
+    "track_report",
     "trained_store",
 ]

@@ -8,6 +8,7 @@ from typing import Any
 
 from saekit.base.devices import resolve_device
 from saekit.base.errors import SaekitError
+from saekit.base.locations import absolute_location, is_local
 from saekit.base.outputs import EVAL_REPORT, check_output_dir
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.nonfinite import NonFinitePolicy
@@ -15,7 +16,7 @@ from saekit.evaluate.evaluation import EvalSettings, Evaluation, Progress, Steer
 from saekit.evaluate.report import report_head, write_report
 from saekit.evaluate.targets import load_targets, trained_store
 from saekit.lm import load_model_for_store
-from saekit.train import saved_saes
+from saekit.train import sae_directories
 
 STEERING_CONTEXTS = 32
 
@@ -24,7 +25,7 @@ STEERING_CONTEXTS = 32
 class EvalRequest:
     """Everything `sae eval` takes."""
 
-    runs: tuple[str, ...]
+    runs: tuple[str, ...]  # runs, saved SAEs, or published SAEs' URLs
     out: str
     store: str | None = None  # default: the store the SAEs were trained on
     storage_options: dict[str, Any] | None = None
@@ -47,14 +48,15 @@ class EvalRequest:
 
 
 def _check_runs_and_out(request: EvalRequest) -> None:
-    for run in request.runs:
-        if not Path(run).is_dir():
+    local = [Path(run) for run in request.runs if is_local(run)]
+    for run in local:
+        if not run.is_dir():
             raise SaekitError(
                 f"run {run} is not a directory; give directories written by sae train"
             )
     check_output_dir(
         request.out,
-        [Path(run) for run in request.runs],
+        local,
         "eval",
         EVAL_REPORT,
         lambda out: (out / "report.json").exists(),
@@ -68,12 +70,9 @@ def _check_runs_and_out(request: EvalRequest) -> None:
 def _store_location(request: EvalRequest) -> str:
     if request.store:
         return request.store
-    sae_dirs = [sae_dir for run in request.runs for sae_dir in saved_saes(Path(run))]
-    if not sae_dirs:
-        raise SaekitError(
-            f"{request.runs[0]} holds no trained SAEs (no saes/<name>/cfg.json); give "
-            "a directory written by sae train"
-        )
+    sae_dirs = [
+        sae_dir for run in request.runs for sae_dir in sae_directories(run, request.storage_options)
+    ]
     return trained_store(sae_dirs)
 
 
@@ -97,7 +96,14 @@ def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str
         progress,
     )
     provenance: list[str] = []
-    targets = load_targets(list(request.runs), store, device, request.allow_other_model, provenance)
+    targets = load_targets(
+        list(request.runs),
+        store,
+        device,
+        request.allow_other_model,
+        provenance,
+        request.storage_options,
+    )
     if evaluation.online:  # a model that does not fit is refused before any long pass
         evaluation.model(sorted({h for t in targets for h in t.shape.hooks}))
     rows = evaluation.rows(targets, steer={t.name for t in targets})
@@ -110,7 +116,7 @@ def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str
             "online": online[0]["tokens"] if online else 0,
             "online_contexts": len(evaluation.contexts) if evaluation.online else 0,
         },
-        "runs": [str(Path(run).resolve()) for run in request.runs],
+        "runs": [absolute_location(run) for run in request.runs],
         "rows": rows,
         "warnings": provenance + evaluation.warnings(),
     }

@@ -29,7 +29,7 @@ from saekit.train import (
     load_sae,
     modes,
     recorded_store,
-    saved_saes,
+    sae_directories,
 )
 
 DEFAULT_BATCH_ROWS = 4096
@@ -141,24 +141,27 @@ def load_targets(
     device: torch.device,
     allow_other_model: bool = False,
     warnings: list[str] | None = None,
+    storage_options: dict | None = None,
 ) -> list[Target]:
-    """Every SAE under `RUN/saes/`, checked against the store (`check_provenance`; the warnings
-    of what `allow_other_model` let through are added to `warnings`), in every mode."""
+    """Every SAE each argument names (a run's `RUN/saes/*`, a saved SAE, a published SAE's
+    URL), checked against the store (`check_provenance`; the warnings of what
+    `allow_other_model` let through are added to `warnings`), in every mode; rows name the
+    argument's last part."""
     targets = []
     for run in runs:
-        sae_dirs = saved_saes(Path(run))
-        if not sae_dirs:
-            raise SaekitError(
-                f"{run} holds no trained SAEs (no saes/<name>/cfg.json); give a "
-                "directory written by sae train"
-            )
-        for sae_dir in sae_dirs:
+        for sae_dir in sae_directories(run, storage_options):
             sae = load_sae(sae_dir, device)
             found = check_provenance(sae, store, sae_dir, allow_other_model)
             if warnings is not None:
                 warnings += found
-            targets += targets_of(Path(run).name, sae)
+            targets += targets_of(run_name(run), sae)
     return targets
+
+
+def run_name(run: str) -> str:
+    """What a report row calls the run (or SAE) it comes from: the last part of its path or
+    URL."""
+    return Path(run.rstrip("/")).name
 
 
 def check_against_store(sae: SAE, store: ActivationStore, where: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from saekit.base.errors import SaekitError
+from saekit.base.tracking import Tracking
 from saekit.cache_format import ActivationStore
 from saekit.evaluate import check_holdout
 from saekit.harvest import HarvestConfig
@@ -34,6 +35,7 @@ class RecipeRequest:
     storage_options: dict[str, Any] | None = None
     command: str = "sae recipe"
     allow_other_model: bool = False  # a --model that is not the --store's (the report says so)
+    tracking: Tracking = field(default_factory=Tracking)  # training runs' wandb / TensorBoard
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ def check_inputs(request: RecipeRequest) -> Inputs:
     """The request's recipes, preset, store, model and hooks, all checked."""
     recipes = resolve_recipes(request.recipes)
     preset = resolve_preset(request.preset)
+    request.tracking.check()
     workspace = Workspace(request.out)
     location = request.store
     if location is None and (workspace.store / "zarr.json").exists():

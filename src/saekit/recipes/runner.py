@@ -89,7 +89,7 @@ def run_recipes(request: RecipeRequest, reporter: Reporter | None = None) -> Out
         with timed(recipe_timings, "train"):
             runs, trained = train_recipe(
                 recipe, scope, store, workspace, request.device,
-                reporter.training, reporter.message, request.storage_options,
+                reporter.training, reporter.message, request.storage_options, request.tracking,
             )  # fmt: skip
         outcome.trained_runs += trained
         with timed(recipe_timings, "evaluate"):

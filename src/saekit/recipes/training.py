@@ -11,6 +11,7 @@ from typing import Any
 
 from saekit.base.errors import SaekitError
 from saekit.base.outputs import make_directory
+from saekit.base.tracking import Tracking
 from saekit.cache_format import ActivationStore
 from saekit.recipes.declarations import Recipe, Scope, StageInputs
 from saekit.recipes.workspace import Workspace
@@ -44,9 +45,11 @@ def train_recipe(
     observe: Callable[[], contextlib.AbstractContextManager[Observer | None]],
     message: Callable[[str], None],
     storage_options: dict[str, Any] | None = None,
+    tracking: Tracking | None = None,
 ) -> tuple[list[TrainedRun], list[str]]:
     """Train every stage of the recipe, one run per seed; return its runs and the names of the
-    runs this call trained."""
+    runs this call trained. Tracked runs are named `<recipe>/<stage>-s<seed>`, grouped by
+    recipe."""
     preset, runs, trained_now = scope.preset, [], []
     trained: dict[int, dict[str, Path]] = {seed: {} for seed in preset.seeds}
     for stage in recipe.stages(scope):
@@ -73,6 +76,9 @@ def train_recipe(
                     settings=settings,
                     resume=run_dir.exists(),
                     storage_options=storage_options,
+                    tracking=tracking or Tracking(),
+                    tracking_name=f"{recipe.name}/{run_name}",
+                    tracking_group=recipe.name,
                 )
                 with observe() as observer:
                     train(request, observer)

@@ -24,8 +24,15 @@ from saekit.train.schedule import Plan
 from saekit.train.shape import Block, Shape
 from saekit.train.sparse import Code, DenseCode, SparseCode
 from saekit.train.spec import SAESpec, parse_spec
-from saekit.train.trainer import Observer
-from saekit.train.variants import VARIANTS, modes
+from saekit.train.tracking import (
+    TRACKING_FILE,
+    TrackedRun,
+    TrainingTracker,
+    track_training,
+    tracked_as,
+)
+from saekit.train.trainer import Observer, Observers
+from saekit.train.variants import VARIANTS, described_names, modes
 from saekit.train.variants.gsae import DEFAULT_BETA_EFF
 from saekit.train.variants.options import SHAPE_DEFAULTS
 from saekit.train.zipf import fit_zipf
@@ -36,21 +43,26 @@ __all__ = [
     "METRICS_FILE",
     "SAE",
     "SHAPE_DEFAULTS",
+    "TRACKING_FILE",
     "VARIANTS",
     "Block",
     "Code",
     "DenseCode",
     "Dictionary",
     "Observer",
+    "Observers",
     "Plan",
     "RunResult",
     "SAEConfig",
     "SAESpec",
     "Shape",
     "SparseCode",
+    "TrackedRun",
     "TrainRequest",
     "TrainSettings",
+    "TrainingTracker",
     "concatenated",
+    "described_names",
     "export_transcoder_set",
     "fit_zipf",
     "is_transcoder_set",
@@ -65,5 +77,7 @@ __all__ = [
     "sae_directories",
     "sae_directory",
     "saved_saes",
+    "track_training",
+    "tracked_as",
     "train",
 ]

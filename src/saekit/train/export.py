@@ -6,7 +6,8 @@
     saes/<name>/circuit_tracer/     circuit-tracer's layout (transcoders, CLTs; see formats.py)
     saes/<name>/exports.json        each format: written, or why it cannot represent it
 
-`load_sae(directory)` is the entry point for evaluation.
+`load_sae(directory)` is the entry point for evaluation; it also takes the URL of a published
+SAE (`sae publish`), fetched and checked against its manifest (`saekit.base.published`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from safetensors.torch import load_file
 
 from saekit.base.atomic import write_json, write_safetensors
 from saekit.base.errors import SaekitError
+from saekit.base.locations import is_local
 from saekit.base.outputs import make_directory
+from saekit.base.published import INTENT, MANIFEST, fetch
 from saekit.train import formats
 from saekit.train.clt import CrossLayerTranscoder
 from saekit.train.sae import SAE, Dictionary
@@ -124,12 +127,30 @@ def export_saelens(sae: SAE, directory: Path, cfg: SAEConfig) -> None:
     write_json(directory / CFG_FILE, saelens_cfg)
 
 
-def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> Dictionary:
+def local_sae(location: str | Path, storage_options: dict | None = None) -> Path:
+    """The local directory of a saved SAE: a directory as it is, or a published SAE's URL
+    fetched (its cfg.json and weights, checked against the manifest). A local folder whose
+    publish is under way or was cut short is refused."""
+    if not is_local(str(location)):
+        return fetch(str(location), (CFG_FILE, WEIGHTS_FILE), storage_options)
+    directory = Path(location)
+    if (directory / INTENT).exists() and not (directory / MANIFEST).exists():
+        raise SaekitError(
+            f"{directory} is being published, or its publish was cut short; publish it again "
+            "(sae publish ... --replace) before reading it"
+        )
+    return directory
+
+
+def load_sae(
+    directory: str | Path, device: str | torch.device = "cpu", storage_options: dict | None = None
+) -> Dictionary:
     """Load a saved SAE (raw-activation space, eval mode); its `SAEConfig` is `sae.cfg`.
+    `directory` may be a published SAE's URL (`storage_options` for its fsspec filesystem).
 
     A damaged or inconsistent SAE (cfg.json that disagrees with the weights, a weights file that
     is not safetensors) is refused in one line, before memory is allocated for it."""
-    directory = Path(directory)
+    directory = local_sae(directory, storage_options)
     cfg = SAEConfig.read(directory / CFG_FILE)
     spec = saved_spec(cfg, directory / CFG_FILE)
     shape = cfg.dictionary_shape()

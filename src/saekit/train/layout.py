@@ -2,7 +2,8 @@
 
     RUN/saes/<name>/cfg.json         one saved SAE per directory (see `export.py`)
 
-An argument naming SAEs is a run (all of `RUN/saes/*`) or one SAE directory.
+An argument naming SAEs is a run (all of `RUN/saes/*`), one SAE directory, or the URL of a
+published SAE (`sae publish`; fetched into a temporary directory).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from saekit.base.errors import SaekitError
 from saekit.base.locations import resolve_recorded_path
-from saekit.train.export import CFG_FILE
+from saekit.train.export import CFG_FILE, local_sae
 from saekit.train.sae_config import SAEConfig
 
 SAES_DIR = "saes"
@@ -27,9 +28,10 @@ def saved_saes(run: Path) -> list[Path]:
     return sorted(p for p in (run / SAES_DIR).glob("*") if (p / CFG_FILE).is_file())
 
 
-def sae_directories(path: str | Path) -> list[Path]:
-    """The SAE directories an argument names: a run (all of RUN/saes/*) or one SAE."""
-    directory = Path(path)
+def sae_directories(path: str | Path, storage_options: dict | None = None) -> list[Path]:
+    """The SAE directories an argument names: a run (all of RUN/saes/*), one SAE, or a
+    published SAE (its URL, or its folder on a shared disk)."""
+    directory = local_sae(path, storage_options)
     if (directory / CFG_FILE).is_file():
         return [directory]
     saes = saved_saes(directory)

@@ -38,6 +38,7 @@ from saekit.base.outputs import (
     refuse_inside_store,
     write_marker,
 )
+from saekit.base.tracking import Tracking
 from saekit.cache_format import ActivationStore, LoaderThreads, ShuffledLoader
 from saekit.cache_format.nonfinite import NonFinitePolicy
 from saekit.cache_format.reader import ROW_INDEX
@@ -54,7 +55,8 @@ from saekit.train.sae_config import SAEConfig
 from saekit.train.schedule import Plan
 from saekit.train.shape import Shape
 from saekit.train.spec import ResolvedSpec, SAESpec, source_hooks
-from saekit.train.trainer import Cadence, Observer, Trainer
+from saekit.train.tracking import track_training
+from saekit.train.trainer import Cadence, Observer, Observers, Trainer
 
 RUN_FORMAT = "saekit.train-run"
 RUN_FORMAT_VERSION = 1
@@ -73,6 +75,9 @@ class TrainRequest:
     settings: TrainSettings = field(default_factory=TrainSettings)
     resume: bool = False
     storage_options: dict[str, Any] | None = None
+    tracking: Tracking = field(default_factory=Tracking)  # --wandb, --tensorboard
+    tracking_name: str | None = None  # the tracked run's name (default: the run's directory's)
+    tracking_group: str | None = None  # wandb's group (a recipe's runs share one)
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class RunResult:
     plan: Plan
     final_metrics: dict[str, dict[str, Any]]  # the last metrics line of each SAE
     already_complete: bool = False
+    tracked: tuple[str, ...] = ()  # where the trackers wrote the run, for a person
 
 
 def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
@@ -111,35 +117,45 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
         Member(spec, spec.build(shapes[spec.name]).to(device), plan, settings.grad_clip)
         for spec in specs
     ]
+    request.tracking.check()
     checkpoints = Checkpoints(request.out)
     checkpoint = checkpoints.load([s.name for s in specs]) if request.resume else None
-    if checkpoint is None:
-        scales, calibration = calibrate(store, reads, members, settings, device)
-        config = run_config(identity, plan, hook, scales, calibration, request, device)
-        make_directory(request.out, request.out)
-        write_json(request.out / CONFIG_FILE, config)
-    else:
-        config = json.loads((request.out / CONFIG_FILE).read_text())
-        scales, calibration = recorded_calibration(config, hook, specs, request.out)
-    write_marker(request.out, RUN)  # after config.json: a run killed between is still a run
-
-    cadence = Cadence(settings.log_every, settings.checkpoint_every)
-    nonfinite = NonFinitePolicy(skip=settings.skip_nonfinite)
-    trainer = Trainer(members, plan, cadence, reads, scales, request.out, observer, nonfinite)
-    start = restore(trainer, checkpoint, checkpoints) if checkpoint else 0
     already_complete = checkpoint is not None and checkpoint.complete
-    if not already_complete:
-        loader = ShuffledLoader(
-            store,
-            fields=(*reads.fields(), ROW_INDEX),
-            batch_size=settings.batch_size,
-            seed=settings.seed,
-            epochs=None,
-            encoded=device.type != "cpu",  # the device decodes what the store holds
-            pin_device=device if device.type == "cuda" else None,
-            threads=LoaderThreads.for_machine(request.store, device),
-        )
-        trainer.run(iter(loader), start)
+    start = checkpoint.step if checkpoint else 0
+    tracking = request.tracking if not already_complete else Tracking()
+    name, group = request.tracking_name, request.tracking_group
+    with track_training(tracking, request.out, start, name, group) as tracker:
+        if checkpoint is None:
+            scales, calibration = calibrate(store, reads, members, settings, device)
+            config = run_config(identity, plan, hook, scales, calibration, request, device)
+            make_directory(request.out, request.out)
+            write_json(request.out / CONFIG_FILE, config)
+        else:
+            config = json.loads((request.out / CONFIG_FILE).read_text())
+            scales, calibration = recorded_calibration(config, hook, specs, request.out)
+        write_marker(request.out, RUN)  # after config.json: a run killed between is still a run
+        if tracker is not None:
+            tracker.begin(request.out, config)
+
+        cadence = Cadence(settings.log_every, settings.checkpoint_every)
+        nonfinite = NonFinitePolicy(skip=settings.skip_nonfinite)
+        observers = Observers(observer, tracker)
+        trainer = Trainer(members, plan, cadence, reads, scales, request.out, observers, nonfinite)
+        if checkpoint is not None:
+            start = restore(trainer, checkpoint, checkpoints)
+        if not already_complete:
+            loader = ShuffledLoader(
+                store,
+                fields=(*reads.fields(), ROW_INDEX),
+                batch_size=settings.batch_size,
+                seed=settings.seed,
+                epochs=None,
+                encoded=device.type != "cpu",  # the device decodes what the store holds
+                pin_device=device if device.type == "cuda" else None,
+                threads=LoaderThreads.for_machine(request.store, device),
+            )
+            trainer.run(iter(loader), start)
+    tracked = tuple(tracker.where) if tracker is not None else ()
     final = {record["sae"]: record for record in read_metrics(request.out / METRICS_FILE)}
     sae_dirs = {}
     location = absolute_location(request.store)  # where it is now (it may have moved)
@@ -147,7 +163,7 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
         sae_dirs[member.name] = sae_directory(request.out, member.name)
         cfg = sae_config(member, scales, calibration[member.name], config, location)
         save_sae(member.sae, sae_dirs[member.name], cfg)
-    return RunResult(request.out, sae_dirs, plan, final, already_complete)
+    return RunResult(request.out, sae_dirs, plan, final, already_complete, tracked)
 
 
 def default_hook(store: ActivationStore, hook: str | None) -> str | None:

@@ -45,6 +45,33 @@ class Observer:
     def checkpointed(self, step: int) -> None: ...
 
 
+class Observers(Observer):
+    """Several observers as one (a progress bar and a tracker, say), told in their order."""
+
+    def __init__(self, *observers: Observer | None) -> None:
+        self.observers = [observer for observer in observers if observer is not None]
+
+    def started(self, plan: Plan, start_step: int) -> None:
+        for observer in self.observers:
+            observer.started(plan, start_step)
+
+    def stepped(self, step: int, epoch: int) -> None:
+        for observer in self.observers:
+            observer.stepped(step, epoch)
+
+    def epoch_started(self, epoch: int, plan: Plan) -> None:
+        for observer in self.observers:
+            observer.epoch_started(epoch, plan)
+
+    def logged(self, step: int, records: list[dict[str, Any]]) -> None:
+        for observer in self.observers:
+            observer.logged(step, records)
+
+    def checkpointed(self, step: int) -> None:
+        for observer in self.observers:
+            observer.checkpointed(step)
+
+
 class Throughput:
     """Tokens/s since the last lap, and the fraction of that time spent waiting on the loader.
 

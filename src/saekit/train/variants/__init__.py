@@ -12,7 +12,14 @@ from saekit.train.variants import (  # noqa: F401  (importing a variant register
 )
 from saekit.train.variants.base import Activation, Selection
 from saekit.train.variants.options import SAEOptions
-from saekit.train.variants.registry import ALIASES, VARIANTS, all_names, canonical_name, register
+from saekit.train.variants.registry import (
+    ALIASES,
+    VARIANTS,
+    all_names,
+    canonical_name,
+    described_names,
+    register,
+)
 
 __all__ = [
     "ALIASES",
@@ -22,5 +29,6 @@ __all__ = [
     "Selection",
     "all_names",
     "canonical_name",
+    "described_names",
     "register",
 ]

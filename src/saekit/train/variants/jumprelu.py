@@ -23,15 +23,20 @@ from saekit.train.variants.base import Activation, InferenceForm
 from saekit.train.variants.options import PenaltyOptions, SAEOptions, check
 from saekit.train.variants.registry import register
 
-# θ₀ and ε are 0.001 for inputs with E‖x‖² = 1 (dictionary_learning, Gemma Scope); saekit's
-# inputs have E‖x‖ = √d, so pre-activations are √d times larger and so are the defaults.
+# ε is 0.001 for inputs with E‖x‖² = 1 (dictionary_learning, Gemma Scope); saekit's inputs have
+# E‖x‖ = √d, so pre-activations are √d times larger and so is the default ε.
 REFERENCE_SCALE = 0.001
+# θ₀: half the spread of an initial pre-activation (a unit-norm encoder row on an input of norm
+# √d gives about N(0, 1)), whatever d. The references' 0.001 keeps almost every positive
+# pre-activation of a run too short for θ to move (L0 ≈ 400 of 1024 latents after 200k tokens
+# of the demo's store); 0.5 lands near TopK's default k there (docs/variants.md#jumprelu).
+INITIAL_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
 class JumpReLUOptions(PenaltyOptions, SAEOptions):
     l0: float = 1.0  # λ on the L0
-    threshold: float | None = None  # initial θ; default 0.001 · √d
+    threshold: float | None = None  # initial θ; default INITIAL_THRESHOLD
     bandwidth: float | None = None  # ε of the rectangle kernel; default 0.001 · √d
 
     HEADLINE: ClassVar[tuple[str, ...]] = ("l0",)
@@ -43,11 +48,10 @@ class JumpReLUOptions(PenaltyOptions, SAEOptions):
         super().__post_init__()
 
     def resolve(self, d_in: int, default_lr: float | None) -> SAEOptions:
-        default = REFERENCE_SCALE * math.sqrt(d_in)
         return dataclasses.replace(
             super().resolve(d_in, default_lr),
-            threshold=self.threshold or default,
-            bandwidth=self.bandwidth or default,
+            threshold=self.threshold or INITIAL_THRESHOLD,
+            bandwidth=self.bandwidth or REFERENCE_SCALE * math.sqrt(d_in),
         )
 
 

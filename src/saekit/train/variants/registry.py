@@ -27,6 +27,15 @@ def canonical_name(name: str) -> str | None:
     return name if name in VARIANTS else ALIASES.get(name)
 
 
+def described_names() -> list[str]:
+    """Every variant's name, each followed by its aliases: `batchtopk (alias mutual-choice)`."""
+    described = []
+    for name in sorted(VARIANTS):
+        aliases = sorted(alias for alias, target in ALIASES.items() if target == name)
+        described.append(f"{name} (alias {', '.join(aliases)})" if aliases else name)
+    return described
+
+
 def all_names() -> list[str]:
     """Every accepted variant name and alias."""
     return [*VARIANTS, *ALIASES]
