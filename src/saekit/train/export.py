@@ -6,7 +6,8 @@
     saes/<name>/circuit_tracer/     circuit-tracer's layout (transcoders, CLTs; see formats.py)
     saes/<name>/exports.json        each format: written, or why it cannot represent it
 
-`load_sae(directory)` is the entry point for evaluation.
+`load_sae(directory)` is the entry point for evaluation; it also reads other libraries' saved
+SAE folders (`importers`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from safetensors.torch import load_file
 
 from saekit.base.atomic import write_json, write_safetensors
 from saekit.base.errors import SaekitError
-from saekit.train import formats
+from saekit.train import formats, importers
 from saekit.train.clt import CrossLayerTranscoder
 from saekit.train.sae import SAE, Dictionary
 from saekit.train.sae_config import DAMAGED, SAE_FORMAT, SAEConfig
@@ -98,12 +99,7 @@ def export_saelens(sae: SAE, directory: Path, cfg: SAEConfig) -> None:
     """
     activation = sae.activation
     directory.mkdir(parents=True, exist_ok=True)
-    metadata = {
-        "hook_name": cfg.hook,
-        "model_name": cfg.store["identity"].get("model"),
-        "context_size": cfg.store["identity"].get("context_size"),
-        "saekit": {"name": cfg.name, "variant": cfg.variant, "options": cfg.options},
-    }
+    metadata = formats.saelens_metadata(cfg, cfg.hook)
     widths = getattr(activation.options, "widths", None)
     if widths is not None:  # a Matryoshka SAE: SAELens keeps unknown metadata as it is
         metadata["matryoshka_widths"] = list(widths)
@@ -127,8 +123,12 @@ def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> Dicti
     """Load a saved SAE (raw-activation space, eval mode); its `SAEConfig` is `sae.cfg`.
 
     A damaged or inconsistent SAE (cfg.json that disagrees with the weights, a weights file that
-    is not safetensors) is refused in one line, before memory is allocated for it."""
+    is not safetensors) is refused in one line, before memory is allocated for it. A folder
+    saved by another library (SAELens, sparsify, dictionary_learning) is imported on the fly
+    (`saekit.train.importers`), with the hooks its library names."""
     directory = Path(directory)
+    if importers.foreign_library(directory) is not None:
+        return importers.load_foreign(directory).to(device).eval()
     cfg = SAEConfig.read(directory / CFG_FILE)
     spec = saved_spec(cfg, directory / CFG_FILE)
     shape = cfg.dictionary_shape()
