@@ -215,7 +215,7 @@ def test_bad_inputs_touch_nothing(lm_store, tmp_path, run_cli, tiny_lm):
         run_cli("eval", other_hook, "--out", out), "trained on hook blocks.0.hook_resid_post"
     )
     assert_one_line_error(run_cli("eval", narrow, "--out", out), f"d_in={d // 2}", f"d={d}")
-    assert_one_line_error(run_cli("eval", empty, "--out", out), "holds no trained SAEs")
+    assert_one_line_error(run_cli("eval", empty, "--out", out), "is neither a run nor a saved SAE")
     assert_one_line_error(
         run_cli("eval", good, "--out", out, "--store", no_holdout), "has no held-out rows"
     )

@@ -15,7 +15,7 @@ from saekit.evaluate.evaluation import EvalSettings, Evaluation, Progress, Steer
 from saekit.evaluate.report import report_head, write_report
 from saekit.evaluate.targets import load_targets
 from saekit.lm import load_model_for_store
-from saekit.train import recorded_store, saved_saes
+from saekit.train import recorded_store, sae_directories
 
 STEERING_CONTEXTS = 32
 
@@ -66,13 +66,7 @@ def _check_runs_and_out(request: EvalRequest) -> None:
 def _store_location(request: EvalRequest) -> str:
     if request.store:
         return request.store
-    for run in request.runs:
-        for sae_dir in saved_saes(Path(run)):
-            return recorded_store(sae_dir)
-    raise SaekitError(
-        f"{request.runs[0]} holds no trained SAEs (no saes/<name>/cfg.json); give "
-        "a directory written by sae train"
-    )
+    return recorded_store(sae_directories(request.runs[0])[0])
 
 
 def evaluate(request: EvalRequest, progress: Progress | None = None) -> dict[str, Path]:

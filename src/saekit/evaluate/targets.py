@@ -16,7 +16,7 @@ from torch import Tensor
 from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.schema import ACTIVATIONS, GRADIENTS, hook_field
-from saekit.train import SAE, Code, Shape, concatenated, load_sae, modes, saved_saes
+from saekit.train import SAE, Code, Shape, concatenated, load_sae, modes, sae_directories
 
 DEFAULT_BATCH_ROWS = 4096
 
@@ -122,16 +122,11 @@ def inspection_target(run: str, sae: SAE, store: ActivationStore) -> Target:
 
 
 def load_targets(runs: list[str], store: ActivationStore, device: torch.device) -> list[Target]:
-    """Every SAE under `RUN/saes/`, checked against the store, in every mode."""
+    """Every SAE a run holds under `RUN/saes/` (or the SAE a directory is, saekit's or another
+    library's), checked against the store, in every mode."""
     targets = []
     for run in runs:
-        sae_dirs = saved_saes(Path(run))
-        if not sae_dirs:
-            raise SaekitError(
-                f"{run} holds no trained SAEs (no saes/<name>/cfg.json); give a "
-                "directory written by sae train"
-            )
-        for sae_dir in sae_dirs:
+        for sae_dir in sae_directories(run):
             sae = load_sae(sae_dir, device)
             check_against_store(sae, store, sae_dir)
             targets += targets_of(Path(run).name, sae)
