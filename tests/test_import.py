@@ -12,7 +12,7 @@ from helpers import assert_one_line_error
 from saekit.base.errors import SaekitError
 from saekit.cache_format.schema import HookSpec
 from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
-from saekit.train import import_sae, load_sae
+from saekit.train import load_sae
 from saekit.train.importers import read_foreign, saelens
 from saekit.train.variants import VARIANTS
 from train_helpers import EXPORT_SOURCE, EXPORT_TARGET, EXPORT_WIDTH, saved
