@@ -25,15 +25,16 @@ def library_python(variable: str, package: str) -> str:
     return python
 
 
-def run_library(python: str, script: str, tmp_path: Path, x_BD: torch.Tensor) -> Path:
-    """Run `script` (argv: the inputs file, the output folder) in the library's Python; the
-    folder holds one subfolder per dictionary and `outputs.safetensors`."""
+def run_library(python: str, script: str, tmp_path: Path, x_BD: torch.Tensor, *args: str) -> Path:
+    """Run `script` (argv: the inputs file, the output folder, `args`) in the library's Python;
+    the folder holds one subfolder per dictionary and `outputs.safetensors`."""
     save_file({"x": x_BD.contiguous()}, tmp_path / "x.safetensors")
     (tmp_path / "make.py").write_text(script)
     out = tmp_path / "saved"
     out.mkdir()
     subprocess.run(
-        [python, str(tmp_path / "make.py"), str(tmp_path / "x.safetensors"), str(out)], check=True
+        [python, str(tmp_path / "make.py"), str(tmp_path / "x.safetensors"), str(out), *args],
+        check=True,
     )
     return out
 

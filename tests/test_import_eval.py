@@ -76,3 +76,45 @@ def test_imported_saes_are_evaluated_next_to_saekits_in_one_report(
                    "--latents", "4", "--tokens", "512")  # fmt: skip
     assert site.exit_code == 0, site.stderr
     assert (tmp_path / "site" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_saes_made_by_each_library_are_evaluated_in_one_report(tiny_lm, corpus, tmp_path, run_cli):
+    """Opt-in: every SAE the opt-in import tests make with SAELens, sparsify and
+    dictionary_learning, at the tiny LM's width, imported and evaluated next to a saekit SAE."""
+    from foreign_helpers import library_python, run_library
+    from test_import_dictionary_learning import SCRIPT as DICTIONARY_LEARNING
+    from test_import_saelens import SCRIPT as SAELENS
+    from test_import_sparsify import SCRIPT as SPARSIFY
+
+    pythons = {
+        "saelens": library_python("SAEKIT_SAELENS_PYTHON", "sae_lens"),
+        "sparsify": library_python("SAEKIT_SPARSIFY_PYTHON", "sparsify"),
+        "dl": library_python("SAEKIT_DICTIONARY_LEARNING_PYTHON", "dictionary_learning"),
+    }
+    hooks = ("blocks.0.hook_resid_post", "blocks.0.mlp.hook_in", "blocks.0.hook_mlp_out")
+    store = harvest_small_store(tiny_lm, corpus, tmp_path / "store.zarr", hooks=hooks)
+    own = relu_sae(D, F, torch.randn(F, D) * 0.1, torch.randn(D, F) * 0.1)
+    save(tmp_path / "run", "saekit-relu", own, store, hook=hooks[0])
+    x_BD = torch.randn(8, D)
+    scripts = {"saelens": (SAELENS, str(D)), "sparsify": (SPARSIFY,), "dl": (DICTIONARY_LEARNING,)}
+    imported = 0
+    for library, (script, *args) in scripts.items():
+        (tmp_path / library).mkdir()
+        made = run_library(pythons[library], script, tmp_path / library, x_BD, *args)
+        for case in sorted(p for p in made.iterdir() if p.is_dir()):
+            # sparsify saves a coder in a folder named after its hookpoint
+            folder = (
+                next(p for p in case.iterdir() if p.is_dir()) if library == "sparsify" else case
+            )
+            result = run_cli("import", folder, "--out", tmp_path / "imported",
+                             "--name", f"{library}-{case.name}")  # fmt: skip
+            assert result.exit_code == 0, result.stderr
+            imported += 1
+    result = run_cli("eval", tmp_path / "run", tmp_path / "imported", "--out", tmp_path / "report",
+                     "--tokens", "512", "--batch-size", "4")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    names = {row["name"] for row in report["rows"]}
+    assert len(names) == imported + 1 and "saekit-relu" in names
+    assert all(row["online"]["loss_added"] is not None for row in report["rows"])

@@ -13,7 +13,7 @@ import torch
 from foreign_helpers import assert_same, library_outputs, library_python, run_library
 from saekit.train import load_sae
 
-D = 16  # the script takes its width from x; 40 latents, 12 outputs for transcoders
+D = 16  # the script takes its width from x; 40 latents
 SCRIPT = """
 import sys
 from pathlib import Path
@@ -25,7 +25,8 @@ from sae_lens.saes.sae import SAEMetadata
 
 x = load_file(sys.argv[1])["x"]
 out = Path(sys.argv[2])
-D, F, E = x.shape[1], 40, 12
+D, F = x.shape[1], 40
+E = int(sys.argv[3]) if len(sys.argv) > 3 else 12  # transcoders' output width
 torch.manual_seed(0)
 unprocessed = {"center_writing_weights": False}
 
