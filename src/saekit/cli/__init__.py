@@ -20,6 +20,7 @@ from saekit.cli import (
     evaluate,
     export,
     harvest,
+    importer,
     recipe,
     registry,
     store,
@@ -36,7 +37,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (harvest, train, evaluate, dashboard, recipe, export, registry, store, demo):
+for module in (
+    harvest,
+    train,
+    evaluate,
+    dashboard,
+    recipe,
+    export,
+    importer,
+    registry,
+    store,
+    demo,
+):
     module.register(app)
 
 

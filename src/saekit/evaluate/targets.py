@@ -230,10 +230,15 @@ def check_provenance(
 
 def trained_store(sae_dirs: list[Path]) -> str:
     """The store saved SAEs were trained on, from their `cfg.json`; refused when they were
-    trained on different stores (other identities), or when the store is gone."""
-    first = sae_dirs[0]
+    trained on different stores (other identities), or when the store is gone. SAEs that name
+    no store (imported from another library) are measured on the store the others name; when
+    none names one, the line asks for --store."""
+    named = [sae_dir for sae_dir in sae_dirs if _names_store(sae_dir)]
+    if not named:
+        return recorded_store(sae_dirs[0])  # refused: it says why and asks for --store
+    first = named[0]
     first_cfg = SAEConfig.read(first / CFG_FILE)
-    for other in sae_dirs[1:]:
+    for other in named[1:]:
         cfg = SAEConfig.read(other / CFG_FILE)
         if _store_key(cfg) != _store_key(first_cfg):
             raise SaekitError(
@@ -248,6 +253,15 @@ def trained_store(sae_dirs: list[Path]) -> str:
             "deleted); give the store with --store"
         )
     return location
+
+
+def _names_store(sae_dir: Path) -> bool:
+    """Whether a saved SAE records the store it was trained on (imported SAEs do not)."""
+    try:
+        recorded_store(sae_dir)
+    except SaekitError:
+        return False
+    return True
 
 
 def _store_key(cfg: SAEConfig) -> Any:

@@ -8,6 +8,7 @@ from saekit.train.checkpoint import run_finished
 from saekit.train.config import TrainSettings, load_config
 from saekit.train.export import CFG_FILE, load_sae
 from saekit.train.formats import export_transcoder_set, is_transcoder_set
+from saekit.train.importing import import_sae
 from saekit.train.layout import (
     recorded_store,
     run_of,
@@ -65,6 +66,7 @@ __all__ = [
     "described_names",
     "export_transcoder_set",
     "fit_zipf",
+    "import_sae",
     "is_transcoder_set",
     "load_config",
     "load_sae",

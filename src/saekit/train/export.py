@@ -7,7 +7,8 @@
     saes/<name>/exports.json        each format: written, or why it cannot represent it
 
 `load_sae(directory)` is the entry point for evaluation; it also takes the URL of a published
-SAE (`sae publish`), fetched and checked against its manifest (`saekit.base.published`).
+SAE (`sae publish`), fetched and checked against its manifest (`saekit.base.published`), and
+reads other libraries' saved SAE folders (`importers`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from saekit.base.errors import SaekitError
 from saekit.base.locations import is_local
 from saekit.base.outputs import make_directory
 from saekit.base.published import INTENT, MANIFEST, fetch
-from saekit.train import formats
+from saekit.train import formats, importers
 from saekit.train.clt import CrossLayerTranscoder
 from saekit.train.sae import SAE, Dictionary
 from saekit.train.sae_config import DAMAGED, SAE_FORMAT, SAEConfig
@@ -102,12 +103,7 @@ def export_saelens(sae: SAE, directory: Path, cfg: SAEConfig) -> None:
     """
     activation = sae.activation
     make_directory(directory, directory.parent)
-    metadata = {
-        "hook_name": cfg.hook,
-        "model_name": cfg.store["identity"].get("model"),
-        "context_size": cfg.store["identity"].get("context_size"),
-        "saekit": {"name": cfg.name, "variant": cfg.variant, "options": cfg.options},
-    }
+    metadata = formats.saelens_metadata(cfg, cfg.hook)
     widths = getattr(activation.options, "widths", None)
     if widths is not None:  # a Matryoshka SAE: SAELens keeps unknown metadata as it is
         metadata["matryoshka_widths"] = list(widths)
@@ -149,8 +145,12 @@ def load_sae(
     `directory` may be a published SAE's URL (`storage_options` for its fsspec filesystem).
 
     A damaged or inconsistent SAE (cfg.json that disagrees with the weights, a weights file that
-    is not safetensors) is refused in one line, before memory is allocated for it."""
+    is not safetensors) is refused in one line, before memory is allocated for it. A folder
+    saved by another library (SAELens, sparsify, dictionary_learning) is imported on the fly
+    (`saekit.train.importers`), with the hooks its library names."""
     directory = local_sae(directory, storage_options)
+    if importers.foreign_library(directory) is not None:
+        return importers.load_foreign(directory).to(device).eval()
     cfg = SAEConfig.read(directory / CFG_FILE)
     spec = saved_spec(cfg, directory / CFG_FILE)
     shape = cfg.dictionary_shape()

@@ -32,6 +32,14 @@ from saekit.train.sae_config import SAEConfig
 from saekit.train.variants.base import InferenceForm
 
 CIRCUIT_TRACER_CONFIG = "config.yaml"  # JSON, which YAML reads
+# SAELens' transcoder architectures: (the activation of the encoder, whether it has W_skip);
+# the export writes them and the importer (`importers.saelens`) reads them
+SAELENS_TRANSCODERS = {
+    "transcoder": ("relu", False),
+    "skip_transcoder": ("relu", True),
+    "jumprelu_transcoder": ("jumprelu", False),
+    "jumprelu_skip_transcoder": ("jumprelu", True),
+}
 LAYER = re.compile(r"blocks\.(\d+)\.")
 
 
@@ -60,6 +68,32 @@ def _threshold_form(sae: Dictionary, what: str) -> InferenceForm:
     return form
 
 
+# -- SAELens ---------------------------------------------------------------------------------------
+
+# SAELens trains on TransformerLens' unprocessed weights when this is said (its default
+# processing would centre the residual stream and fold LayerNorm); saekit's activations are the
+# unprocessed model's
+UNPROCESSED = {"fold_ln": False, "center_writing_weights": False, "center_unembed": False}
+
+
+def saelens_metadata(cfg: SAEConfig, hook: str, hook_out: str | None = None) -> dict[str, Any]:
+    """The `metadata` of a SAELens cfg.json (6.x layout) for a dictionary reading `hook` (and
+    predicting `hook_out`, a transcoder)."""
+    identity = cfg.store.get("identity", {})
+    metadata = {
+        "model_name": identity.get("model"),
+        "hook_name": hook,
+        "model_from_pretrained_kwargs": dict(UNPROCESSED),
+        "prepend_bos": True,
+        "context_size": identity.get("context_size"),
+        "sae_lens_version": "6.0.0",
+        "saekit": {"name": cfg.name, "variant": cfg.variant, "options": cfg.options},
+    }
+    if hook_out is not None:
+        metadata["hook_name_out"] = hook_out
+    return metadata
+
+
 # -- SAELens transcoders -----------------------------------------------------------------------
 
 
@@ -75,10 +109,9 @@ def saelens_transcoder(sae: SAE, cfg: SAEConfig) -> tuple[dict[str, Any], dict[s
         tensors["W_skip"] = sae.W_skip.detach()
     if form.kind == "jumprelu":
         tensors["threshold"] = form.threshold_F
-    architecture = ("jumprelu_" if form.kind == "jumprelu" else "") + (
-        "skip_transcoder" if shape.skip else "transcoder"
+    (architecture,) = (
+        name for name, kind in SAELENS_TRANSCODERS.items() if kind == (form.kind, shape.skip)
     )
-    identity = cfg.store.get("identity", {})
     saelens_cfg = {
         "architecture": architecture,
         "d_in": sae.d_in,
@@ -89,20 +122,7 @@ def saelens_transcoder(sae: SAE, cfg: SAEConfig) -> tuple[dict[str, Any], dict[s
         "apply_b_dec_to_input": False,
         "normalize_activations": "none",
         "reshape_activations": "none",
-        "metadata": {
-            "model_name": identity.get("model"),
-            "hook_name": shape.source_hooks[0],
-            "hook_name_out": shape.target_hooks[0],
-            "model_from_pretrained_kwargs": {
-                "fold_ln": False,
-                "center_writing_weights": False,
-                "center_unembed": False,
-            },
-            "prepend_bos": True,
-            "context_size": identity.get("context_size"),
-            "sae_lens_version": "6.0.0",
-            "saekit": {"name": cfg.name, "variant": cfg.variant, "options": cfg.options},
-        },
+        "metadata": saelens_metadata(cfg, shape.source_hooks[0], shape.target_hooks[0]),
     }
     return saelens_cfg, {name: t.detach().contiguous() for name, t in tensors.items()}
 

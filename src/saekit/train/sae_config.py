@@ -36,6 +36,9 @@ class SAEConfig:
     shape: dict[str, Any] | None = None
     # every hook's scale of training, already folded in; None: `input_scale` at `hook`
     input_scales: dict[str, float] | None = None
+    # for a dictionary imported from another library (`sae import`): the library, its version,
+    # its name for the architecture, the source folder, its hook names and its configuration
+    imported_from: dict[str, Any] | None = None
     saekit_version: str = __version__
     format: str = SAE_FORMAT
     format_version: int = SAE_FORMAT_VERSION
@@ -140,6 +143,7 @@ _FIELD_CHECKS = (
     ("training", "an object", _is_object),
     ("input_scale", "a positive number", _is_scale),
     ("shape", "an object or null", lambda value: value is None or _is_object(value)),
+    ("imported_from", "an object or null", lambda value: value is None or _is_object(value)),
     (
         "input_scales",
         "an object of positive numbers or null",
