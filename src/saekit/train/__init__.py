@@ -4,9 +4,9 @@ Evaluation uses `load_sae(directory)`: the saved SAE (raw-activation space) with
 (`SAEConfig`); see docs/variants.md for the contract.
 """
 
-from saekit.train.checkpoint import run_finished
+from saekit.train.checkpoint import Checkpoints, run_finished
 from saekit.train.config import TrainSettings, load_config
-from saekit.train.export import CFG_FILE, load_sae
+from saekit.train.export import CFG_FILE, load_sae, save_sae, saved_spec
 from saekit.train.formats import export_transcoder_set, is_transcoder_set
 from saekit.train.layout import (
     recorded_store,
@@ -14,17 +14,19 @@ from saekit.train.layout import (
     sae_directories,
     sae_directory,
     saved_saes,
+    trained_saes,
 )
-from saekit.train.member import concatenated
-from saekit.train.metrics import METRICS_FILE, read_metrics
-from saekit.train.run import RunResult, TrainRequest, train
+from saekit.train.losses import LossTerm
+from saekit.train.member import Member, concatenated
+from saekit.train.metrics import METRICS_FILE, MetricsLog, read_metrics
+from saekit.train.run import RunResult, TrainRequest, differing_keys, train
 from saekit.train.sae import SAE, Dictionary
 from saekit.train.sae_config import SAEConfig
 from saekit.train.schedule import Plan
 from saekit.train.shape import Block, Shape
 from saekit.train.sparse import Code, DenseCode, SparseCode
 from saekit.train.spec import SAESpec, parse_spec
-from saekit.train.trainer import Observer
+from saekit.train.trainer import Observer, Throughput, checkpoint_due
 from saekit.train.variants import VARIANTS, modes
 from saekit.train.variants.gsae import DEFAULT_BETA_EFF
 from saekit.train.variants.options import SHAPE_DEFAULTS
@@ -38,9 +40,13 @@ __all__ = [
     "SHAPE_DEFAULTS",
     "VARIANTS",
     "Block",
+    "Checkpoints",
     "Code",
     "DenseCode",
     "Dictionary",
+    "LossTerm",
+    "Member",
+    "MetricsLog",
     "Observer",
     "Plan",
     "RunResult",
@@ -48,9 +54,12 @@ __all__ = [
     "SAESpec",
     "Shape",
     "SparseCode",
+    "Throughput",
     "TrainRequest",
     "TrainSettings",
+    "checkpoint_due",
     "concatenated",
+    "differing_keys",
     "export_transcoder_set",
     "fit_zipf",
     "is_transcoder_set",
@@ -64,6 +73,9 @@ __all__ = [
     "run_of",
     "sae_directories",
     "sae_directory",
+    "save_sae",
     "saved_saes",
+    "saved_spec",
     "train",
+    "trained_saes",
 ]
