@@ -14,7 +14,17 @@ import traceback
 import typer
 
 from saekit.base.errors import SaekitError
-from saekit.cli import dashboard, demo, evaluate, export, harvest, recipe, store, train
+from saekit.cli import (
+    dashboard,
+    demo,
+    evaluate,
+    export,
+    finetune,
+    harvest,
+    recipe,
+    store,
+    train,
+)
 from saekit.cli.common import set_invocation
 
 INTERNAL_ERROR_EXIT = 3
@@ -26,7 +36,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (harvest, train, evaluate, dashboard, recipe, export, store, demo):
+for module in (harvest, train, finetune, evaluate, dashboard, recipe, export, store, demo):
     module.register(app)
 
 
