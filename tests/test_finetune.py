@@ -362,6 +362,38 @@ def test_an_interrupted_finetune_resumes_to_the_same_bits(trained, tmp_path):
     assert_same(outcome(interrupted, f"{SAE}-kl256"), outcome(reference, f"{SAE}-kl256"))
 
 
+@pytest.mark.parametrize("log_every", [1, 10])
+def test_a_diverging_finetune_stops_with_its_last_finite_checkpoint(
+    trained, tmp_path, monkeypatch, log_every
+):
+    """A NaN in the SAE from its third step on: the fine-tune stops with one error naming the
+    way out, at the step's metric line or, between two (the default of a line every 10 steps),
+    at the checkpoint after it; it saves no SAE and keeps the finite checkpoint of step 2."""
+    from saekit.base.errors import SaekitError
+    from saekit.finetune.objective import Finetuning
+
+    original = Finetuning.step
+
+    def poisoned(self, model, clean, step):
+        if step == 2:
+            with torch.no_grad():
+                self.sae.b_dec[0] = float("nan")
+        return original(self, model, clean, step)
+
+    monkeypatch.setattr(Finetuning, "step", poisoned)
+    run = shutil.copytree(trained, tmp_path / "run")
+    settings = {**RESUMED, "tokens": 6 * 2 * CONTEXT}
+    stopped_at = 3 if log_every == 1 else 4
+    with pytest.raises(SaekitError, match=f"diverged by step {stopped_at}") as refused:
+        finetune(request(run, saes=(SAE,), log_every=log_every, **settings))
+    assert "--suffix" in str(refused.value) and "\n" not in str(refused.value)
+    assert not (run / "saes" / f"{SAE}-kl384").exists()
+    checkpoint = Checkpoints(state_directory(run, f"{SAE}-kl384")).load([f"{SAE}-kl384"])
+    assert checkpoint.step == 2 and not checkpoint.complete
+    weights = checkpoint.members[f"{SAE}-kl384"]["sae"].values()
+    assert all(torch.isfinite(tensor).all() for tensor in weights)
+
+
 def finetune_args(run):
     return ["finetune", run, "--tokens", RESUMED["tokens"], "--batch-size", 2, "--lr", 3e-3,
             "--checkpoint-every", RESUMED["checkpoint_every"], "--device", "cpu"]  # fmt: skip

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from saekit import __version__
 from saekit.base.atomic import write_json
 from saekit.base.errors import SaekitError
@@ -131,11 +133,7 @@ class Job:
         member = self.finetuning.member
         metrics = member.take_metrics()
         if not all(map(math.isfinite, metrics.values())):
-            raise SaekitError(
-                f"fine-tuning {self.name} diverged by step {record['step']} (loss "
-                f"{metrics['loss']}); the last checkpoint in {self.checkpoints.root} is kept; "
-                "lower --lr and start again"
-            )
+            raise self._diverged(record["step"], f"loss {metrics['loss']}")
         lr = member.base_lr * member.plan.lr_factor(record["step"] - 1)
         line = {"sae": self.name, **record, "lr": lr, **metrics}
         self.metrics.write(line)
@@ -146,8 +144,20 @@ class Job:
         records = read_metrics(self.state / METRICS_FILE)
         return records[-1] if records else None
 
+    def _diverged(self, step: int, sign: str) -> SaekitError:
+        return SaekitError(
+            f"fine-tuning {self.name} diverged by step {step} ({sign}); the last checkpoint in "
+            f"{self.checkpoints.root} is kept; start again with a lower --lr and another "
+            f"--suffix, or after removing {self.state}"
+        )
+
     def checkpoint(self, step: int, complete: bool = False) -> None:
+        """Checkpoint the fine-tune; a non-finite weight (possible between two metric lines)
+        stops it instead, so that the checkpoint kept is the last finite one."""
         assert self.metrics is not None
+        parameters = self.finetuning.sae.parameters()
+        if not all(bool(torch.isfinite(parameter).all()) for parameter in parameters):
+            raise self._diverged(step, "non-finite weights")
         state = {"step": step, "metrics_offset": self.metrics.offset}
         members = {self.name: self.finetuning.member.state_dict()}
         self.checkpoints.save(step, state, members, complete)
