@@ -2,9 +2,10 @@
 
 A test that kills a writer after a random sleep kills nothing on a machine fast enough to finish
 first. Here the process counts its own *events* (every zarr object written to a local store,
-every crash-safe file written by `sae train`, every SAE training step) and kills itself at the
-N-th, so every trial dies mid-work on any machine, fast or slow. Events of kind `put` can also
-die half-way: a torn temporary file is left behind, as a kill during the write would leave it.
+every crash-safe file written by `sae train`, every SAE training or fine-tuning step) and kills
+itself at the N-th, so every trial dies mid-work on any machine, fast or slow. Events of kind
+`put` can also die half-way: a torn temporary file is left behind, as a kill during the write
+would leave it.
 
 Use it in a child process (`python -c "import kill_switch; kill_switch.arm(N); ..."`), on a
 dask worker (`client.run(kill_switch.arm, N)`), or with `count_events` to size N.
@@ -30,12 +31,14 @@ def _patch(on_event: Callable[[str, tuple], None]) -> Callable[[], None]:
     import zarr.storage._local as local
 
     import saekit.base.atomic as atomic
+    import saekit.finetune.objective as objective
     import saekit.train.member as member
 
     originals = [
         (local, "_put", local._put, "put"),
         (atomic, "write_atomically", atomic.write_atomically, "file"),
         (member.Member, "step", member.Member.step, "step"),
+        (objective.Finetuning, "step", objective.Finetuning.step, "step"),
     ]
     for owner, name, original, kind in originals:
 

@@ -1,10 +1,10 @@
 """saekit's layering, checked by tools rather than by review.
 
 1. The import-linter contract in pyproject.toml (`[tool.importlinter]`; `make test` also runs
-   `lint-imports`): cli → demo → recipes | dashboard → evaluate → harvest | train → lm →
-   cache_format → base, each layer importing only the layers below it (and `|` siblings not each
-   other). It holds on this tree, and a planted upward import in a copy of the tree breaks it,
-   with the offending import named.
+   `lint-imports`): cli → demo → recipes | dashboard → finetune → evaluate → harvest | train →
+   lm → cache_format → base, each layer importing only the layers below it (and `|` siblings
+   not each other). It holds on this tree, and a planted upward import in a copy of the tree
+   breaks it, with the offending import named.
 2. A rule the contract cannot state, checked with grimp (import-linter's graph library): outside
    a stage package, only the stage's public package is imported (`saekit.train`, never
    `saekit.train.export`). base and cache_format are plumbing, not stages: their submodules may
@@ -28,6 +28,7 @@ STAGES = (
     "saekit.harvest",
     "saekit.train",
     "saekit.evaluate",
+    "saekit.finetune",
     "saekit.dashboard",
     "saekit.recipes",
 )

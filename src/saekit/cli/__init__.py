@@ -19,6 +19,7 @@ from saekit.cli import (
     demo,
     evaluate,
     export,
+    finetune,
     harvest,
     importer,
     recipe,
@@ -40,6 +41,7 @@ app = typer.Typer(
 for module in (
     harvest,
     train,
+    finetune,
     evaluate,
     dashboard,
     recipe,

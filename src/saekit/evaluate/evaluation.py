@@ -237,6 +237,7 @@ def report_row(
         "k": cfg.k,
         "options": cfg.options,
         "training": cfg.training,
+        "finetune": cfg.finetune,
         "offline": offline,
         "online": online,
         "steering": steering,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -116,15 +116,26 @@ def training_mean(
 def heldout_contexts(store: ActivationStore, max_tokens: int | None) -> Tensor:
     """The held-out contexts rebuilt from the store's token ids: [n_contexts, T] int64."""
     rows, sequences = _heldout_rows(store, max_tokens)
-    context_size = int(rows["position"].max()) + 1
+    return rebuilt_contexts(store, rows, sequences, int(rows["position"].max()) + 1)
+
+
+def rebuilt_contexts(
+    store: ActivationStore,
+    rows: Mapping[str, np.ndarray],
+    sequences: np.ndarray,
+    context_size: int,
+) -> Tensor:
+    """The contexts `sequences` (sorted global context indices) rebuilt from rows read from
+    the store (`tokens`, `sequence`, `position`; rows of other contexts are ignored):
+    [len(sequences), context_size] int64. A context missing a token is damage."""
     tokens = np.full((len(sequences), context_size), -1, dtype=np.int64)
     wanted = np.isin(rows["sequence"], sequences)
     slots = np.searchsorted(sequences, rows["sequence"][wanted])
     tokens[slots, rows["position"][wanted]] = rows["tokens"][wanted]
     if (tokens < 0).any():
         raise IntegrityError(
-            f"store {store.location} has held-out contexts with missing tokens; the store is "
-            "damaged, run sae verify on it"
+            f"store {store.location} has contexts with missing tokens; the store is damaged, "
+            "run sae verify on it"
         )
     return torch.from_numpy(tokens)
 

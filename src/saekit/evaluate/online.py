@@ -18,7 +18,7 @@ one LM batch; their reconstructions of every row are computed before splicing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -32,9 +32,10 @@ from saekit.lm import (
     after_first_position,
     edited_logits,
     next_token_stats,
+    rows_after_first_position,
     run_batch,
 )
-from saekit.train import DenseCode, concatenated
+from saekit.train import DenseCode, Shape, concatenated
 
 
 @dataclass
@@ -95,25 +96,32 @@ def spliced_online(target: Target) -> bool:
     return not (target.shape.cross_layer and target.batch_dependent)
 
 
-def _tails(by_hook: dict[str, Tensor], hooks: tuple[str, ...]) -> Tensor:
-    """Positions 1 onwards of the hooks' [B, T, D_h] activations, as rows [B·(T − 1), Σ D_h]."""
+def tail_rows(by_hook: Mapping[str, Tensor], hooks: tuple[str, ...]) -> Tensor:
+    """Positions 1 onwards of the hooks' [B, T, D_h] activations (or gradients), as rows
+    [B·(T − 1), Σ D_h]: what a dictionary reads, or must reconstruct, in a spliced pass
+    (position 0 is never encoded: dictionaries are trained without it)."""
     return concatenated(
         {h: by_hook[h][:, 1:].reshape(-1, by_hook[h].shape[-1]) for h in hooks}, hooks
     )
 
 
-def _reconstruction(target: Target, clean: BatchOutput) -> dict[str, Tensor]:
-    """The target's reconstruction of each of its target hooks from the clean sources, every
-    position but 0 replaced (position 0 is never encoded: dictionaries are trained without it),
-    [B, T, D_h] by hook."""
+def reconstruction_edits(shape: Shape, y_hat_NE: Tensor) -> dict[str, Edit]:
+    """The edits that splice a dictionary's reconstruction into the LM: at each of its target
+    hooks, every position but 0 replaced by its part of `y_hat_NE` (rows in `tail_rows`
+    order). With gradients on (`edited_logits_with_grad`), the LM's output is differentiable
+    with respect to the reconstruction, so a dictionary can be trained through the splice."""
+    return {
+        hook: rows_after_first_position(y_hat_hook)
+        for hook, y_hat_hook in shape.split_targets(y_hat_NE).items()
+    }
+
+
+def _reconstruction_edits(target: Target, clean: BatchOutput) -> dict[str, Edit]:
+    """The target's reconstruction of its target hooks from the clean sources, spliced."""
     shape, activations = target.shape, clean.activations
-    g_tail = _tails(clean.gradients, shape.target_hooks) if target.needs_gradients else None
-    _, y_hat = target.reconstruct(_tails(activations, shape.source_hooks), g_tail)
-    out = {}
-    for hook, y_hat_hook in shape.split_targets(y_hat).items():
-        b, t, d = activations[hook].shape
-        out[hook] = torch.cat([activations[hook][:, :1], y_hat_hook.view(b, t - 1, d)], dim=1)
-    return out
+    g_tail = tail_rows(clean.gradients, shape.target_hooks) if target.needs_gradients else None
+    _, y_hat = target.reconstruct(tail_rows(activations, shape.source_hooks), g_tail)
+    return reconstruction_edits(shape, y_hat)
 
 
 def replacement_edits(target: Target, clean: BatchOutput) -> dict[str, Edit]:
@@ -124,7 +132,7 @@ def replacement_edits(target: Target, clean: BatchOutput) -> dict[str, Edit]:
     sae, shape = target.sae, target.shape
     n_layers, d = len(shape.targets), shape.targets[0].d
     group = sae.d_sae // n_layers
-    g_tail = _tails(clean.gradients, shape.target_hooks) if target.needs_gradients else None
+    g_tail = tail_rows(clean.gradients, shape.target_hooks) if target.needs_gradients else None
     state: dict[str, Tensor] = {}
 
     def read(layer: int) -> Edit:
@@ -252,8 +260,7 @@ def online_metrics(
                 elif target.shape.cross_layer:
                     edits = replacement_edits(target, clean)
                 else:
-                    replaced = _reconstruction(target, clean)
-                    edits = {h: after_first_position(s) for h, s in replaced.items()}
+                    edits = _reconstruction_edits(target, clean)
                 logits_BTV = edited_logits(model.bridge, tokens_BT, edits)
                 ce_BT, kl_BT = next_token_stats(logits_BTV, tokens_BT, clean_logits_BTV)
                 del logits_BTV

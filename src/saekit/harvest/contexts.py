@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from saekit.base.errors import SaekitError
+from saekit.harvest.sources import TextSource, shuffled
 
 TOKENIZE_BATCH = 256
+DOCUMENT_SHUFFLE_BUFFER = 10_000  # documents in the seeded streaming shuffle before packing
 
 
 @dataclass(frozen=True)
@@ -76,3 +78,13 @@ def context_stream(
     token_lists = tokenize(documents, tokenizer)
     yield from itertools.islice(pack(token_lists, packing), holdout)
     yield from pack(token_lists, packing)
+
+
+def text_contexts(
+    source: TextSource, tokenizer: Any, packing: Packing, seed: int, holdout: int
+) -> Iterator[np.ndarray]:
+    """The contexts a harvest with `seed` makes of `source`: its documents shuffled with a
+    seeded streaming buffer of DOCUMENT_SHUFFLE_BUFFER documents, then packed; `holdout`
+    held-out contexts first (see `context_stream`)."""
+    documents = shuffled(source.documents(), seed, DOCUMENT_SHUFFLE_BUFFER)
+    return context_stream(documents, tokenizer, packing, holdout)

@@ -36,12 +36,11 @@ from saekit.cache_format import HookSpec, RowBlock, StoreLayout, StoreSpec, Stor
 from saekit.cache_format.encoding import as_numpy, raise_for_problems
 from saekit.cache_format.schema import MAX_SHARDS, Block
 from saekit.cache_format.writer import check_resumable, check_target, encode_rows, row_problems
-from saekit.harvest.contexts import Packing, context_stream
+from saekit.harvest.contexts import DOCUMENT_SHUFFLE_BUFFER, Packing, text_contexts
 from saekit.harvest.hooks import resolve
-from saekit.harvest.sources import TextSource, resolve_source, shuffled
+from saekit.harvest.sources import TextSource, resolve_source
 from saekit.lm import GRADIENT_CONVENTION, LanguageModel, load_model, run_batch
 
-DOCUMENT_SHUFFLE_BUFFER = 10_000
 DEFAULT_HOLDOUT_TOKENS = 1 << 16
 # identity entries recorded since the first saekit; absent in older stores
 ADDED_IDENTITY_KEYS = ("weights", "vocab_size")
@@ -254,9 +253,10 @@ def _compatible_identity(identity: dict[str, Any], existing: dict | None) -> dic
 
 def _batches(plan: HarvestPlan, first_context: int) -> Iterator[tuple[int, np.ndarray]]:
     """(index of the first context, [B, T] token ids) of every batch from `first_context` on."""
-    documents = shuffled(plan.source.documents(), plan.config.seed, DOCUMENT_SHUFFLE_BUFFER)
     holdout_contexts = plan.spec.layout.holdout_rows // plan.context_size
-    contexts = context_stream(documents, plan.model.tokenizer, plan.packing, holdout_contexts)
+    contexts = text_contexts(
+        plan.source, plan.model.tokenizer, plan.packing, plan.config.seed, holdout_contexts
+    )
     capacity = plan.spec.layout.capacity_rows
     if capacity is not None:
         contexts = itertools.islice(contexts, capacity // plan.context_size)

@@ -26,7 +26,9 @@ from saekit.lm.splice import (
     added_at_last_position,
     after_first_position,
     edited_logits,
+    edited_logits_with_grad,
     next_token_stats,
+    rows_after_first_position,
 )
 from saekit.lm.tokens import load_tokenizer, token_strings
 
@@ -45,6 +47,7 @@ __all__ = [
     "check_token_ids",
     "direction_logits",
     "edited_logits",
+    "edited_logits_with_grad",
     "identity_differences",
     "load_model",
     "load_model_for_store",
@@ -54,6 +57,7 @@ __all__ = [
     "next_token_stats",
     "reads_residual_stream",
     "recorded_model",
+    "rows_after_first_position",
     "run_batch",
     "token_strings",
     "tokenizer_fingerprint",

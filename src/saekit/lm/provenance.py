@@ -20,6 +20,10 @@ from saekit.lm.model import (
 
 # what identifies the LM in a store's identity, compared with the model that is loaded for it
 PROVENANCE_KEYS = ("weights_fingerprint", "tokenizer_fingerprint", "vocab_size")
+OTHER_MODEL_ADVICE = (
+    "give that model with --model, or pass --allow-other-model to evaluate with this one (the "
+    "report then says so)"
+)
 
 
 def recorded_model(store: ActivationStore) -> str:
@@ -92,10 +96,12 @@ def load_model_for_store(
     device: torch.device,
     name: str | None = None,
     allow_other_model: bool = False,
+    instead: str = OTHER_MODEL_ADVICE,
 ) -> CheckedModel:
     """The LM to run on the store's tokens (`name`, default the store's model), checked against
     the store: its hooks and widths always, its weights and tokenizer fingerprints unless
-    `allow_other_model` (then a warning to report)."""
+    `allow_other_model` (then a warning to report). `instead` ends the refusal of another
+    model: what to do instead."""
     name = name or recorded_model(store)
     try:
         model = load_model(name, device)
@@ -108,8 +114,7 @@ def load_model_for_store(
     if differences and not allow_other_model:
         raise SaekitError(
             f"model {name} is not the model store {store.location} was harvested with: "
-            f"{'; '.join(differences)}; give that model with --model, or pass "
-            "--allow-other-model to evaluate with this one (the report then says so)"
+            f"{'; '.join(differences)}; {instead}"
         )
     warnings = [f"online metrics use {_other_model(name, differences)}"]
     return CheckedModel(model, warnings if differences else [])

@@ -30,6 +30,18 @@ def after_first_position(new_BTD: Tensor) -> Edit:
     return edit
 
 
+def rows_after_first_position(rows_ND: Tensor) -> Edit:
+    """An edit that swaps in `rows_ND` at every position but 0: the rows of positions 1 to
+    T − 1 of each context, context after context ([B·(T − 1), D], the order of
+    `x_BTD[:, 1:].reshape(-1, D)`)."""
+
+    def edit(x_BTD: Tensor) -> Tensor:
+        b, t, d = x_BTD.shape
+        return torch.cat([x_BTD[:, :1], rows_ND.view(b, t - 1, d).to(x_BTD.dtype)], dim=1)
+
+    return edit
+
+
 def added_at_last_position(push_D: Tensor) -> Edit:
     """An edit that adds `push_D` to the activation of the last position."""
 
@@ -44,12 +56,27 @@ def added_at_last_position(push_D: Tensor) -> Edit:
 def edited_logits(bridge: object, tokens_BT: Tensor, edits: Mapping[str, Edit]) -> Tensor:
     """Logits [B, T, V] of the model with `edits` applied at their hooks (none: the clean
     model), without autograd."""
+    with torch.inference_mode():
+        return _logits_with_edits(bridge, tokens_BT, edits)
+
+
+def edited_logits_with_grad(bridge: object, tokens_BT: Tensor, edits: Mapping[str, Edit]) -> Tensor:
+    """`edited_logits` with autograd on: gradients of the logits reach whatever the edits swap
+    in (a dictionary's reconstruction, and through it its parameters). The model's own
+    parameters are frozen (`load_model`), so nothing of the model is trained, and the graph
+    starts at the first hook whose edit reads a tensor that requires grad."""
+    with torch.enable_grad():
+        return _logits_with_edits(bridge, tokens_BT, edits)
+
+
+def _logits_with_edits(bridge: object, tokens_BT: Tensor, edits: Mapping[str, Edit]) -> Tensor:
+    """One forward pass with each edit attached to its hook."""
 
     def as_hook(edit: Edit) -> Callable[[Tensor, object], Tensor]:
         return lambda x_BTD, hook: edit(x_BTD)
 
     hooks = [(name, as_hook(edit)) for name, edit in edits.items()]
-    with torch.inference_mode(), bridge.hooks(fwd_hooks=hooks):
+    with bridge.hooks(fwd_hooks=hooks):
         return bridge(tokens_BT, return_type="logits")
 
 

@@ -22,8 +22,8 @@ from saekit.train import (
     parse_spec,
     run_finished,
     sae_directory,
-    saved_saes,
     train,
+    trained_saes,
 )
 
 
@@ -89,10 +89,11 @@ def train_recipe(
 
 
 def _complete(run_dir: Path, names: list[str]) -> bool:
-    """Whether the run finished and exported every SAE it should hold."""
+    """Whether the run finished and exported every SAE it should hold (SAEs fine-tuned from
+    them later, `sae finetune`, are not the run's own)."""
     if not run_finished(run_dir):
         return False
-    if {p.name for p in saved_saes(run_dir)} != set(names):
+    if {p.name for p in trained_saes(run_dir)} != set(names):
         raise SaekitError(
             f"run {run_dir} holds other SAEs than this recipe trains; it was made by another "
             "version or preset — choose a new --out"

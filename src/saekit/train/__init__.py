@@ -4,9 +4,9 @@ Evaluation uses `load_sae(directory)`: the saved SAE (raw-activation space) with
 (`SAEConfig`); see docs/variants.md for the contract.
 """
 
-from saekit.train.checkpoint import run_finished
+from saekit.train.checkpoint import Checkpoints, run_finished
 from saekit.train.config import TrainSettings, load_config
-from saekit.train.export import CFG_FILE, load_sae
+from saekit.train.export import CFG_FILE, load_sae, save_sae, saved_spec
 from saekit.train.formats import export_transcoder_set, is_transcoder_set
 from saekit.train.importing import import_sae
 from saekit.train.layout import (
@@ -15,10 +15,12 @@ from saekit.train.layout import (
     sae_directories,
     sae_directory,
     saved_saes,
+    trained_saes,
 )
-from saekit.train.member import concatenated
-from saekit.train.metrics import METRICS_FILE, read_metrics
-from saekit.train.run import RunResult, TrainRequest, train
+from saekit.train.losses import LossTerm
+from saekit.train.member import Member, concatenated
+from saekit.train.metrics import METRICS_FILE, MetricsLog, read_metrics
+from saekit.train.run import RunResult, TrainRequest, differing_keys, train
 from saekit.train.sae import SAE, Dictionary
 from saekit.train.sae_config import SAEConfig
 from saekit.train.schedule import Plan
@@ -32,7 +34,7 @@ from saekit.train.tracking import (
     track_training,
     tracked_as,
 )
-from saekit.train.trainer import Observer, Observers
+from saekit.train.trainer import Observer, Observers, Throughput, checkpoint_due
 from saekit.train.variants import VARIANTS, described_names, modes
 from saekit.train.variants.gsae import DEFAULT_BETA_EFF
 from saekit.train.variants.options import SHAPE_DEFAULTS
@@ -47,9 +49,13 @@ __all__ = [
     "TRACKING_FILE",
     "VARIANTS",
     "Block",
+    "Checkpoints",
     "Code",
     "DenseCode",
     "Dictionary",
+    "LossTerm",
+    "Member",
+    "MetricsLog",
     "Observer",
     "Observers",
     "Plan",
@@ -58,12 +64,15 @@ __all__ = [
     "SAESpec",
     "Shape",
     "SparseCode",
+    "Throughput",
     "TrackedRun",
     "TrainRequest",
     "TrainSettings",
     "TrainingTracker",
+    "checkpoint_due",
     "concatenated",
     "described_names",
+    "differing_keys",
     "export_transcoder_set",
     "fit_zipf",
     "import_sae",
@@ -78,8 +87,11 @@ __all__ = [
     "run_of",
     "sae_directories",
     "sae_directory",
+    "save_sae",
     "saved_saes",
+    "saved_spec",
     "track_training",
     "tracked_as",
     "train",
+    "trained_saes",
 ]

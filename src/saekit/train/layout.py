@@ -30,6 +30,12 @@ def saved_saes(run: Path) -> list[Path]:
     return sorted(p for p in (run / SAES_DIR).glob("*") if (p / CFG_FILE).is_file())
 
 
+def trained_saes(run: Path) -> list[Path]:
+    """The directories of the SAEs the run's own training saved, by name: those of
+    `saved_saes` but the fine-tuned ones (`sae finetune` adds those to a run)."""
+    return [p for p in saved_saes(run) if not SAEConfig.read(p / CFG_FILE).finetuned]
+
+
 def sae_directories(path: str | Path, storage_options: dict | None = None) -> list[Path]:
     """The SAE directories an argument names: a run (all of RUN/saes/*), one SAE, a published
     SAE (its URL, or its folder on a shared disk), or another library's SAE folder."""

@@ -49,6 +49,11 @@ class LossTerm:
     warmup: float = 0.0
 
     name: ClassVar[str]
+    # What the KL fine-tune does with the term (docs/algorithms.md §14): a variant's one
+    # reconstruction term is what the KL is balanced against; terms that revive dead latents
+    # are left out; every other term (sparsity, Gated's gate path) is kept.
+    reconstruction: ClassVar[bool] = False
+    revives_latents: ClassVar[bool] = False
 
     def weight(self, progress: float) -> float:
         if self.warmup > 0 and progress < self.warmup:
@@ -64,6 +69,7 @@ class NormalisedMSE(LossTerm):
     """NMSE(x, x̂): the TopK family's reconstruction loss."""
 
     name: ClassVar[str] = "nmse"
+    reconstruction: ClassVar[bool] = True
 
     def __call__(self, sae: Dictionary, fwd: Forward, ctx: StepContext) -> Tensor:
         return normalised_mse(fwd.y_BE, fwd.y_hat_BE)
@@ -74,6 +80,7 @@ class SquaredError(LossTerm):
     """‖x − x̂‖²: the reconstruction loss of ReLU, Gated and JumpReLU."""
 
     name: ClassVar[str] = "mse"
+    reconstruction: ClassVar[bool] = True
 
     def __call__(self, sae: Dictionary, fwd: Forward, ctx: StepContext) -> Tensor:
         return squared_error(fwd.y_BE, fwd.y_hat_BE)
@@ -109,6 +116,7 @@ class ResidualAux(LossTerm):
     """
 
     k_aux: int = 512
+    revives_latents: ClassVar[bool] = True
 
     def candidates(self, usage: LatentUsage) -> Tensor:
         raise NotImplementedError

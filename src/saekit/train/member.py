@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from saekit.cache_format.schema import ACTIVATIONS, GRADIENTS, hook_field
-from saekit.train.losses import StepContext, normalised_mse
-from saekit.train.sae import Dictionary
+from saekit.train.losses import LossTerm, StepContext, normalised_mse
+from saekit.train.sae import Dictionary, Forward
 from saekit.train.schedule import Plan
 from saekit.train.shape import Shape
 from saekit.train.spec import ResolvedSpec
@@ -62,19 +62,32 @@ def concatenated(by_hook: Mapping[str, Tensor], hooks: tuple[str, ...]) -> Tenso
 
 
 class Member:
-    """Trains one SAE on the batches the trainer hands it (Adam per SAE, clipped gradients)."""
+    """Trains one SAE on the batches the trainer hands it (Adam per SAE, clipped gradients).
 
-    def __init__(self, spec: ResolvedSpec, sae: Dictionary, plan: Plan, grad_clip: float) -> None:
+    `lr` and `terms` replace the spec's learning rate and the variant's loss terms (the KL
+    fine-tune trains a saved SAE with its own loss); a step is `forward`, a loss from the
+    forward pass, then `update`.
+    """
+
+    def __init__(
+        self,
+        spec: ResolvedSpec,
+        sae: Dictionary,
+        plan: Plan,
+        grad_clip: float,
+        lr: float | None = None,
+        terms: list[LossTerm] | None = None,
+    ) -> None:
         self.spec = spec
         self.sae = sae
         self.plan = plan
         self.grad_clip = grad_clip
-        self.base_lr = spec.lr
+        self.base_lr = spec.lr if lr is None else lr
         self.activation = sae.activation
         self.optimizer = torch.optim.Adam(
             sae.parameters(), lr=self.base_lr, betas=self.activation.adam_betas
         )
-        self.terms = self.activation.loss_terms()
+        self.terms = self.activation.loss_terms() if terms is None else terms
         self.usage = LatentUsage(sae.d_sae, spec.options.dead_tokens, sae.device)
         self._sums: dict[str, Tensor] = {}
         self._steps_summed = 0
@@ -107,15 +120,31 @@ class Member:
     ) -> None:
         """One optimiser step on one batch (inputs already scaled; `y_BE` the target when it is
         not the input)."""
+        fwd = self.forward(x_BD, gradients_BE, step, y_BE)
+        values = self.term_values(fwd, step)
+        progress = self.plan.progress(step)
+        loss = torch.stack([term.weight(progress) * values[term.name] for term in self.terms]).sum()
+        self.update(fwd, loss, {f"loss/{name}": value for name, value in values.items()})
+
+    def forward(
+        self, x_BD: Tensor, gradients_BE: Tensor | None, step: int, y_BE: Tensor | None = None
+    ) -> Forward:
+        """Set the learning rate of `step`, then the training forward pass of one batch."""
         lr = self.base_lr * self.plan.lr_factor(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        progress = self.plan.progress(step)
         gradients_BE = gradients_BE if self.needs_gradients else None
-        fwd = self.sae.training_forward(x_BD, gradients_BE, y_BE)
-        context = StepContext(self.usage, progress)
-        values = {term.name: term(self.sae, fwd, context) for term in self.terms}
-        loss = torch.stack([term.weight(progress) * values[term.name] for term in self.terms]).sum()
+        return self.sae.training_forward(x_BD, gradients_BE, y_BE)
+
+    def term_values(self, fwd: Forward, step: int) -> dict[str, Tensor]:
+        """Each loss term's value (unweighted) on the forward pass, by name."""
+        context = StepContext(self.usage, self.plan.progress(step))
+        return {term.name: term(self.sae, fwd, context) for term in self.terms}
+
+    def update(self, fwd: Forward, loss: Tensor, logged: Mapping[str, Tensor]) -> None:
+        """Backward pass of `loss`, then the optimiser step (decoder kept unit-norm where the
+        variant wants it), the latent usage and the step's metrics (`logged`: extra scalars,
+        e.g. each loss term)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.activation.unit_norm_decoder:
@@ -124,13 +153,13 @@ class Member:
         self.optimizer.step()
         if self.activation.unit_norm_decoder:
             self.sae.normalise_decoder_()
-        self.usage.update(fwd.code.fire_counts_F(), len(x_BD))
+        self.usage.update(fwd.code.fire_counts_F(), len(fwd.x_BD))
         with torch.no_grad():
             l0_B = fwd.code.l0_B()
             self._add(
                 {
                     "loss": loss,
-                    **{f"loss/{name}": value for name, value in values.items()},
+                    **logged,
                     "nmse": normalised_mse(fwd.y_BE, fwd.y_hat_BE),
                     "l0": l0_B.mean(),
                     **{key: l0_B.quantile(q) for key, q in L0_QUANTILES.items()},

@@ -39,6 +39,9 @@ class SAEConfig:
     # for a dictionary imported from another library (`sae import`): the library, its version,
     # its name for the architecture, the source folder, its hook names and its configuration
     imported_from: dict[str, Any] | None = None
+    # how a KL fine-tune made it from another SAE of its run (`sae finetune`: the SAE it
+    # started from, tokens, loss, learning rate, data, model); None for an SAE of `sae train`
+    finetune: dict[str, Any] | None = None
     saekit_version: str = __version__
     format: str = SAE_FORMAT
     format_version: int = SAE_FORMAT_VERSION
@@ -102,6 +105,11 @@ class SAEConfig:
         return self.input_scale if self.input_scales is None else float(self.input_scales[hook])
 
     @property
+    def finetuned(self) -> bool:
+        """Whether `sae finetune` made this SAE (from another SAE of its run)."""
+        return self.finetune is not None
+
+    @property
     def sources(self) -> tuple[str, ...]:
         return self.dictionary_shape().source_hooks
 
@@ -149,4 +157,5 @@ _FIELD_CHECKS = (
         "an object of positive numbers or null",
         lambda value: value is None or (_is_object(value) and all(map(_is_scale, value.values()))),
     ),
+    ("finetune", "an object or null", lambda value: value is None or _is_object(value)),
 )

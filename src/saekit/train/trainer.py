@@ -117,6 +117,12 @@ class Cadence:
     checkpoint_every: int  # tokens between checkpoints (0: only at the end)
 
 
+def checkpoint_due(done: int, tokens_per_step: int, every: int) -> bool:
+    """Whether the step that brought a run to `done` steps crossed a mark of `every` tokens (0:
+    never; the end of a run is checkpointed anyway)."""
+    return every > 0 and done * tokens_per_step // every > (done - 1) * tokens_per_step // every
+
+
 class Trainer:
     """Runs the steps of a plan for a group of SAEs and keeps the run directory current."""
 
@@ -186,9 +192,7 @@ class Trainer:
         self.checkpoint(self.plan.steps, complete=True)
 
     def _checkpoint_due(self, done: int) -> bool:
-        """Whether the step that brought the run to `done` steps crossed a checkpoint mark."""
-        every, batch = self.cadence.checkpoint_every, self.plan.batch_size
-        return every > 0 and done * batch // every > (done - 1) * batch // every
+        return checkpoint_due(done, self.plan.batch_size, self.cadence.checkpoint_every)
 
     def _inputs(self, batch: Batch, step: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """The batch in training space (c·x, g/c per hook), after the non-finite policy: rows

@@ -87,6 +87,7 @@ class PrefixNMSE(losses.LossTerm):
 
     widths: tuple[int, ...] = ()
     name: ClassVar[str] = "matryoshka"
+    reconstruction: ClassVar[bool] = True
 
     def __call__(self, sae, fwd, ctx) -> Tensor:
         skip_BE = sae.skip_path(fwd.x_BD)
