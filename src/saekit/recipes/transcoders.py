@@ -83,9 +83,7 @@ def arms(scope: Scope) -> Arms:
         sae=Arm("TopK SAE on the MLP output", "topk"),
         transcoder=Arm("TopK transcoder", "topk", transcode),
         skip=Arm("TopK skip transcoder", "topk", {**transcode, "skip": True}),
-        matryoshka=Arm(
-            "Matryoshka BatchTopK", "matryoshka", {"groups": groups}, modes.THRESHOLD
-        ),
+        matryoshka=Arm("Matryoshka BatchTopK", "matryoshka", {"groups": groups}, modes.THRESHOLD),
         batchtopk=Arm("BatchTopK", "batchtopk", mode=modes.THRESHOLD),
     )
 
