@@ -83,32 +83,38 @@ def rows_of(directory: Path) -> list[dict]:
     return rows
 
 
+def agreement(estimate: np.ndarray, truth: np.ndarray) -> dict:
+    """Rank correlation, the least-squares line, the median ratio and the share within 25 %."""
+    ratio = estimate / truth
+    return {
+        "spearman": spearman(estimate, truth),
+        "fit": fit(estimate, truth),
+        "median_ratio": float(np.median(ratio)),
+        "within_25_percent": float(np.mean(np.abs(ratio - 1) <= 0.25)),
+    }
+
+
 def summary(rows: list[dict]) -> dict:
-    online = np.array([r["loss_added"] for r in rows])
-    kl = np.array([r["kl"] for r in rows])
-    out = {"saes": len(rows)}
-    for key, truth in (
-        ("loss_added_first_order", online),
-        ("loss_added_estimate", online),
-        ("kl_estimate", kl),
-    ):
-        estimate = np.array([r[key] for r in rows])
-        out[key] = {
-            "spearman": spearman(estimate, truth),
-            "fit": fit(estimate, truth),
-            "median_ratio": float(np.median(estimate / truth)),
-        }
+    """Agreement of each estimate with what it estimates, over all rows and by NMSE band."""
+    pairs = {
+        "loss_added_first_order": "loss_added",
+        "loss_added_estimate": "loss_added",
+        "kl_estimate": "kl",
+    }
+    out: dict = {"saes": len(rows)}
+    for key, truth in pairs.items():
+        out[key] = agreement(np.array([r[key] for r in rows]), np.array([r[truth] for r in rows]))
     nmse = np.array([r["nmse"] for r in rows])
-    estimate = np.array([r["loss_added_estimate"] for r in rows])
     bands = {}
     for low, high in BANDS:
-        inside = (nmse >= low) & (nmse < high)
-        if inside.any():
-            error = np.abs(estimate[inside] - online[inside]) / np.abs(online[inside])
-            bands[f"{low}-{high}"] = {
-                "saes": int(inside.sum()),
-                "median_relative_error": float(np.median(error)),
-                "max_relative_error": float(error.max()),
+        inside = [r for r, n in zip(rows, nmse, strict=True) if low <= n < high]
+        if len(inside) >= 3:
+            bands[f"{low}-{high}"] = {"saes": len(inside)} | {
+                key: agreement(
+                    np.array([r[key] for r in inside]), np.array([r[truth] for r in inside])
+                )
+                for key, truth in pairs.items()
+                if key != "loss_added_first_order"
             }
     out["by_nmse"] = bands
     return out
@@ -118,10 +124,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--rows", type=Path, help="summarise the rows of an earlier --out instead of computing"
+    )
     args = parser.parse_args()
+    earlier = json.loads(args.rows.read_text()) if args.rows else {}
     results = {}
     for directory in args.dirs:
-        rows = rows_of(directory)
+        rows = earlier[str(directory)]["rows"] if earlier else rows_of(directory)
         results[str(directory)] = {"summary": summary(rows), "rows": rows}
         print(directory, json.dumps(results[str(directory)]["summary"], indent=1))
     if args.out:
