@@ -1,6 +1,6 @@
 """How well the store-only loss-added estimate (`sae eval`'s `loss_added_estimate`) predicts the
-online loss added, over every SAE of one or more recipe directories (`sae recipe --out DIR`),
-whose evaluation caches hold each SAE's online numbers:
+online loss added, over every SAE of one or more recipe directories (`sae recipe --out DIR`,
+whose evaluation caches hold each SAE's online numbers) or `sae eval` report directories:
 
     .venv/bin/python experiments/loss_estimate_validation.py DIR [DIR ...] [--out FILE.json]
 
@@ -25,6 +25,7 @@ from saekit.cache_format import ActivationStore
 from saekit.evaluate import EvalSettings, Evaluation, targets_of
 from saekit.train import load_sae, saved_saes
 
+ESTIMATES = ("loss_added_first_order", "kl_estimate", "loss_added_estimate")
 BANDS = ((0.0, 0.05), (0.05, 0.15), (0.15, 0.4), (0.4, float("inf")))  # NMSE bands
 
 
@@ -41,7 +42,22 @@ def fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def rows_of(directory: Path) -> list[dict]:
-    """Every cached row of the directory with its offline estimate added."""
+    """Every evaluated row of a recipe directory (its estimates computed here) or of a
+    `sae eval` report directory (whose rows hold both)."""
+    if not (directory / "recipe.json").exists():
+        report = json.loads((directory / "report.json").read_text())
+        return [
+            {
+                "label": row["label"],
+                "variant": row["variant"],
+                "mode": row["mode"],
+                **{key: row["offline"][key] for key in ("l0", "nmse", *ESTIMATES)},
+                "loss_added": row["online"]["loss_added"],
+                "kl": row["online"]["kl"],
+            }
+            for row in report["rows"]
+            if row.get("online")
+        ]
     record = json.loads((directory / "recipe.json").read_text())
     location = record.get("store") or str(directory / "store.zarr")
     store = ActivationStore.open(location)

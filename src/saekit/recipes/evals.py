@@ -44,14 +44,15 @@ def evaluate_run(
     message: Callable[[str], None],
 ) -> int:
     """Evaluate what the run's cache lacks, each SAE in its modes (the recipe's diagnostic ones
-    too), steering the SAEs the recipe steers; return the number of rows evaluated."""
+    too), steering the SAEs the recipe steers (at the preset's training length); return the
+    number of rows evaluated."""
     cache = workspace.evals(recipe.name, run.name)
     cached = json.loads(cache.read_text()) if cache.exists() else {}
     targets, steered = [], set()
     for sae_dir in saved_saes(run.directory):
         sae = load_sae(sae_dir, evaluation.device)
         targets += targets_of(run.name, sae, diagnostic=recipe.diagnostic_modes)
-        if recipe.steers(scope, sae.cfg.variant, sae.cfg.options):
+        if run.length == 1 and recipe.steers(scope, sae.cfg.variant, sae.cfg.options):
             steered.add(sae.cfg.name)
     todo = [t for t in targets if t.label not in cached]
     if not todo:
