@@ -25,8 +25,14 @@ def dictionary(n_atoms: int, d: int, seed: int) -> np.ndarray:
     return atoms / np.linalg.norm(atoms, axis=1, keepdims=True)
 
 
-def readout(vocab: int, d: int, seed: int) -> np.ndarray:
-    return np.random.default_rng([seed, 11]).standard_normal((vocab, d)) / np.sqrt(d)
+def readout(vocab: int, d: int, seed: int, rank: int | None = None) -> np.ndarray:
+    """A random readout [vocab, d]; of rank `rank` (its rows in a random subspace) if given."""
+    rng = np.random.default_rng([seed, 11])
+    readout_VD = rng.standard_normal((vocab, d)) / np.sqrt(d)
+    if rank is not None:
+        basis_DR = np.linalg.qr(rng.standard_normal((d, rank)))[0]
+        readout_VD = readout_VD @ basis_DR @ basis_DR.T * np.sqrt(d / rank)
+    return readout_VD
 
 
 def planted_rows(
@@ -56,17 +62,29 @@ def planted_rows(
 
 
 def write_planted_store(
-    path: Path, n_rows: int, n_atoms: int, d: int, active: int, seed: int = 0
+    path: Path,
+    n_rows: int,
+    n_atoms: int,
+    d: int,
+    active: int,
+    seed: int = 0,
+    readout_rank: int | None = None,
 ) -> np.ndarray:
-    """Write the store; return its atoms."""
+    """Write the store; return its atoms. With `readout_rank` the loss reads only a subspace of
+    the activations, so the gradients lie in it."""
     spec = StoreSpec(
         layout=StoreLayout(rows_per_chunk=1024, chunks_per_block=4, capacity_rows=n_rows),
         hooks={HOOK: HookSpec(d=d)},
         activation_dtype="float32",
-        identity={"generator": "tests.planted", "atoms": n_atoms, "seed": seed},
+        identity={
+            "generator": "tests.planted",
+            "atoms": n_atoms,
+            "seed": seed,
+            "readout_rank": readout_rank,
+        },
     )
     atoms_AD = dictionary(n_atoms, d, seed)
-    readout_VD = readout(50, d, seed)
+    readout_VD = readout(50, d, seed, readout_rank)
     with StoreWriter.open(path, spec) as writer:
         for block in writer.pending_blocks():
             writer.write(block, planted_rows(block, atoms_AD, readout_VD, active, seed))

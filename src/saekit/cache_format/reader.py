@@ -90,7 +90,7 @@ class ActivationStore:
             raise SaekitError(
                 f"store {self.location} has no gradients for {self.resolve_hook(hook)}; harvest "
                 "it with gradients there (the default, or a --gradients pattern that matches "
-                "it) to train gradient-based SAEs"
+                "it) to train g-SAEs or loss-aware SAEs (loss_aware=...)"
             )
 
     def ranges(self, split: Split) -> list[tuple[int, int]]:

@@ -16,6 +16,7 @@ from saekit.cache_format.reader import ROW_INDEX
 
 MEAN_SAMPLE_ROWS = 1 << 18
 SPLIT_ROWS = {"holdout": "held-out rows", "train": "training rows", "all": "rows"}
+POSITION = "position"
 
 
 def check_holdout(store: ActivationStore) -> None:
@@ -44,17 +45,20 @@ def read_rows(
 ) -> Batch:
     """The rows of `unit` except those at position 0, decoded, after the non-finite policy
     (`what` names the rows in its message, e.g. "held-out rows"). `fields` may include `row`,
-    the store row index."""
+    the store row index, and `position`."""
     start, stop = unit
-    stored = [name for name in fields if name != ROW_INDEX]
-    raw = store.read([*stored, "position", ROW_INDEX], start, stop, hook)
-    used = raw.pop("position") != 0
+    stored = [name for name in fields if name not in (ROW_INDEX, POSITION)]
+    raw = store.read([*stored, POSITION, ROW_INDEX], start, stop, hook)
+    positions = raw.pop(POSITION)
+    used = positions != 0
     raw = {name: values[used] for name, values in raw.items()}
     rows = raw.pop(ROW_INDEX)
     bad = nonfinite_index(raw, store.spec)
     tensors = store.decode(raw)
     if ROW_INDEX in fields:
         tensors[ROW_INDEX] = torch.from_numpy(rows)
+    if POSITION in fields:
+        tensors[POSITION] = torch.from_numpy(positions[used].astype(np.int64))
     batch = Batch(tensors, 0, bad, rows[bad])
     return policy.apply(batch, f"{what} of store {store.location}", advice)
 
@@ -71,8 +75,9 @@ def holdout_batches(
 ) -> Iterator[dict[str, Tensor]]:
     """Held-out rows (or another split's; position 0 excluded) in store order, in batches of
     `batch_rows` (the last may be shorter), `max_rows` at most; `fields` may include `row`, the
-    store row index. Rows of a block are stored shuffled, so consecutive rows mix many contexts.
-    Rows with NaN or Inf stop the reading (saying `advice`) or are left out (`policy`)."""
+    store row index, and `position`. Rows of a block are stored shuffled, so consecutive rows mix
+    many contexts. Rows with NaN or Inf stop the reading (saying `advice`) or are left out
+    (`policy`)."""
     budget = max_rows if max_rows is not None else store.n_rows(split)
     pending: dict[str, Tensor] | None = None
     for unit in chunk_units(store.ranges(split), store.spec.layout.rows_per_chunk):

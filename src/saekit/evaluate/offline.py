@@ -29,8 +29,10 @@ from torch import Tensor
 
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.nonfinite import NonFinitePolicy
-from saekit.evaluate.heldout import holdout_batches
+from saekit.evaluate.estimate import LossAddedEstimate
+from saekit.evaluate.heldout import POSITION, holdout_batches
 from saekit.evaluate.targets import Target
+from saekit.lm import GRADIENT_CONVENTION
 
 DENSE_THRESHOLD = 0.1
 UNDERUSED_SHARE = 0.1  # under-used: firing below a tenth of the mean density L0 / F
@@ -101,7 +103,9 @@ class TargetStats:
     """A target's reconstruction metrics: over all it reconstructs, at each of several target
     hooks, per layer of a cross-layer transcoder, and per prefix of a Matryoshka SAE."""
 
-    def __init__(self, target: Target, means: dict[str, Tensor]) -> None:
+    def __init__(
+        self, target: Target, means: dict[str, Tensor], last_position: int | None = None
+    ) -> None:
         shape = target.shape
         self.target = target
         self.whole = ReconstructionStats(target.sae.d_sae, _concatenated_mean(means, shape))
@@ -115,10 +119,13 @@ class TargetStats:
         self.prefixes = {
             w: ReconstructionStats(target.sae.d_sae, self.whole.mean_D) for w in widths or ()
         }
+        self.loss = LossAddedEstimate(last_position) if last_position is not None else None
 
-    def update(self, x_BD: Tensor, y_BE: Tensor, g_BE: Tensor | None) -> None:
+    def update(self, x_BD: Tensor, y_BE: Tensor, g_BE: Tensor | None, position_B: Tensor) -> None:
         f_BF, y_hat_BE = self.target.reconstruct(x_BD, g_BE)
         self.whole.update(y_BE, y_hat_BE, f_BF)
+        if self.loss is not None and g_BE is not None:
+            self.loss.update(g_BE, y_BE, y_hat_BE, position_B.to(g_BE.device))
         if self.per_hook:
             shape = self.target.shape
             pairs = zip(
@@ -149,6 +156,8 @@ class TargetStats:
             prefixes = {str(w): s.result() for w, s in self.prefixes.items()}
             result["prefix_nmse"] = {w: r["nmse"] for w, r in prefixes.items()}
             result["prefix_l0"] = {w: r["l0"] for w, r in prefixes.items()}
+        if self.loss is not None:
+            result.update(self.loss.result())
         return result
 
 
@@ -166,20 +175,41 @@ def offline_metrics(
     policy: NonFinitePolicy,
 ) -> dict[str, dict]:
     """Metrics of every target on the store's held-out rows (at most `max_rows` of them); rows
-    with NaN or Inf stop the evaluation or are left out (`policy`).
+    with NaN or Inf stop the evaluation or are left out (`policy`). Where the store keeps the
+    gradients at a target's hooks, the loss it adds is also estimated from them
+    (`saekit.evaluate.estimate`).
 
     Targets that read the same fields in batches of the same size share each read. Targets in
     batch mode see batches of their training batch size; the others see the same rows in batches
     of 4096 (their codes do not depend on the batch).
     """
     results: dict[str, dict] = {}
-    groups: dict[tuple[tuple[str, ...], int], list[Target]] = {}
+    last_position = estimable_last_position(store)
+    groups: dict[tuple[tuple[str, ...], int, bool], list[Target]] = {}
     for target in targets:
-        groups.setdefault((target.fields(), target.batch_rows), []).append(target)
-    for (fields, batch_rows), group in groups.items():
-        stats = {t.label: TargetStats(t, means) for t in group}
+        estimate = last_position is not None and estimable(store, target)
+        fields = (*target.fields(gradients=estimate), POSITION)
+        groups.setdefault((fields, target.batch_rows, estimate), []).append(target)
+    for (fields, batch_rows, estimate), group in groups.items():
+        last = last_position if estimate else None
+        stats = {t.label: TargetStats(t, means, last) for t in group}
         for batch in holdout_batches(store, None, fields, max_rows, batch_rows, policy):
             for target in group:
-                stats[target.label].update(*target.inputs(batch, device))
+                stats[target.label].update(*target.inputs(batch, device), batch[POSITION])
         results.update({label: s.result() for label, s in stats.items()})
     return results
+
+
+def estimable_last_position(store: ActivationStore) -> int | None:
+    """The last position of the store's contexts (T − 1) when its gradients follow saekit's
+    convention, so that the loss added can be estimated from them; else None."""
+    identity = store.spec.identity
+    convention = identity.get("gradient_convention")
+    if "context_size" not in identity or convention not in (None, GRADIENT_CONVENTION):
+        return None
+    return int(identity["context_size"]) - 1
+
+
+def estimable(store: ActivationStore, target: Target) -> bool:
+    """Whether the store keeps gradients at every hook the target reconstructs."""
+    return all(store.has_gradients(hook) for hook in target.shape.target_hooks)

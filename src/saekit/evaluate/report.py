@@ -83,8 +83,9 @@ def markdown(report: dict) -> str:
             else []
         ),
         "| SAE | variant | mode | L0 | NMSE | var. expl. | dead | dense | γ | cos "
-        "| CE clean | CE spliced | loss added | CE rec. (zero) | CE rec. (mean) | KL |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| est. loss added | CE clean | CE spliced | loss added | CE rec. (zero) "
+        "| CE rec. (mean) | KL |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
         off, on = row["offline"], row["online"] or {}
@@ -93,7 +94,8 @@ def markdown(report: dict) -> str:
             f"| {_number(off['nmse'])} | {_number(off['variance_explained'])} "
             f"| {off['dead_fraction']:.1%} | {off['dense_fraction']:.1%} "
             f"| {_number(off['relative_reconstruction_bias'])} | {_number(off['cosine'])} "
-            f"| {_number(on.get('ce_clean'))} | {_number(on.get('ce_spliced'))} "
+            f"| {_number(off.get('loss_added_estimate'))} | {_number(on.get('ce_clean'))} "
+            f"| {_number(on.get('ce_spliced'))} "
             f"| {_number(on.get('loss_added'))} | {_number(on.get('ce_recovered_zero'))} "
             f"| {_number(on.get('ce_recovered_mean'))} | {_number(on.get('kl'))} |"
         )
@@ -117,7 +119,9 @@ def markdown(report: dict) -> str:
         "",
         "Definitions: NMSE = Σ‖x − x̂‖² / Σ‖x − μ‖² (μ: mean of training rows); dead: latents that "
         "never fire on these tokens; dense: firing on more than 10 % of them; γ = E‖x̂‖² / E[x·x̂] "
-        "(< 1: shrinkage); loss added = CE spliced − CE clean (nats per predicted token); CE "
+        "(< 1: shrinkage); est. loss added: estimated from the store's gradients without the LM, "
+        "gᵀ(x̂ − x) + ½ (gᵀ(x̂ − x))² per predicted token (docs/cli.md says when to trust it); "
+        "loss added = CE spliced − CE clean (nats per predicted token); CE "
         "recovered = (CE ablated − CE spliced) / (CE ablated − CE clean), ablating with zeros or "
         "the training mean. Modes: "
         + "; ".join(

@@ -60,26 +60,28 @@ class Target:
     def shape(self) -> Shape:
         return self.sae.shape
 
-    def fields(self) -> tuple[str, ...]:
+    def fields(self, gradients: bool = False) -> tuple[str, ...]:
         """The store fields this target reads: every hook's activations, and the gradients at
-        its targets in a mode that uses them."""
-        gradients = self.shape.target_hooks if self.needs_gradients else ()
+        its targets in a mode that uses them or when asked (`gradients`)."""
+        gradients = gradients or self.needs_gradients
+        gradient_hooks = self.shape.target_hooks if gradients else ()
         return (
             *(hook_field(ACTIVATIONS, hook) for hook in self.shape.hooks),
-            *(hook_field(GRADIENTS, hook) for hook in gradients),
+            *(hook_field(GRADIENTS, hook) for hook in gradient_hooks),
         )
 
     def inputs(
         self, batch: Mapping[str, Tensor], device: torch.device
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(input x, target y, gradients at the targets in a mode that uses them) of a batch
+        """(input x, target y, gradients at the targets when the batch holds them) of a batch
         read with `fields()`, on `device`."""
         shape = self.shape
         x_BD = concatenated(_activations(batch, shape.source_hooks), shape.source_hooks)
         y_BE = concatenated(_activations(batch, shape.target_hooks), shape.target_hooks)
         g_BE = None
-        if self.needs_gradients:
-            gradients = {h: batch[hook_field(GRADIENTS, h)] for h in shape.target_hooks}
+        names = {h: hook_field(GRADIENTS, h) for h in shape.target_hooks}
+        if all(name in batch for name in names.values()):
+            gradients = {h: batch[name] for h, name in names.items()}
             g_BE = concatenated(gradients, shape.target_hooks).to(device)
         return x_BD.to(device), y_BE.to(device), g_BE
 

@@ -1,4 +1,4 @@
-"""The KL fine-tune's step for one dictionary on one batch of contexts (docs/algorithms.md §14).
+"""The KL fine-tune's step for one dictionary on one batch of contexts (docs/algorithms.md §15).
 
 The clean model's pass over the batch (`clean_pass`, shared by every dictionary fine-tuned on
 it) gives the activations, the clean next-token distributions and, for g-SAEs, the loss
@@ -118,9 +118,15 @@ class Finetuning:
         return self.member.sae.shape
 
     @property
+    def selects_by_gradient(self) -> bool:
+        """Whether the variant reads the loss gradient to pick its codes (g-SAE). The loss-aware
+        term is not fine-tuned (the KL stands in for it), so it needs none."""
+        return self.member.activation.needs_gradients
+
+    @property
     def gradient_hooks(self) -> tuple[str, ...]:
         """Where the clean pass must give loss gradients: a g-SAE's targets."""
-        return self.shape.target_hooks if self.member.needs_gradients else ()
+        return self.shape.target_hooks if self.selects_by_gradient else ()
 
     def step(self, model: LanguageModel, clean: CleanBatch, step: int) -> None:
         """One optimiser step of the fine-tune on the batch `clean` was run on."""
@@ -130,7 +136,7 @@ class Finetuning:
         if not shape.reconstructs_its_input:
             y_NE = tail_rows(clean.activations, shape.target_hooks) * self.target_scale_E
         g_NE = None
-        if member.needs_gradients:
+        if self.selects_by_gradient:
             g_NE = tail_rows(clean.gradients, shape.target_hooks) / self.target_scale_E
         fwd = member.forward(x_ND, g_NE, step, y_NE)
         values = member.term_values(fwd, step)

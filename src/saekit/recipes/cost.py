@@ -48,7 +48,6 @@ def estimate(recipes: list[tuple[Recipe, Scope]], model: ModelShape, harvesting:
     spliced in each of its modes, and the steering sweeps)."""
     preset = recipes[0][1].preset
     lm_token = model.forward_flops_per_token(preset.context_size)
-    steps = preset.train_tokens // preset.batch_size
     train = evaluate = 0.0
     saes = 0
     for recipe, scope in recipes:
@@ -60,16 +59,18 @@ def estimate(recipes: list[tuple[Recipe, Scope]], model: ModelShape, harvesting:
             * preset.context_size
             * lm_token
         )
-        for stage in recipe.stages(scope):
+        for stage in recipe.training_stages(scope):
             for seed in stage.seeds(preset):
                 for text in stage.specs(StageInputs(scope, seed)):
                     resolved = parse_spec(text).resolve(d_in)
                     variant = VARIANTS[resolved.variant]
                     per_row = 2 * d_in * resolved.latents  # one dense product
-                    train += steps * preset.batch_size * variant.dense_products * per_row
+                    tokens = round(preset.train_tokens * stage.length)
+                    train += tokens * variant.dense_products * per_row
                     modes = variant.modes(resolved.options, recipe.diagnostic_modes)
                     evaluate += len(modes) * preset.online_tokens * lm_token
-                    if recipe.steers(scope, resolved.variant, resolved.options_dict()):
+                    steered = recipe.steers(scope, resolved.variant, resolved.options_dict())
+                    if steered and stage.length == 1:
                         evaluate += steer_per_sae
                     saes += 1
     passes = BACKWARD_FACTOR if any(recipe.needs_gradients for recipe, _ in recipes) else 1

@@ -10,6 +10,7 @@ evaluates, interpolates, judges and renders every recipe.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,10 +118,12 @@ class TrainSet:
 
 @dataclass(frozen=True)
 class Stage:
-    """One training run per seed, of every SAE its train sets give for that seed."""
+    """One training run per seed, of every SAE its train sets give for that seed, each SAE
+    seeing `length` times the preset's training tokens."""
 
     name: str
     sets: tuple[TrainSet, ...]
+    length: float = 1.0
 
     def seeds(self, preset: Preset) -> tuple[int, ...]:
         """The seeds this stage trains a run for."""
@@ -164,10 +167,15 @@ class ClaimSpec:
     arms: str | None = None  # default: "<claimed> vs <other>"
     note: str = ""
     digits: int = 3
+    headline: bool = False  # also judged on the SAEs trained longer (`Recipe.longer`)
 
     @property
     def arms_text(self) -> str:
         return self.arms or f"{self.claimed.label} vs {self.other.label}"
+
+    def at_length(self, length: float) -> ClaimSpec:
+        """The claim as judged on SAEs trained `length` times the preset's tokens."""
+        return dataclasses.replace(self, text=f"{self.text} — at {length:g}× the training tokens")
 
 
 # -- report sections ------------------------------------------------------------------------------
@@ -207,6 +215,11 @@ SectionFunction = Callable[[Results, View], Section | None]
 # -- the recipe -----------------------------------------------------------------------------------
 
 
+def length_stage(length: float) -> str:
+    """The name of the stage that trains a recipe's headline SAEs again at `length`."""
+    return f"length{length:g}"
+
+
 def residual_stream(layer: int) -> tuple[str, ...]:
     """The hooks of a recipe on the residual stream: the stream after block `layer`."""
     return (f"blocks.{layer}.hook_resid_post",)
@@ -226,6 +239,9 @@ class Recipe:
     sections: tuple[SectionFunction, ...]
     steered: Callable[[Scope], list[Series]] = lambda scope: []
     hooks: Callable[[int], tuple[str, ...]] = residual_stream  # layer -> hooks, main first
+    # what is trained again at each longer length of the grid's `lengths` (its headline claims'
+    # SAEs), so that those claims are judged at several training lengths
+    longer: Callable[[Scope], tuple[TrainSet, ...]] = lambda scope: ()
     needs_gradients: bool = False
     diagnostic_modes: bool = False  # also evaluate SAEs in the modes that only explain a result
 
@@ -234,6 +250,20 @@ class Recipe:
         if self.name in preset.grids:
             return preset.grids[self.name]
         return self.grids[preset.name]
+
+    def lengths(self, scope: Scope) -> tuple[float, ...]:
+        """The training lengths the recipe measures, in multiples of the preset's tokens (the
+        first 1: every stage; the others: the `longer` SAEs)."""
+        return tuple(getattr(scope.grid, "lengths", (1.0,)))
+
+    def training_stages(self, scope: Scope) -> list[Stage]:
+        """The declared stages, then one stage per longer length."""
+        longer = self.longer(scope)
+        return self.stages(scope) + [
+            Stage(length_stage(length), longer, length)
+            for length in self.lengths(scope)[1:]
+            if longer
+        ]
 
     def scope(self, preset: Preset, d_in: int, hooks: tuple[str, ...]) -> Scope:
         return Scope(preset, self.grid(preset), d_in, hooks)

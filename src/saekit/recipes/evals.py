@@ -51,7 +51,8 @@ def evaluate_run(
     message: Callable[[str], None],
 ) -> int:
     """Evaluate what the run's cache lacks, each SAE in its modes (the recipe's diagnostic ones
-    too), steering the SAEs the recipe steers; return the number of rows evaluated."""
+    too), steering the SAEs the recipe steers (at the preset's training length); return the
+    number of rows evaluated."""
     cache = workspace.evals(recipe.name, run.name)
     cached = workspace.read_cache(cache)
     targets, steered = [], set()
@@ -59,7 +60,7 @@ def evaluate_run(
         sae = load_sae(sae_dir, evaluation.device)
         check_provenance(sae, evaluation.store, sae_dir)  # trained on this store: a safeguard
         targets += targets_of(run.name, sae, diagnostic=recipe.diagnostic_modes)
-        if recipe.steers(scope, sae.cfg.variant, sae.cfg.options):
+        if run.length == 1 and recipe.steers(scope, sae.cfg.variant, sae.cfg.options):
             steered.add(sae.cfg.name)
     todo = [t for t in targets if t.label not in cached]
     if not todo:

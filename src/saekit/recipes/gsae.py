@@ -5,11 +5,12 @@ Sweep (one training run per seed): at every L0 of the grid, TopK, the headline g
 library's default: β_eff 1, selection-only values) and the literal reading of the paper's Fig. 1
 (β_eff 0.3, augmented values); at the headline L0, g-SAEs for each β_eff with both value modes,
 and both g-SAEs above with β tracked during training; on the first seed, TopK and the headline
-g-SAE at other widths. Every g-SAE is evaluated in grad mode (the paper's: the gradient of the
-clean forward, which sees the next token) and plain mode (no gradients: the learnt per-latent
-gains of augmented values, TopK on z for selection-only values); augmented g-SAEs also in the
-diagnostic plain-uncorrected mode (β = 0 on the raw pre-activations, what plain mode was before
-the gains).
+g-SAE at other widths; and TopK and the headline g-SAE at every L0 again at each longer training
+length of the grid (4× the preset's tokens), for the headline claims at that length. Every g-SAE
+is evaluated in grad mode (the paper's: the gradient of the clean forward, which sees the next
+token) and plain mode (no gradients: the learnt per-latent gains of augmented values, TopK on z
+for selection-only values); augmented g-SAEs also in the diagnostic plain-uncorrected mode (β = 0
+on the raw pre-activations, what plain mode was before the gains).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class GSAEGrid:
     width_factors: tuple[float, ...]  # the width sweep, in multiples of the base latents
     beta_effs: tuple[float, ...]
     steering_alphas: tuple[float, ...]  # added α · E‖x‖ · d̂_i, in units of the mean norm
+    # training lengths of the headline claims (TopK and the headline g-SAE at every L0), in
+    # multiples of the preset's tokens
+    lengths: tuple[float, ...] = (1.0, 4.0)
 
 
 GRIDS = {
@@ -117,6 +121,11 @@ def stages(scope: Scope) -> list[Stage]:
     ]
 
 
+def longer(scope: Scope) -> tuple[TrainSet, ...]:
+    """What the headline claims rest on, trained again at each longer length."""
+    return (TrainSet((TOPK, HEADLINE), "k", scope.grid.k),)
+
+
 def steered(scope: Scope) -> list[Series]:
     """TopK and the headline g-SAE at the headline L0 and the base width."""
     at = {"k": scope.grid.headline_k, "latents": scope.width}
@@ -134,11 +143,12 @@ def claims(scope: Scope) -> list[ClaimSpec]:
     return [
         ClaimSpec(
             "lower loss added than TopK at equal L0",
-            SOURCE, grad, topk, *loss, per_l0, note=GRAD_NOTE,
+            SOURCE, grad, topk, *loss, per_l0, note=GRAD_NOTE, headline=True,
         ),
         ClaimSpec(
             "lower loss added than TopK at equal L0, without gradients at inference",
             "our fair variant of the claim (plain mode)", plain, topk, *loss, per_l0,
+            headline=True,
         ),
         ClaimSpec(
             "lower loss added than TopK at equal L0, with augmented values",
@@ -149,6 +159,7 @@ def claims(scope: Scope) -> list[ClaimSpec]:
             "fewer dead latents than TopK",
             "Olmo et al. 2024 [S: summaries]", grad, topk,
             "dead_fraction", "dead fraction on held-out tokens", per_l0, digits=2,
+            headline=True,
         ),
         ClaimSpec(
             "lower loss added than TopK at every number of latents",
@@ -297,7 +308,9 @@ def beta_drift(results: Results, view: View) -> Section | None:
         for drawn in (arm, tracked(arm)):
             text = drawn.spec({"k": k0}, latents, {})
             plotted.add(parse_spec(text).resolve(view.scope.d_in).name)
-    run = min(view.run_dirs.items())[1]
+    run = view.run_dirs.get(f"main-s{view.scope.preset.seeds[0]}")
+    if run is None:
+        return None
     by_sae: dict[str, list[tuple[int, float]]] = {}
     for record in read_metrics(run / METRICS_FILE):
         if record.get("sae") in at_headline and "beta_eff_measured" in record:
@@ -389,6 +402,7 @@ RECIPE = Recipe(
     claims=claims,
     sections=(l0_sweep, value_modes, beta_drift, steering),
     steered=steered,
+    longer=longer,
     needs_gradients=True,
     diagnostic_modes=True,
 )

@@ -29,11 +29,13 @@ from saekit.train import (
 
 @dataclass(frozen=True)
 class TrainedRun:
-    """One run of a recipe: its seed and directory."""
+    """One run of a recipe: its seed, directory and training length (in multiples of the
+    preset's tokens)."""
 
     name: str
     seed: int
     directory: Path
+    length: float = 1.0
 
 
 def train_recipe(
@@ -52,7 +54,7 @@ def train_recipe(
     recipe."""
     preset, runs, trained_now = scope.preset, [], []
     trained: dict[int, dict[str, Path]] = {seed: {} for seed in preset.seeds}
-    for stage in recipe.stages(scope):
+    for stage in recipe.training_stages(scope):
         for seed in stage.seeds(preset):
             inputs = StageInputs(scope, seed, trained[seed], store)
             specs = [parse_spec(text) for text in stage.specs(inputs)]
@@ -63,7 +65,7 @@ def train_recipe(
                 message(f"{recipe.name}: training run {run_name} ({len(specs)} SAEs)")
                 make_directory(run_dir.parent, workspace.root)  # never through a link in DIR
                 settings = TrainSettings(
-                    tokens=preset.train_tokens,
+                    tokens=round(preset.train_tokens * stage.length),
                     batch_size=preset.batch_size,
                     seed=seed,
                     device=device,
@@ -84,7 +86,7 @@ def train_recipe(
                     train(request, observer)
                 trained_now.append(f"{recipe.name}/{run_name}")
             trained[seed].update({name: sae_directory(run_dir, name) for name in names})
-            runs.append(TrainedRun(run_name, seed, run_dir))
+            runs.append(TrainedRun(run_name, seed, run_dir, stage.length))
     return runs, trained_now
 
 

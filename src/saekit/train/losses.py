@@ -49,7 +49,7 @@ class LossTerm:
     warmup: float = 0.0
 
     name: ClassVar[str]
-    # What the KL fine-tune does with the term (docs/algorithms.md §14): a variant's one
+    # What the KL fine-tune does with the term (docs/algorithms.md §15): a variant's one
     # reconstruction term is what the KL is balanced against; terms that revive dead latents
     # are left out; every other term (sparsity, Gated's gate path) is kept.
     reconstruction: ClassVar[bool] = False
@@ -171,6 +171,38 @@ class FrozenDecoderReconstruction(LossTerm):
         if skip_BE is not None:  # the gate path explains what the skip path leaves
             y_hat_BE = y_hat_BE + skip_BE.detach()
         return squared_error(fwd.y_BE, y_hat_BE)
+
+
+@dataclass
+class LossAware(LossTerm):
+    """The loss-aware term (docs/algorithms.md §14): the squared first-order change of the LM
+    loss that the reconstruction error causes, Σ_B (gᵀ(ŷ − y))², over Σ_B (gᵀ(y − ȳ))² — the same
+    for the batch mean standing in for every token —, with g the store's loss gradient at the
+    targets. An empirical-Fisher-weighted NMSE: free of the scales of y and g, so one weight
+    transfers across models and hooks. For a variant whose reconstruction loss is a squared error
+    (not an NMSE) it is multiplied by the batch's mean ‖y − ȳ‖² (detached), so that a weight
+    means the same for every variant: 1 weighs the loss-relevant error as much as the error."""
+
+    squared_error_units: bool = False
+    name: ClassVar[str] = "loss_aware"
+
+    def __call__(self, sae: Dictionary, fwd: Forward, ctx: StepContext) -> Tensor:
+        assert fwd.g_BE is not None, "a loss-aware dictionary reads the gradients"
+        deviation_BE = fwd.y_BE - fwd.y_BE.mean(dim=0)
+        change_B = (fwd.g_BE * (fwd.y_hat_BE - fwd.y_BE)).sum(dim=1)
+        spread = (fwd.g_BE * deviation_BE).sum(dim=1).pow(2).sum()
+        term = change_B.pow(2).sum() / spread.clamp_min(torch.finfo(spread.dtype).tiny)
+        if self.squared_error_units:
+            term = term * deviation_BE.pow(2).sum(dim=1).mean().detach()
+        return term
+
+
+def with_loss_aware(terms: list[LossTerm], weight: float) -> list[LossTerm]:
+    """A variant's loss terms, plus the loss-aware term at `weight` when it is above 0."""
+    if weight <= 0:
+        return terms
+    squared = any(isinstance(term, SquaredError) for term in terms)
+    return [*terms, LossAware(coefficient=weight, squared_error_units=squared)]
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from saekit.cache_format.schema import ACTIVATIONS, GRADIENTS, hook_field
-from saekit.train.losses import LossTerm, StepContext, normalised_mse
+from saekit.train.losses import LossTerm, StepContext, normalised_mse, with_loss_aware
 from saekit.train.sae import Dictionary, Forward
 from saekit.train.schedule import Plan
 from saekit.train.shape import Shape
@@ -87,7 +87,11 @@ class Member:
         self.optimizer = torch.optim.Adam(
             sae.parameters(), lr=self.base_lr, betas=self.activation.adam_betas
         )
-        self.terms = self.activation.loss_terms() if terms is None else terms
+        self.terms = (
+            with_loss_aware(self.activation.loss_terms(), spec.options.loss_aware)
+            if terms is None
+            else terms
+        )
         self.usage = LatentUsage(sae.d_sae, spec.options.dead_tokens, sae.device)
         self._sums: dict[str, Tensor] = {}
         self._steps_summed = 0
@@ -98,7 +102,7 @@ class Member:
 
     @property
     def needs_gradients(self) -> bool:
-        return self.activation.needs_gradients
+        return self.spec.needs_gradients
 
     def inputs(
         self, x_by_hook: Mapping[str, Tensor], g_by_hook: Mapping[str, Tensor]

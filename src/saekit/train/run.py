@@ -405,8 +405,9 @@ def calibrate(
         member.sae.init_weights_(generator, activation.decoder_init_norm, b_dec, b_in)
         head = slice(0, settings.batch_size)  # a training-batch-sized sample
         x_BD, _, g_BE = member.inputs(x_by_hook, g_by_hook)
+        selecting = g_BE is not None and activation.needs_gradients
         calibration[member.name] = activation.calibrate_(
-            member.sae, x_BD[head], None if g_BE is None else g_BE[head]
+            member.sae, x_BD[head], g_BE[head] if selecting else None
         )
     return scales, calibration
 

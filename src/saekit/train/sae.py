@@ -42,6 +42,7 @@ class Forward:
     code: Code  # the codes f (differentiable)
     y_hat_BE: Tensor  # the reconstruction
     extras: dict[str, Tensor] = field(default_factory=dict)  # variant-specific tensors
+    g_BE: Tensor | None = None  # the loss gradients at the targets, when training reads them
 
 
 class Dictionary(nn.Module):
@@ -202,10 +203,11 @@ class Dictionary(nn.Module):
         """The training-mode forward pass (batch selection, EMA updates, loss ingredients);
         `y_BE` is the target (default: x, for a dictionary that reconstructs its input)."""
         x_cent_BD = self.centre(x_BD)
-        code, z_BF, extras = self.activation.train_code(self, x_cent_BD, gradients_BE)
+        selecting = gradients_BE if self.activation.needs_gradients else None
+        code, z_BF, extras = self.activation.train_code(self, x_cent_BD, selecting)
         y_hat_BE = self.reconstruct(x_BD, code)
         y_BE = x_BD if y_BE is None else y_BE
-        return Forward(x_BD, y_BE, x_cent_BD, z_BF.detach(), code, y_hat_BE, extras)
+        return Forward(x_BD, y_BE, x_cent_BD, z_BF.detach(), code, y_hat_BE, extras, gradients_BE)
 
     def state_for_saving(self) -> dict[str, Tensor]:
         """The state dict with contiguous tensors (safetensors stores only those)."""

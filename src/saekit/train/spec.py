@@ -73,7 +73,9 @@ class ResolvedSpec:
 
     @property
     def needs_gradients(self) -> bool:
-        return VARIANTS[self.variant].needs_gradients
+        """Whether training reads the gradients at the targets: a variant that selects with
+        them (g-SAE), or the loss-aware term."""
+        return VARIANTS[self.variant].needs_gradients or self.options.loss_aware > 0
 
     @property
     def cross_layer(self) -> bool:

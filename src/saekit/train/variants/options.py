@@ -72,6 +72,9 @@ class SAEOptions(ShapeOptions):
     lr: float | None = None  # Adam learning rate; default --lr, else 2e-4 · sqrt(16384 / F)
     dead_tokens: int = 1_000_000  # a latent that has not fired in this many tokens is dead
     name: str | None = None  # output name; default derived from the spec
+    # weight of the loss-aware term, built from the store's gradients (docs/algorithms.md §14):
+    # 0 leaves it out; 1 weighs the loss-relevant error like the reconstruction error
+    loss_aware: float = 0.0
 
     # keys that head the derived name, after the variant: ("k",) gives "topk-k32-4096"
     HEADLINE: ClassVar[tuple[str, ...]] = ()
@@ -80,6 +83,10 @@ class SAEOptions(ShapeOptions):
         check(self.latents is None or self.latents >= 1, "latents must be at least 1")
         check(self.lr is None or self.lr > 0, "lr must be positive")
         check(self.dead_tokens >= 1, "dead_tokens must be at least 1")
+        check(
+            math.isfinite(self.loss_aware) and self.loss_aware >= 0,
+            "loss_aware must be 0 (off) or a positive weight",
+        )
         check(
             self.name is None or _valid_name(self.name),
             f"name must be letters, digits, '.', '-' or '_', not starting with '.', at most "
