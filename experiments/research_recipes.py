@@ -17,6 +17,7 @@ from pathlib import Path
 from saekit.recipes import SMALL, RecipeRequest, Reporter, run_recipes
 from saekit.recipes.choice import ChoiceGrid
 from saekit.recipes.gsae import GRIDS as GSAE_GRIDS
+from saekit.recipes.transcoders import GRIDS as TRANSCODERS_GRIDS
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "experiments" / "output"
@@ -32,6 +33,7 @@ RESEARCH = dataclasses.replace(
             GSAE_GRIDS["small"], k=(16, 32), headline_k=16, width_factors=(0.5, 1.0)
         ),
         "choice": ChoiceGrid(k=(16, 32)),
+        "transcoders": dataclasses.replace(TRANSCODERS_GRIDS["small"], k=(16, 32)),
     },
 )
 

@@ -66,7 +66,7 @@ def run_recipes(request: RecipeRequest, reporter: Reporter | None = None) -> Out
     )
     check_workspace(workspace.root, record)
     device = resolve_device(request.device)
-    scopes = {recipe.name: inputs.scope(recipe) for recipe in RECIPES.values()}
+    scopes = {recipe.name: inputs.scope(recipe) for recipe in recipes}
     cost = estimate(
         [(recipe, scopes[recipe.name]) for recipe in recipes],
         inputs.model,
@@ -74,6 +74,8 @@ def run_recipes(request: RecipeRequest, reporter: Reporter | None = None) -> Out
     )
     reporter.message(f"preset {preset.name}: {cost.describe()}")
     record = open_record(workspace, record, list(RECIPES))
+    for name in record["recipes"]:  # also those of earlier calls, for the report
+        scopes.setdefault(name, inputs.scope(RECIPES[name]))
     timings = record.setdefault("timings", {})
     store = inputs.store
     if store is None:
