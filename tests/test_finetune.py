@@ -507,4 +507,11 @@ def test_bad_input_is_one_line_and_writes_nothing(store, trained, tmp_path, run_
     refused(run, "--dataset", tmp_path / "missing.txt", fragments=("does not exist",))
     refused(tmp_path / "missing", fragments=("is not a directory",))
     assert snapshot(tmp_path) == before
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    linked = shutil.copytree(trained, tmp_path / "linked")
+    (linked / "finetunes").symlink_to(outside)
+    before_link = snapshot(tmp_path)
+    refused(linked, fragments=("is a symbolic link", "finetunes"))
+    assert snapshot(tmp_path) == before_link and not any(outside.iterdir())
     assert not (run / "finetunes").exists()

@@ -24,6 +24,7 @@ import torch
 from saekit import __version__
 from saekit.base.atomic import write_json
 from saekit.base.errors import SaekitError
+from saekit.base.outputs import make_directory
 from saekit.finetune.objective import Finetuning
 from saekit.train import (
     CFG_FILE,
@@ -66,7 +67,14 @@ class Job:
         self.start = 0
 
     def check_destination(self) -> None:
-        """Refuse a name the run uses for another SAE or for a different fine-tune."""
+        """Refuse a name the run uses for another SAE or for a different fine-tune, and a state
+        directory that would be written through a symbolic link."""
+        for path in (self.state.parent, self.state, self.state / "checkpoints"):
+            if path.is_symlink():
+                raise SaekitError(
+                    f"{path} is a symbolic link; saekit never writes through links in a run: "
+                    "remove the link"
+                )
         stored = self._stored_identity()
         if stored is not None:
             changed = differing_keys(stored, self.identity)
@@ -98,7 +106,7 @@ class Job:
 
     def open(self) -> int:
         """Start the fine-tune, or continue it from its checkpoint; return its first step."""
-        self.state.mkdir(parents=True, exist_ok=True)
+        make_directory(self.state, self.run)  # RUN/finetunes/NAME, never through a link
         if not (self.state / CONFIG_FILE).exists():
             write_json(self.state / CONFIG_FILE, self._config())
         checkpoint = self.checkpoints.load([self.name])
