@@ -6,6 +6,8 @@ Evaluation uses `load_sae(directory)`: the saved SAE (raw-activation space) with
 
 from saekit.train.checkpoint import run_finished
 from saekit.train.config import TrainSettings, load_config
+from saekit.train.distributed import TRAIN_RESOURCE
+from saekit.train.entry import train
 from saekit.train.export import CFG_FILE, load_sae
 from saekit.train.formats import export_transcoder_set, is_transcoder_set
 from saekit.train.layout import (
@@ -17,7 +19,7 @@ from saekit.train.layout import (
 )
 from saekit.train.member import concatenated
 from saekit.train.metrics import METRICS_FILE, read_metrics
-from saekit.train.run import RunResult, TrainRequest, train
+from saekit.train.run import RunResult, TrainRequest
 from saekit.train.sae import SAE, Dictionary
 from saekit.train.sae_config import SAEConfig
 from saekit.train.schedule import Plan
@@ -36,6 +38,7 @@ __all__ = [
     "METRICS_FILE",
     "SAE",
     "SHAPE_DEFAULTS",
+    "TRAIN_RESOURCE",
     "VARIANTS",
     "Block",
     "Code",

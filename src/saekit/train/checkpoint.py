@@ -12,13 +12,14 @@ import json
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from saekit.base.atomic import write_json, write_torch
+from saekit.base.atomic import link_or_copy, write_json, write_torch
 from saekit.base.errors import SaekitError
 
 LATEST = "latest.json"
@@ -49,6 +50,31 @@ class Checkpoints:
         members: dict[str, dict[str, Any]],
         complete: bool = False,
     ) -> None:
+        def write_members(directory: Path) -> None:
+            for name, state in members.items():
+                write_torch(directory / f"{name}.pt", state)
+
+        self._write(step, trainer, write_members, complete)
+
+    def gather(
+        self, step: int, trainer: dict[str, Any], files: dict[str, Path], complete: bool
+    ) -> None:
+        """A checkpoint of SAE states saved in other checkpoints (by the groups of a distributed
+        run): each SAE's file, by name, linked where the file system allows it, else copied."""
+
+        def link_members(directory: Path) -> None:
+            for name, source in files.items():
+                link_or_copy(source, directory / f"{name}.pt")
+
+        self._write(step, trainer, link_members, complete)
+
+    def _write(
+        self,
+        step: int,
+        trainer: dict[str, Any],
+        write_members: Callable[[Path], None],
+        complete: bool,
+    ) -> None:
         latest = self.latest()
         if latest is not None and (latest["step"], latest["complete"]) == (step, complete):
             return  # the state at a step is deterministic: this one is saved already
@@ -56,14 +82,19 @@ class Checkpoints:
         shutil.rmtree(directory, ignore_errors=True)  # a partial one from a killed run
         directory.mkdir(parents=True)
         write_torch(directory / TRAINER_STATE, trainer)
-        for name, state in members.items():
-            write_torch(directory / f"{name}.pt", state)
+        write_members(directory)
         write_json(
             self.root / LATEST, {"step": step, "directory": directory.name, "complete": complete}
         )
         for other in self.root.glob("step-*"):
             if other != directory:
                 shutil.rmtree(other, ignore_errors=True)
+
+    def member_file(self, name: str) -> Path:
+        """The file of SAE `name` in the latest checkpoint (which must exist)."""
+        latest = self.latest()
+        assert latest is not None, "a checkpoint was completed"
+        return self.root / latest["directory"] / f"{name}.pt"
 
     def latest(self) -> dict[str, Any] | None:
         """What `latest.json` says, or None when no checkpoint was completed."""
