@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -97,7 +98,8 @@ def local_workers(count: int | None) -> int:
 
 def local_cluster(workers: int, resource: str) -> Any:
     """A LocalCluster of worker processes, each offering one `resource` and, on a GPU machine,
-    seeing only its own GPU."""
+    seeing only its own GPU. dask's own messages below errors (a worker slow to shut down, one
+    restarted) stay off stderr, which is the commands' one line on failure."""
     from distributed import LocalCluster
 
     cluster = LocalCluster(
@@ -106,6 +108,7 @@ def local_cluster(workers: int, resource: str) -> Any:
         processes=True,
         resources={resource: 1},
         dashboard_address=None,
+        silence_logs=logging.ERROR,
     )
     for name, visible in enumerate(gpu_assignments(workers, os.environ, torch.cuda.device_count())):
         spec = copy.deepcopy(cluster.new_spec)  # a Nanny: it sets `env` before the worker starts

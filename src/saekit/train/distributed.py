@@ -55,7 +55,7 @@ from saekit.train.run import (
     train_here,
 )
 from saekit.train.spec import SAESpec
-from saekit.train.split import costs, field_bytes, split, time_fraction
+from saekit.train.split import Cost, costs, read_costs, split, time_fraction
 from saekit.train.trainer import Observer
 
 TRAIN_RESOURCE = "saekit-train"  # each group task takes one: one group per worker at a time
@@ -147,6 +147,7 @@ def train_in_groups(
     prepared = prepare(request)
     names = [spec.name for spec in prepared.specs]
     root = request.out / GROUPS_DIR
+    model = cost_model(prepared, request.settings.device)
     if not is_split(request.out):
         check_out_dir(request.out, prepared.identity, request.resume)
         if run_finished(request.out):
@@ -156,10 +157,10 @@ def train_in_groups(
                 f"--out {request.out} holds this run, trained in one process and not finished; "
                 "resume it without --groups and --cluster"
             )
-        groups = new_split(request, prepared, cluster)
+        groups = new_split(request, prepared, cluster, model)
     else:
         groups = recorded_split(request, prepared)
-    observer.split(groups, time_fraction(groups, *_costs(prepared)))
+    observer.split(groups, time_fraction(groups, *model))
     tasks = group_tasks(request, prepared, groups)
     (root / STOP_FILE).unlink(missing_ok=True)
     todo = [task for task in tasks if not run_finished(task.request.out)]
@@ -185,15 +186,20 @@ def train_in_groups(
     return RunResult(request.out, sae_dirs, prepared.plan, final)
 
 
-def _costs(prepared: Prepared) -> tuple[dict[str, Any], dict[tuple[str, str], float]]:
-    """Each SAE's cost, and the bytes per row of every field the run reads."""
+CostModel = tuple[dict[str, Cost], dict[tuple[str, str], float]]
+
+
+def cost_model(prepared: Prepared, device: str) -> CostModel:
+    """Each SAE's cost and what reading each field costs, on the kind of device `--device`
+    means here (the workers of a cluster elsewhere are taken to be of the same kind)."""
     by_name = costs(prepared.specs, prepared.shapes, prepared.store)
     fields = {field for cost in by_name.values() for field in cost.fields}
-    return by_name, {field: field_bytes(prepared.store, field) for field in fields}
+    kind = "cpu" if device == "cpu" or not torch.cuda.is_available() else "cuda"
+    return by_name, read_costs(prepared.store, fields, kind)
 
 
 def new_split(
-    request: TrainRequest, prepared: Prepared, cluster: Cluster | None
+    request: TrainRequest, prepared: Prepared, cluster: Cluster | None, model: CostModel
 ) -> list[list[str]]:
     """Split the SAEs into `--groups` groups (default: one per worker of the cluster) and record
     the split in RUN/groups/split.json."""
@@ -201,7 +207,7 @@ def new_split(
         raise SaekitError(f"--groups must be positive, not {request.groups}")
     count = request.groups or (cluster.workers() if cluster is not None else 1)
     names = [spec.name for spec in prepared.specs]
-    groups = split(names, *_costs(prepared), count)
+    groups = split(names, *model, count)
     root = request.out / GROUPS_DIR
     root.mkdir(parents=True, exist_ok=True)
     record = {"format": SPLIT_FORMAT, "run": prepared.identity, "groups": groups}
