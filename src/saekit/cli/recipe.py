@@ -80,6 +80,14 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="small (CPU, tiny LM) or paper (the papers' settings, GPU).")
         ] = "small",
         device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+        cluster: Annotated[
+            str | None,
+            typer.Option(
+                help="Train each run's SAEs in groups and evaluate the SAEs in parallel on this "
+                "dask.distributed scheduler, or on local[:W], a LocalCluster of W workers "
+                "started here (default: one per GPU, else 2)."
+            ),
+        ] = None,
         storage_options: StorageOptions = None,
     ) -> None:
         """Run a paper's headline comparison: harvest, train the sweep, evaluate, report."""
@@ -95,6 +103,7 @@ def register(app: typer.Typer) -> None:
             device=device,
             storage_options=parse_storage_options(storage_options),
             command=invocation(),
+            cluster=cluster,
         )
         outcome = run_recipes(request, RecipeReporter())
         trained, evaluated = len(outcome.trained_runs), outcome.evaluated_rows

@@ -33,6 +33,7 @@ class RecipeRequest:
     device: str = "auto"
     storage_options: dict[str, Any] | None = None
     command: str = "sae recipe"
+    cluster: str | None = None  # train and evaluate on this dask cluster (`local[:W]`, ADDRESS)
 
 
 @dataclass(frozen=True)

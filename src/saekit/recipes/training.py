@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from saekit.base.cluster import Cluster
 from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore
 from saekit.recipes.declarations import Recipe, Scope, StageInputs
@@ -43,9 +44,10 @@ def train_recipe(
     observe: Callable[[], contextlib.AbstractContextManager[Observer | None]],
     message: Callable[[str], None],
     storage_options: dict[str, Any] | None = None,
+    cluster: Cluster | None = None,
 ) -> tuple[list[TrainedRun], list[str]]:
-    """Train every stage of the recipe, one run per seed; return its runs and the names of the
-    runs this call trained."""
+    """Train every stage of the recipe, one run per seed (on `cluster`, each run's SAEs in
+    groups over its workers); return its runs and the names of the runs this call trained."""
     preset, runs, trained_now = scope.preset, [], []
     trained: dict[int, dict[str, Path]] = {seed: {} for seed in preset.seeds}
     for stage in recipe.stages(scope):
@@ -73,7 +75,7 @@ def train_recipe(
                     storage_options=storage_options,
                 )
                 with observe() as observer:
-                    train(request, observer)
+                    train(request, observer, cluster)
                 trained_now.append(f"{recipe.name}/{run_name}")
             trained[seed].update({name: sae_directory(run_dir, name) for name in names})
             runs.append(TrainedRun(run_name, seed, run_dir))
