@@ -112,6 +112,7 @@ def test_groups_in_turn_here_give_the_one_process_run(store, reference, tmp_path
     assert_same_run(out, reference)
 
 
+@pytest.mark.slow  # kill -9 of a run in groups, then its resume
 def test_an_interrupted_run_in_groups_resumes_here_without_groups(store, reference, tmp_path):
     """kill -9 of a run in groups half-way; `--resume` alone continues its groups here."""
     out = tmp_path / "run"
@@ -145,6 +146,7 @@ def test_bad_input_is_refused_before_any_worker_starts(store, tmp_path, run_cli,
     assert not out.exists(), "nothing written"
 
 
+@pytest.mark.slow  # kill -9 of a run in groups
 def test_a_run_in_groups_is_resumed_as_it_was_split(store, tmp_path, run_cli):
     out = tmp_path / "run"
     killed(2, *cli_args(store, out, "--groups", "2"))  # once the split is recorded
@@ -159,6 +161,7 @@ def test_a_run_in_groups_is_resumed_as_it_was_split(store, tmp_path, run_cli):
     assert snapshot(out) == before
 
 
+@pytest.mark.slow  # kill -9 of a run
 def test_a_run_of_one_process_is_not_continued_in_groups(store, tmp_path, run_cli):
     out = tmp_path / "run"
     killed(len(SPECS) * 2, *cli_args(store, out))
@@ -167,6 +170,7 @@ def test_a_run_of_one_process_is_not_continued_in_groups(store, tmp_path, run_cl
     )
 
 
+@pytest.mark.slow  # a run in three groups, failing, then resumed whole
 def test_a_failing_group_stops_the_run_in_one_line_and_the_finished_groups_are_kept(
     tmp_path, run_cli
 ):
