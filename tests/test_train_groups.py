@@ -12,8 +12,17 @@ import kill_switch
 from helpers import snapshot
 from kill_switch import KILLED, child_command
 from saekit.base.cluster import Cluster, local_cluster
+from saekit.base.errors import SaekitError
+from saekit.base.outputs import RUN, marker_kind
 from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
-from saekit.train import TRAIN_RESOURCE, TrainRequest, TrainSettings, parse_spec, train
+from saekit.train import (
+    TRAIN_RESOURCE,
+    Observer,
+    TrainRequest,
+    TrainSettings,
+    parse_spec,
+    train,
+)
 from saekit.train.checkpoint import Checkpoints, run_finished
 from saekit.train.distributed import GROUPS_DIR, SPLIT_FILE
 from saekit.train.metrics import TIMING_KEYS, read_metrics
@@ -180,7 +189,10 @@ def test_a_failing_group_stops_the_run_in_one_line_and_the_finished_groups_are_k
     out = tmp_path / "run"
     result = run_cli(*cli_args(path, out, "--groups", "3"))
     assert_one_line_error(
-        result, "NaN or Inf in store rows 3001", during_training=True, exit_code=1
+        result,
+        "NaN or Inf (or a damaged row scale) in store rows 3001",
+        during_training=True,
+        exit_code=1,
     )
     *finished, failed = json.loads((out / GROUPS_DIR / SPLIT_FILE).read_text())["groups"]
     assert "gsae-k4-beta_eff0.5-48" in failed and finished, "the g-SAE's group runs last here"
@@ -232,3 +244,37 @@ def test_a_killed_worker_s_group_resumes_elsewhere_with_the_same_saes(
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert_same_run(out, reference)
+
+
+class Interrupt(Observer):
+    """Ctrl-C at a given step (of the first group, in turn here)."""
+
+    def stepped(self, step: int, epoch: int) -> None:
+        if step == 6:
+            raise KeyboardInterrupt
+
+
+def test_a_run_in_groups_is_marked_and_never_written_through_links(store, tmp_path):
+    """RUN and each group's directory carry the run marker; a link planted at RUN/groups or at
+    a group's directory is refused in one line, and nothing is written where it points."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / GROUPS_DIR).symlink_to(elsewhere)
+    with pytest.raises(SaekitError, match="symbolic link"):
+        train(request(store, linked, groups=2))
+    assert not any(elsewhere.iterdir())
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(request(store, out, groups=2), Interrupt())
+    assert marker_kind(out) == RUN and marker_kind(out / GROUPS_DIR / "0") == RUN
+    assert not (out / GROUPS_DIR / "1").exists(), "the second group has not started"
+    (out / GROUPS_DIR / "1").symlink_to(elsewhere)
+    with pytest.raises(SaekitError, match="symbolic link"):
+        train(request(store, out, groups=2, resume=True))
+    assert not any(elsewhere.iterdir())
+    (out / GROUPS_DIR / "1").unlink()
+    train(request(store, out, groups=2, resume=True))
+    assert marker_kind(out) == RUN and not (out / GROUPS_DIR).exists()
