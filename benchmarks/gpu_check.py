@@ -306,8 +306,8 @@ def eval_step(check: Check, work: Path, run: Path, sizes: Sizes) -> None:
 def sharded_step(
     check: Check, work: Path, model: Path, corpus: Path, sizes: Sizes, hook: str
 ) -> None:
+    from saekit.base.cluster import gpu_assignments
     from saekit.cache_format import ActivationStore
-    from saekit.harvest.distributed import gpu_assignments
 
     out = work / "sharded.zarr"
     command = [

@@ -227,6 +227,34 @@ def test_a_second_run_trains_and_evaluates_nothing(recipes_run):
     assert after == before, "runs and evaluation caches are untouched"
 
 
+@pytest.mark.slow  # the gated recipe twice, once on a dask LocalCluster of two workers
+def test_a_recipe_on_a_cluster_reproduces_the_single_process_numbers(tiny_lm, corpus, tmp_path):
+    """Each run's SAEs trained in groups on two workers and every SAE evaluated as its own task
+    give the rows, hence the report, of one process."""
+
+    def recipe(out, **cluster):
+        request = RecipeRequest(
+            recipes=("gated",), out=out, model=str(tiny_lm), dataset=str(corpus), preset=FAST,
+            device="cpu", **cluster,
+        )  # fmt: skip
+        return run_recipes(request)
+
+    here, there = tmp_path / "here", tmp_path / "cluster"
+    alone = recipe(here)
+    spread = recipe(there, cluster="local:2")
+    assert spread.trained_runs == alone.trained_runs and spread.trained_runs
+    assert spread.evaluated_rows == alone.evaluated_rows > 0
+    for run in sorted((here / "gated" / "evals").iterdir()):
+        cached = json.loads(run.read_text())
+        assert json.loads((there / "gated" / "evals" / run.name).read_text()) == cached, run.name
+
+    def numbers(out):  # the report without its measured wall times
+        lines = (out / "report.md").read_text().splitlines()
+        return [line for line in lines if "wall time" not in line]
+
+    assert numbers(there) == numbers(here)
+
+
 def test_bad_input_is_one_line_and_writes_nothing(run_cli, tiny_lm, corpus, tmp_path):
     out = tmp_path / "out"
     common = ["--out", out, "--model", tiny_lm, "--dataset", corpus]
@@ -250,6 +278,7 @@ def test_bad_input_is_one_line_and_writes_nothing(run_cli, tiny_lm, corpus, tmp_
         "recipe transcoders",
     )
     assert_one_line_error(run_cli("recipe", "gsae", "--out", out, "--model", tiny_lm), "--dataset")
+    assert_one_line_error(run_cli("recipe", "gated", *common, "--cluster", "local:0"), "local:W")
     assert not out.exists(), "nothing was written"
     inside = two_hooks / "hooks" / "recipes"
     before = snapshot(two_hooks)

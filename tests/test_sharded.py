@@ -8,16 +8,17 @@ import pytest
 import kill_switch
 from helpers import snapshot
 from kill_switch import count_events
+from saekit.base.cluster import (
+    check_workers,
+    gpu_assignments,
+    local_cluster,
+    local_workers,
+    worker_device,
+)
 from saekit.base.errors import SaekitError
 from saekit.cache_format import ActivationStore
 from saekit.cache_format.locking import local_lock
-from saekit.harvest.distributed import (
-    HARVEST_RESOURCE,
-    _local_cluster,
-    check_harvest_workers,
-    gpu_assignments,
-    worker_device,
-)
+from saekit.harvest.distributed import HARVEST_RESOURCE
 
 distributed = pytest.importorskip("distributed")
 
@@ -194,12 +195,12 @@ ADDRESS = "tcp://10.0.0.5:40123"  # how `dask worker ADDRESS` names a worker
     ],
 )
 def test_each_worker_uses_its_own_gpu(requested, name, environ, gpus, expected):
-    assert worker_device(requested, name, environ, gpus) == expected
+    assert worker_device(requested, name, environ, gpus, HARVEST_RESOURCE) == expected
 
 
 def test_a_worker_that_cannot_tell_its_gpu_is_refused():
     with pytest.raises(SaekitError) as error:
-        worker_device("auto", ADDRESS, {}, 4)
+        worker_device("auto", ADDRESS, {}, 4, HARVEST_RESOURCE)
     assert "CUDA_VISIBLE_DEVICES=i dask worker" in str(error.value)
     assert "--resources saekit-harvest=1" in str(error.value)
 
@@ -219,11 +220,11 @@ def test_local_workers_get_one_gpu_each(workers, environ, gpus, expected):
 
 
 def test_workers_must_offer_the_harvest_resource():
-    check_harvest_workers({}, ADDRESS)  # no worker yet: the tasks wait for one
+    check_workers({}, ADDRESS, HARVEST_RESOURCE)  # no worker yet: the tasks wait for one
     with_resource = {"a": {"resources": {HARVEST_RESOURCE: 1}}, "b": {"resources": {}}}
-    check_harvest_workers(with_resource, ADDRESS)
+    check_workers(with_resource, ADDRESS, HARVEST_RESOURCE)
     with pytest.raises(SaekitError, match="--resources saekit-harvest=1"):
-        check_harvest_workers({"a": {"resources": {}}, "b": {}}, ADDRESS)
+        check_workers({"a": {"resources": {}}, "b": {}}, ADDRESS, HARVEST_RESOURCE)
 
 
 @pytest.mark.slow  # a dask LocalCluster of two worker processes
@@ -233,7 +234,7 @@ def test_a_local_cluster_gives_each_worker_its_gpu_and_a_harvest_resource(monkey
 
     monkeypatch.setattr("torch.cuda.device_count", lambda: 2)  # in this process only
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
-    with _local_cluster(None) as cluster, Client(cluster) as client:
+    with local_cluster(local_workers(None), HARVEST_RESOURCE) as cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=120)
         seen = client.run(
             lambda dask_worker: (dask_worker.name, os.environ["CUDA_VISIBLE_DEVICES"])

@@ -224,3 +224,25 @@ def test_wandb_that_cannot_start_is_one_line(monkeypatch, tmp_path):
     with pytest.raises(SaekitError, match="WANDB_MODE=offline") as caught, opening:
         pass
     assert "api_key not configured" in str(caught.value)
+
+
+@pytest.mark.slow  # wandb's service process and a run in two groups (~15 s)
+def test_a_run_in_groups_is_tracked_once_assembled(run_cli, small_store, tmp_path, offline_wandb):
+    """The groups track nothing; the process that started the run sends the assembled metrics
+    and config, every step once, as one process would have."""
+    config = tmp_path / "settings.toml"
+    config.write_text("log_every = 2\n")
+    run, board = tmp_path / "run", tmp_path / "tb"
+    trackers = ("--wandb", PROJECT, "--tensorboard", board)
+    result = run_cli(*train_command(small_store, run, "--config", config, "--groups", "2",
+                                    *trackers))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "SAEs in 2 group(s)" in result.stderr
+    tracked = json.loads((run / "tracking.json").read_text())
+    assert tracked["name"] == "run" and f"wandb: run run ({tracked['wandb'][PROJECT]})" in (
+        result.stdout
+    )
+    files = wandb_files(offline_wandb, tracked["wandb"][PROJECT])
+    assert len(files) == 1
+    assert_curves_equal_metrics(run, wandb_history(files), tensorboard(board / "run"))
+    assert sorted(path.name for path in board.iterdir()) == ["run"], "no group tracked itself"

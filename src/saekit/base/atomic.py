@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -85,6 +86,18 @@ def write_safetensors(
 ) -> None:
     data = save({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, metadata)
     write_atomically(path, lambda file: file.write(data))
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Make `target` a file of `source`'s bytes: a hard link where the file system allows it
+    (nothing copied), else a crash-safe copy. Either way `target` is replaced, never written
+    through."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        with source.open("rb") as file:
+            write_atomically(target, lambda out: shutil.copyfileobj(file, out))
 
 
 def _fsync_directory(directory: Path) -> None:

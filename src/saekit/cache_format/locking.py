@@ -32,6 +32,14 @@ LEASE_TTL_SECONDS = 120.0
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
 
 
+class LockHeld(SaekitError):
+    """Another process holds the lock; `holder` says which (`pid 12 on host`)."""
+
+    def __init__(self, message: str, holder: str = "unknown") -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 def new_owner() -> str:
     """An id for one run of a writer (tasks of one run share it)."""
     return uuid.uuid4().hex
@@ -44,7 +52,8 @@ def is_lock_name(name: str) -> bool:
 
 @contextlib.contextmanager
 def local_lock(root: Path, name: str) -> Iterator[None]:
-    """Hold `<root>/locks/<name>.lock`, or refuse at once if another process holds it.
+    """Hold `<root>/locks/<name>.lock`, or refuse at once (`LockHeld`) if another process
+    holds it.
 
     Neither the lock directory nor the lock file may be a symbolic link: they are opened with
     `O_NOFOLLOW`, so a planted link can never make a writer truncate the file it points to."""
@@ -71,9 +80,10 @@ def local_lock(root: Path, name: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            raise SaekitError(
+            raise LockHeld(
                 f"{name} of store {root} is being written by another process ({holder}); "
-                "wait for it to finish or write to another store"
+                "wait for it to finish or write to another store",
+                holder,
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}".encode(), 0)

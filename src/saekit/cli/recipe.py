@@ -92,6 +92,14 @@ def register(app: typer.Typer) -> None:
                 "--store's (the report says so).",
             ),
         ] = False,
+        cluster: Annotated[
+            str | None,
+            typer.Option(
+                help="Train each run's SAEs in groups and evaluate the SAEs in parallel on this "
+                "dask.distributed scheduler, or on local[:W], a LocalCluster of W workers "
+                "started here (default: one per GPU, else 2)."
+            ),
+        ] = None,
         storage_options: StorageOptions = None,
         wandb: WandbProject = None,
         tensorboard: TensorboardDir = None,
@@ -112,6 +120,7 @@ def register(app: typer.Typer) -> None:
             command=invocation(),
             allow_other_model=allow_other_model,
             tracking=Tracking(wandb, tensorboard),
+            cluster=cluster,
         )
         outcome = run_recipes(request, RecipeReporter())
         trained, evaluated = len(outcome.trained_runs), outcome.evaluated_rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,6 +11,7 @@ import typer
 from rich.progress import Progress, TextColumn
 from rich.table import Table
 
+from saekit.base.cluster import Cluster
 from saekit.base.tracking import Tracking
 from saekit.cli.common import (
     DEVICE_HELP,
@@ -23,6 +25,7 @@ from saekit.cli.common import (
     stop_bar,
 )
 from saekit.train import (
+    TRAIN_RESOURCE,
     Observer,
     Plan,
     RunResult,
@@ -47,6 +50,15 @@ class ProgressReporter(Observer):
     def __init__(self, bar: Progress) -> None:
         self.bar = bar
         self.task: Any = None
+
+    def split(self, groups: list[list[str]], time_fraction: float) -> None:
+        saes = sum(map(len, groups))
+        self.bar.console.print(
+            f"{saes} SAEs in {len(groups)} group(s), each on its own device (estimated: "
+            f"{time_fraction:.0%} of one device's time): "
+            + "; ".join(", ".join(group) for group in groups),
+            soft_wrap=True,
+        )
 
     def started(self, plan: Plan, start_step: int) -> None:
         self.bar.start()
@@ -152,6 +164,22 @@ def register(app: typer.Typer) -> None:
                 "metrics) instead of stopping.",
             ),
         ] = False,
+        groups: Annotated[
+            int | None,
+            typer.Option(
+                help="Split the SAEs into N groups, each trained on its own device from the same "
+                "batches (default with --cluster: one per worker); without --cluster the groups "
+                "run one after another here."
+            ),
+        ] = None,
+        cluster: Annotated[
+            str | None,
+            typer.Option(
+                help="Train the groups as tasks on this dask.distributed scheduler, or on "
+                "local[:W], a LocalCluster of W workers started here (default: one per GPU, "
+                "else 2)."
+            ),
+        ] = None,
         storage_options: StorageOptions = None,
         wandb: WandbProject = None,
         tensorboard: TensorboardDir = None,
@@ -180,7 +208,12 @@ def register(app: typer.Typer) -> None:
             resume=resume,
             storage_options=parse_storage_options(storage_options),
             tracking=Tracking(wandb, tensorboard),
+            groups=groups,
         )
-        with ProgressReporter(progress_bar(TextColumn("{task.fields[rate]}"))) as reporter:
-            result = train(request, reporter)
+        running = Cluster(cluster, TRAIN_RESOURCE) if cluster else None
+        with (
+            running or contextlib.nullcontext(),
+            ProgressReporter(progress_bar(TextColumn("{task.fields[rate]}"))) as reporter,
+        ):
+            result = train(request, reporter, running)
         print_result(result)

@@ -50,15 +50,18 @@ class ReconstructionStats:
         self.l0_counts = np.zeros(d_sae + 1, dtype=np.int64)
 
     def update(self, x_BD: Tensor, x_hat_BD: Tensor, f_BF: Tensor) -> None:
+        # every sum runs over each row first: torch splits a sum of more than 32,768 values
+        # between its threads, so a whole batch's sum would end in bits that depend on the
+        # machine's thread count (a dask worker's, say); a row's, and a batch of rows', do not
         x, x_hat = x_BD.double(), x_hat_BD.double()
         error_B = (x - x_hat).pow(2).sum(1)
         norm_B = x.pow(2).sum(1)
         self.tokens += len(x)
         self.sq_error += float(error_B.sum())
-        self.sq_deviation += float((x - self.mean_D.to(x.device)).pow(2).sum())
+        self.sq_deviation += float((x - self.mean_D.to(x.device)).pow(2).sum(1).sum())
         self.relative_error += float((error_B / norm_B.clamp_min(1e-30)).sum())
-        self.hat_sq += float(x_hat.pow(2).sum())
-        self.dot += float((x * x_hat).sum())
+        self.hat_sq += float(x_hat.pow(2).sum(1).sum())
+        self.dot += float((x * x_hat).sum(1).sum())
         self.cosine += float(torch.nn.functional.cosine_similarity(x, x_hat, dim=1).sum())
         active_BF = f_BF != 0
         self.fires_F += active_BF.sum(0).double().cpu()

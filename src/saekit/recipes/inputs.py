@@ -36,6 +36,7 @@ class RecipeRequest:
     command: str = "sae recipe"
     allow_other_model: bool = False  # a --model that is not the --store's (the report says so)
     tracking: Tracking = field(default_factory=Tracking)  # training runs' wandb / TensorBoard
+    cluster: str | None = None  # train and evaluate on this dask cluster (`local[:W]`, ADDRESS)
 
 
 @dataclass(frozen=True)

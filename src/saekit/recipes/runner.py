@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from saekit.base.atomic import write_json
+from saekit.base.cluster import Cluster
 from saekit.base.devices import resolve_device
 from saekit.base.outputs import make_directory
 from saekit.cache_format import ActivationStore
@@ -18,7 +19,7 @@ from saekit.recipes.analysis import analyse
 from saekit.recipes.catalog import RECIPES
 from saekit.recipes.cost import Estimate, estimate
 from saekit.recipes.declarations import Scope, View
-from saekit.recipes.evals import evaluate_run, recipe_evaluation
+from saekit.recipes.evals import EvalSpec, evaluate_run, evaluate_runs_on
 from saekit.recipes.inputs import Inputs, RecipeRequest, check_inputs, harvest_config
 from saekit.recipes.report import write_report
 from saekit.recipes.results import Row
@@ -30,7 +31,7 @@ from saekit.recipes.workspace import (
     open_record,
     timed,
 )
-from saekit.train import Observer
+from saekit.train import TRAIN_RESOURCE, Observer
 
 
 class Reporter:
@@ -59,6 +60,7 @@ def run_recipes(request: RecipeRequest, reporter: Reporter | None = None) -> Out
     """Validate, then harvest (or open the store), train, evaluate and write the report."""
     reporter = reporter or Reporter()
     inputs = check_inputs(request)
+    cluster = Cluster(request.cluster, TRAIN_RESOURCE) if request.cluster else None
     workspace = Workspace(request.out)
     preset, recipes = inputs.preset, inputs.recipes
     record = new_record(
@@ -81,25 +83,38 @@ def run_recipes(request: RecipeRequest, reporter: Reporter | None = None) -> Out
     if store is None:
         with timed(timings, "harvest"):
             store = _harvest(request, inputs, reporter)
-    evaluation = recipe_evaluation(
-        store, preset, device, inputs.model.name, request.allow_other_model
+    spec = EvalSpec.of(
+        store,
+        request.storage_options,
+        preset,
+        request.device,
+        inputs.model.name,
+        request.allow_other_model,
     )
+    evaluation = spec.build(device, store)
     outcome = Outcome(workspace.root / "report.md", cost)
-    for recipe in recipes:
-        scope = scopes[recipe.name]
-        recipe_timings = timings.setdefault(recipe.name, {})
-        with timed(recipe_timings, "train"):
-            runs, trained = train_recipe(
-                recipe, scope, store, workspace, request.device,
-                reporter.training, reporter.message, request.storage_options, request.tracking,
-            )  # fmt: skip
-        outcome.trained_runs += trained
-        with timed(recipe_timings, "evaluate"):
-            for run in runs:
-                outcome.evaluated_rows += evaluate_run(
-                    evaluation, recipe, scope, run, workspace, reporter.message
-                )
-        write_json(workspace.record_file, record)
+    with cluster or contextlib.nullcontext():
+        for recipe in recipes:
+            scope = scopes[recipe.name]
+            recipe_timings = timings.setdefault(recipe.name, {})
+            with timed(recipe_timings, "train"):
+                runs, trained = train_recipe(
+                    recipe, scope, store, workspace, request.device,
+                    reporter.training, reporter.message, request.storage_options,
+                    request.tracking, cluster,
+                )  # fmt: skip
+            outcome.trained_runs += trained
+            with timed(recipe_timings, "evaluate"):
+                if cluster is not None:
+                    outcome.evaluated_rows += evaluate_runs_on(
+                        cluster, spec, recipe, scope, runs, workspace, reporter.message, store
+                    )
+                else:
+                    for run in runs:
+                        outcome.evaluated_rows += evaluate_run(
+                            evaluation, recipe, scope, run, workspace, reporter.message
+                        )
+            write_json(workspace.record_file, record)
     _report(workspace, record, scopes, cost, inputs.warnings)
     return outcome
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from saekit.base.cluster import Cluster
 from saekit.base.errors import SaekitError
 from saekit.base.outputs import make_directory
 from saekit.base.tracking import Tracking
@@ -48,10 +49,11 @@ def train_recipe(
     message: Callable[[str], None],
     storage_options: dict[str, Any] | None = None,
     tracking: Tracking | None = None,
+    cluster: Cluster | None = None,
 ) -> tuple[list[TrainedRun], list[str]]:
-    """Train every stage of the recipe, one run per seed; return its runs and the names of the
-    runs this call trained. Tracked runs are named `<recipe>/<stage>-s<seed>`, grouped by
-    recipe."""
+    """Train every stage of the recipe, one run per seed (on `cluster`, each run's SAEs in
+    groups over its workers); return its runs and the names of the runs this call trained.
+    Tracked runs are named `<recipe>/<stage>-s<seed>`, grouped by recipe."""
     preset, runs, trained_now = scope.preset, [], []
     trained: dict[int, dict[str, Path]] = {seed: {} for seed in preset.seeds}
     for stage in recipe.training_stages(scope):
@@ -83,7 +85,7 @@ def train_recipe(
                     tracking_group=recipe.name,
                 )
                 with observe() as observer:
-                    train(request, observer)
+                    train(request, observer, cluster)
                 trained_now.append(f"{recipe.name}/{run_name}")
             trained[seed].update({name: sae_directory(run_dir, name) for name in names})
             runs.append(TrainedRun(run_name, seed, run_dir, stage.length))

@@ -6,6 +6,8 @@ Evaluation uses `load_sae(directory)`: the saved SAE (raw-activation space) with
 
 from saekit.train.checkpoint import Checkpoints, run_finished
 from saekit.train.config import TrainSettings, load_config
+from saekit.train.distributed import TRAIN_RESOURCE
+from saekit.train.entry import train
 from saekit.train.export import CFG_FILE, load_sae, save_sae, saved_spec
 from saekit.train.formats import export_transcoder_set, is_transcoder_set
 from saekit.train.importing import import_sae
@@ -20,7 +22,7 @@ from saekit.train.layout import (
 from saekit.train.losses import LossTerm
 from saekit.train.member import Member, concatenated
 from saekit.train.metrics import METRICS_FILE, MetricsLog, read_metrics
-from saekit.train.run import RunResult, TrainRequest, differing_keys, train
+from saekit.train.run import RunResult, TrainRequest, differing_keys
 from saekit.train.sae import SAE, Dictionary
 from saekit.train.sae_config import SAEConfig
 from saekit.train.schedule import Plan
@@ -47,6 +49,7 @@ __all__ = [
     "SAE",
     "SHAPE_DEFAULTS",
     "TRACKING_FILE",
+    "TRAIN_RESOURCE",
     "VARIANTS",
     "Block",
     "Checkpoints",

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from saekit.base.atomic import write_json, write_torch
+from saekit.base.atomic import link_or_copy, write_json, write_torch
 from saekit.base.errors import SaekitError
 from saekit.base.outputs import make_directory, remove_directory
 
@@ -59,6 +60,31 @@ class Checkpoints:
         members: dict[str, dict[str, Any]],
         complete: bool = False,
     ) -> None:
+        def write_members(directory: Path) -> None:
+            for name, state in members.items():
+                write_torch(directory / f"{name}.pt", state)
+
+        self._write(step, trainer, write_members, complete)
+
+    def gather(
+        self, step: int, trainer: dict[str, Any], files: dict[str, Path], complete: bool
+    ) -> None:
+        """A checkpoint of SAE states saved in other checkpoints (by the groups of a distributed
+        run): each SAE's file, by name, linked where the file system allows it, else copied."""
+
+        def link_members(directory: Path) -> None:
+            for name, source in files.items():
+                link_or_copy(source, directory / f"{name}.pt")
+
+        self._write(step, trainer, link_members, complete)
+
+    def _write(
+        self,
+        step: int,
+        trainer: dict[str, Any],
+        write_members: Callable[[Path], None],
+        complete: bool,
+    ) -> None:
         latest = self.latest()
         if latest is not None and (latest["step"], latest["complete"]) == (step, complete):
             return  # the state at a step is deterministic: this one is saved already
@@ -68,8 +94,7 @@ class Checkpoints:
         make_directory(directory, self.root)
         try:
             write_torch(directory / TRAINER_STATE, trainer)
-            for name, state in members.items():
-                write_torch(directory / f"{name}.pt", state)
+            write_members(directory)
         except BaseException:  # a full disk, a file-size limit, Ctrl-C: no half checkpoint left
             remove_directory(directory)
             raise
@@ -79,6 +104,13 @@ class Checkpoints:
         for other in self.root.iterdir():  # only the checkpoints saekit names, nothing else
             if other != directory and _STEP_DIR.fullmatch(other.name):
                 remove_directory(other)
+
+    def member_file(self, name: str) -> Path:
+        """The file of SAE `name` in the latest checkpoint (which must exist)."""
+        latest = self.latest()
+        assert latest is not None, "a checkpoint was completed"
+        self._refuse_links(self.root / latest["directory"])
+        return self.root / latest["directory"] / f"{name}.pt"
 
     def latest(self) -> dict[str, Any] | None:
         """What `latest.json` says, or None when no checkpoint was completed."""

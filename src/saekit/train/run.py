@@ -66,7 +66,9 @@ POSITION_READ_ROWS = 1 << 20
 
 @dataclass(frozen=True)
 class TrainRequest:
-    """What `sae train` was asked to do."""
+    """What `sae train` was asked to do. `groups` splits the SAEs into that many groups trained
+    side by side, each on its own device (see `distributed.py`); None trains them together in
+    this process unless `out` holds a run already split into groups."""
 
     store: str
     hook: str | None
@@ -78,6 +80,7 @@ class TrainRequest:
     tracking: Tracking = field(default_factory=Tracking)  # --wandb, --tensorboard
     tracking_name: str | None = None  # the tracked run's name (default: the run's directory's)
     tracking_group: str | None = None  # wandb's group (a recipe's runs share one)
+    groups: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,22 +95,65 @@ class RunResult:
     tracked: tuple[str, ...] = ()  # where the trackers wrote the run, for a person
 
 
-def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
-    """Validate the request, then train every dictionary on one stream of the store's rows
-    (each hook any of them reads is read once per batch)."""
+@dataclass(frozen=True)
+class Share:
+    """What one group of a distributed run shares with the rest of it: the whole run's SAEs
+    (`run_specs`, the group's among them), whose fields it reads as the whole run reads them —
+    for calibration, and for training too when rows holding NaN or Inf are skipped — so that it
+    sees exactly the rows one process would; and the CPUs its worker may use for loading
+    (None: all of the machine's)."""
+
+    run_specs: tuple[SAESpec, ...] = ()
+    cpus: int | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A checked request: the store, the SAEs and their shapes, what they read, the plan and
+    the run's identity. `run_reads` is what the whole run reads (more than `reads` for a group
+    of a distributed run, see `Share`)."""
+
+    store: ActivationStore
+    hook: str | None
+    specs: list[ResolvedSpec]
+    shapes: dict[str, Shape]
+    reads: RunReads
+    run_reads: RunReads
+    plan: Plan
+    identity: dict[str, Any]
+
+
+def prepare(request: TrainRequest, run_specs: tuple[SAESpec, ...] = ()) -> Prepared:
+    """Everything about the request that can be checked without a device, checked: the output
+    directory's place, the store and hook, every spec, gradients where they are read, the plan.
+    `run_specs`: the whole run's SAEs when the request is one group of it."""
     refuse_inside_store(request.out, "train")
     store = ActivationStore.open(request.store, request.storage_options)
     hook = default_hook(store, request.hook)
     widths = {name: spec.d for name, spec in store.spec.hooks.items()}
-    specs = resolve_specs(request.specs, widths, hook, request.settings.lr)
-    shapes = {spec.name: spec.shape(widths, hook) for spec in specs}
-    reads = RunReads.of(specs, shapes)
-    for gradient_hook in reads.gradient_hooks:
+    lr = request.settings.lr
+    specs = resolve_specs(request.specs, widths, hook, lr)
+    everyone = resolve_specs(list(run_specs), widths, hook, lr) if run_specs else specs
+    shapes = {spec.name: spec.shape(widths, hook) for spec in everyone}
+    reads, run_reads = RunReads.of(specs, shapes), RunReads.of(everyone, shapes)
+    for gradient_hook in run_reads.gradient_hooks:
         store.require_gradients(gradient_hook)
-    settings = request.settings
-    plan = make_plan(store, settings)
-    identity = run_identity(store, hook, specs, settings, plan)
-    check_out_dir(request.out, identity, request.resume)
+    plan = make_plan(store, request.settings)
+    identity = run_identity(store, hook, specs, request.settings, plan)
+    return Prepared(store, hook, specs, shapes, reads, run_reads, plan, identity)
+
+
+def train_here(
+    request: TrainRequest, observer: Observer | None = None, share: Share | None = None
+) -> RunResult:
+    """Validate the request, then train every dictionary on one stream of the store's rows
+    (each hook any of them reads is read once per batch), in this process on one device.
+    `share` makes the run one group of a distributed run (see `Share`)."""
+    share = share or Share()
+    prepared = prepare(request, share.run_specs)
+    store, hook, specs, shapes = prepared.store, prepared.hook, prepared.specs, prepared.shapes
+    settings, plan = request.settings, prepared.plan
+    check_out_dir(request.out, prepared.identity, request.resume)
     check_run_directories(request.out, [spec.name for spec in specs])
     probe_writable(request.out)
 
@@ -126,7 +172,8 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
     name, group = request.tracking_name, request.tracking_group
     with track_training(tracking, request.out, start, name, group) as tracker:
         if checkpoint is None:
-            scales, calibration = calibrate(store, reads, members, settings, device)
+            scales, calibration = calibrate(store, prepared.run_reads, members, settings, device)
+            identity = prepared.identity
             config = run_config(identity, plan, hook, scales, calibration, request, device)
             make_directory(request.out, request.out)
             write_json(request.out / CONFIG_FILE, config)
@@ -140,30 +187,47 @@ def train(request: TrainRequest, observer: Observer | None = None) -> RunResult:
         cadence = Cadence(settings.log_every, settings.checkpoint_every)
         nonfinite = NonFinitePolicy(skip=settings.skip_nonfinite)
         observers = Observers(observer, tracker)
-        trainer = Trainer(members, plan, cadence, reads, scales, request.out, observers, nonfinite)
+        trainer = Trainer(
+            members, plan, cadence, prepared.reads, scales, request.out, observers, nonfinite
+        )
         if checkpoint is not None:
             start = restore(trainer, checkpoint, checkpoints)
         if not already_complete:
+            # a group skipping non-finite rows reads all the whole run reads: it skips the same
+            loaded = prepared.run_reads if settings.skip_nonfinite else prepared.reads
             loader = ShuffledLoader(
                 store,
-                fields=(*reads.fields(), ROW_INDEX),
+                fields=(*loaded.fields(), ROW_INDEX),
                 batch_size=settings.batch_size,
                 seed=settings.seed,
                 epochs=None,
                 encoded=device.type != "cpu",  # the device decodes what the store holds
                 pin_device=device if device.type == "cuda" else None,
-                threads=LoaderThreads.for_machine(request.store, device),
+                threads=LoaderThreads.for_machine(request.store, device, share.cpus),
             )
             trainer.run(iter(loader), start)
     tracked = tuple(tracker.where) if tracker is not None else ()
     final = {record["sae"]: record for record in read_metrics(request.out / METRICS_FILE)}
-    sae_dirs = {}
     location = absolute_location(request.store)  # where it is now (it may have moved)
-    for member in members:  # also after a kill between the last checkpoint and the export
-        sae_dirs[member.name] = sae_directory(request.out, member.name)
-        cfg = sae_config(member, scales, calibration[member.name], config, location)
-        save_sae(member.sae, sae_dirs[member.name], cfg)
+    sae_dirs = {  # also after a kill between the last checkpoint and the export
+        member.name: export(request.out, member, scales, calibration[member.name], config, location)
+        for member in members
+    }
     return RunResult(request.out, sae_dirs, plan, final, already_complete, tracked)
+
+
+def export(
+    out: Path,
+    member: Member,
+    scales: dict[str, float],
+    calibration: dict[str, float],
+    config: dict[str, Any],
+    store_location: str,
+) -> Path:
+    """Save a trained member as `out/saes/<name>` (raw-activation space); return where."""
+    directory = sae_directory(out, member.name)
+    save_sae(member.sae, directory, sae_config(member, scales, calibration, config, store_location))
+    return directory
 
 
 def default_hook(store: ActivationStore, hook: str | None) -> str | None:

@@ -34,6 +34,10 @@ from saekit.train.schedule import Plan
 class Observer:
     """Hooks for progress reporting (the CLI draws a progress bar); every method is optional."""
 
+    def split(self, groups: list[list[str]], time_fraction: float) -> None:
+        """A distributed run's SAEs split into groups, one per device; the slowest group should
+        take `time_fraction` of one device's time."""
+
     def started(self, plan: Plan, start_step: int) -> None: ...
 
     def stepped(self, step: int, epoch: int) -> None: ...
