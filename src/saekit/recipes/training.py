@@ -94,9 +94,11 @@ def train_recipe(
                     train(request, observer, cluster)
                 trained_now.append(f"{recipe.name}/{run_name}")
             trained[seed].update({name: sae_directory(run_dir, name) for name in names})
-            for done in _finetune(stage, inputs, run_dir, store, device, model, storage_options):
-                message(f"{recipe.name}: fine-tuned {done} of run {run_name}")
-                trained_now.append(f"{recipe.name}/{run_name}/{done}")
+            tuned = _finetune(
+                stage, inputs, run_dir, store, device, model, storage_options,
+                lambda what: message(f"{recipe.name}: fine-tuning {what}"),
+            )  # fmt: skip
+            trained_now += [f"{recipe.name}/{run_name}/{suffix}" for suffix in tuned]
             runs.append(TrainedRun(run_name, seed, run_dir, stage.length))
     return runs, trained_now
 
@@ -109,9 +111,10 @@ def _finetune(
     device: str,
     model: str | None,
     storage_options: dict[str, Any] | None,
+    message: Callable[[str], None],
 ) -> list[str]:
     """Run the stage's declared fine-tunes on its run whose SAEs are not all saved yet (a cut
-    one continues from its checkpoint); return what was fine-tuned ("<share> of <n> SAEs")."""
+    one continues from its checkpoint); return the name suffixes of those run."""
     preset, done = inputs.scope.preset, []
     context_size = int(store.spec.identity.get("context_size") or preset.context_size)
     for declared, texts in stage.finetunes(inputs):
@@ -131,8 +134,9 @@ def _finetune(
         made = [sae_directory(run_dir, f"{name}-{request.name_suffix}") for name in names]
         if all((directory / CFG_FILE).exists() for directory in made):
             continue
+        message(f"{len(names)} SAEs of run {run_dir.name} on {tokens:,} tokens")
         finetune(request)
-        done.append(f"{len(names)} SAEs on {tokens:,} tokens")
+        done.append(request.name_suffix)
     return done
 
 
