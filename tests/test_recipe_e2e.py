@@ -182,4 +182,4 @@ def test_the_paper_preset_states_the_fine_tunes_in_its_cost():
     cost = estimate([(RECIPE, scope)], gpt2, harvesting=True)
     assert cost.saes == 2 * 4 * 3 + 2 * 4, "3 arms at 4 L0s, 2 seeds, and the fine-tuned TopKs"
     assert cost.finetune_flops > 0 and "KL fine-tunes" in cost.describe()
-    assert finetune_tokens(scope) == 700_000, "5 % of 14M"
+    assert finetune_tokens(scope) == 684 * 8 * 128, "5 % of 14M, in whole steps of 8 contexts"

@@ -103,8 +103,9 @@ class Finetune:
     contexts: int = 8
 
     def tokens(self, training_tokens: int, context_size: int) -> int:
-        """The fine-tune's tokens: `share` of the SAE's, at least one step."""
-        return max(round(self.share * training_tokens), self.contexts * context_size)
+        """The fine-tune's tokens: `share` of the SAE's, rounded to whole steps (at least one)."""
+        step = self.contexts * context_size
+        return max(round(self.share * training_tokens / step), 1) * step
 
 
 @dataclass(frozen=True)
