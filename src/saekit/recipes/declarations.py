@@ -297,10 +297,16 @@ class Recipe:
     def scope(self, preset: Preset, d_in: int, hooks: tuple[str, ...]) -> Scope:
         return Scope(preset, self.grid(preset), d_in, hooks)
 
-    def steers(self, scope: Scope, variant: str, options: Mapping[str, Any]) -> bool:
-        """Whether the SAE with these options gets the steering sweep."""
+    def steers(
+        self, scope: Scope, variant: str, options: Mapping[str, Any], finetuned: bool = False
+    ) -> bool:
+        """Whether the SAE with these options (fine-tuned from another or not) gets the steering
+        sweep."""
         return any(
-            s.variant == variant and _subset(s.options, options) for s in self.steered(scope)
+            s.variant == variant
+            and _subset(s.options, options)
+            and s.finetuned in (None, finetuned)
+            for s in self.steered(scope)
         )
 
     def steering_alphas(self, scope: Scope) -> tuple[float, ...]:
