@@ -91,6 +91,8 @@ CLAIMS = {
         "An SAE trained against the LM's loss reaches the local SAE's loss added at a lower L0",
         "A short KL fine-tune of a local SAE lowers its loss added at equal L0",
         "The store-only estimate ranks the SAEs as the online loss added does",
+        "An SAE trained against the LM's loss reaches the local SAE's spliced KL at a lower L0",
+        "A short KL fine-tune of a local SAE lowers its spliced KL at equal L0",
     ],
 }
 FIGURES = [
