@@ -3,6 +3,7 @@ on the tiny LM (the shrunk preset of test_recipes.py), resumed, and its verdicts
 rows."""
 
 import json
+import shutil
 
 import pytest
 
@@ -81,6 +82,19 @@ def test_a_second_e2e_run_trains_fine_tunes_and_evaluates_nothing(e2e_run):
     outcome = run_recipes(request)
     assert outcome.trained_runs == [] and outcome.evaluated_rows == 0
     assert snapshot(request.out / "e2e") == before, "runs, fine-tunes and caches are untouched"
+
+
+@pytest.mark.slow  # the e2e_run fixture, one fine-tune again
+def test_a_lost_fine_tuned_sae_is_fine_tuned_again_and_nothing_else(e2e_run):
+    request, _ = e2e_run
+    run = request.out / "e2e" / "runs" / "main-s1"
+    name = "topk-k8-128-kl1024"
+    weights = (run / "saes" / name / "sae.safetensors").read_bytes()
+    shutil.rmtree(run / "saes" / name)
+    shutil.rmtree(run / "finetunes" / name)
+    outcome = run_recipes(request)
+    assert outcome.trained_runs == ["e2e/main-s1/kl1024"], "the fine-tune only, not the run"
+    assert (run / "saes" / name / "sae.safetensors").read_bytes() == weights, "the same SAE"
 
 
 # -- by hand --------------------------------------------------------------------------------------
