@@ -7,7 +7,9 @@ import shutil
 
 import pytest
 
-from helpers import snapshot
+from helpers import assert_one_line_error, snapshot
+from saekit.cache_format import HookSpec
+from saekit.cache_format.synthetic import synthetic_spec, write_synthetic_store
 from saekit.recipes import RecipeRequest, run_recipes
 from saekit.recipes.claims import FAILS, HOLDS, INCONCLUSIVE
 from saekit.recipes.compare import ranks, spearman
@@ -95,6 +97,16 @@ def test_a_lost_fine_tuned_sae_is_fine_tuned_again_and_nothing_else(e2e_run):
     outcome = run_recipes(request)
     assert outcome.trained_runs == ["e2e/main-s1/kl1024"], "the fine-tune only, not the run"
     assert (run / "saes" / name / "sae.safetensors").read_bytes() == weights, "the same SAE"
+
+
+def test_a_store_without_gradients_is_one_line_and_writes_nothing(run_cli, tiny_lm, tmp_path):
+    store = tmp_path / "no-gradients.zarr"
+    hooks = {"blocks.1.hook_resid_post": HookSpec(d=64, gradients=False)}
+    write_synthetic_store(store, synthetic_spec(2048, hooks=hooks, holdout_rows=256))
+    out = tmp_path / "out"
+    result = run_cli("recipe", "e2e", "--out", out, "--model", tiny_lm, "--store", store)
+    assert_one_line_error(result, "has no gradients for blocks.1.hook_resid_post", "loss_aware")
+    assert not out.exists()
 
 
 # -- by hand --------------------------------------------------------------------------------------
