@@ -179,6 +179,9 @@ def test_e2e_verdicts_on_hand_made_rows():
     # worse: at the local SAE's L0 4 and 8 the loss-aware SAE needs about 1.6× the L0; at 16
     # it never reaches the local SAE's loss added (no point)
     assert len(aware.points) == 2 and aware.verdict == FAILS
+    (nothing,) = [judge("e2e", claims(SCOPE)[0], Results([]))]
+    assert nothing.verdict == INCONCLUSIVE
+    assert nothing.measured().startswith("no point where both arms could be compared. ")
 
 
 def test_the_rank_claim_fails_when_the_estimate_ranks_the_saes_backwards():
