@@ -3,6 +3,7 @@ grids moved to the research note's L0s (16 and 32) and a shorter online evaluati
 shared 2-core CPU:
 
     .venv/bin/python experiments/research_recipes.py gsae choice gated
+    .venv/bin/python experiments/research_recipes.py e2e
 
 Writes experiments/output/research-recipes/ (report.md, report.json, figures/); resumable like
 `sae recipe`. Skips with a message when the research LM or the shared data is absent.
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from saekit.recipes import SMALL, RecipeRequest, Reporter, run_recipes
 from saekit.recipes.choice import ChoiceGrid
+from saekit.recipes.e2e import GRIDS as E2E_GRIDS
 from saekit.recipes.gsae import GRIDS as GSAE_GRIDS
 from saekit.recipes.transcoders import GRIDS as TRANSCODERS_GRIDS
 
@@ -34,6 +36,7 @@ RESEARCH = dataclasses.replace(
         ),
         "choice": ChoiceGrid(k=(16, 32)),
         "transcoders": dataclasses.replace(TRANSCODERS_GRIDS["small"], k=(16, 32)),
+        "e2e": dataclasses.replace(E2E_GRIDS["small"], k=(16, 32)),
     },
 )
 

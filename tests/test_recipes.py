@@ -14,6 +14,7 @@ from saekit.harvest import plan_harvest
 from saekit.recipes import SMALL, RecipeRequest, run_recipes
 from saekit.recipes.choice import ChoiceGrid
 from saekit.recipes.claims import FAILS, HOLDS, INCONCLUSIVE
+from saekit.recipes.e2e import E2EGrid
 from saekit.recipes.gated import GatedGrid
 from saekit.recipes.gsae import GSAEGrid
 from saekit.recipes.inputs import check_inputs, harvest_config
@@ -46,6 +47,8 @@ FAST = dataclasses.replace(
         "choice": ChoiceGrid(k=(4, 8)),
         "gated": GatedGrid(l1=(2.0, 8.0)),
         "transcoders": TranscodersGrid(k=(4, 8), matryoshka_k=4, prefixes=(0.25, 0.5, 1.0)),
+        # a fine-tune of a quarter of the 4k training tokens: 8 steps of 4 contexts of 32
+        "e2e": E2EGrid(k=(4, 8), loss_aware=0.3, finetune_share=0.25, finetune_contexts=4),
     },
 )
 
@@ -84,6 +87,13 @@ CLAIMS = {
         "latents trained alone",
         "The full Matryoshka dictionary stays within a few percent of a full-width BatchTopK SAE",
     ],
+    "e2e": [
+        "An SAE trained against the LM's loss reaches the local SAE's loss added at a lower L0",
+        "A short KL fine-tune of a local SAE lowers its loss added at equal L0",
+        "The store-only estimate ranks the SAEs as the online loss added does",
+        "An SAE trained against the LM's loss reaches the local SAE's spliced KL at a lower L0",
+        "A short KL fine-tune of a local SAE lowers its spliced KL at equal L0",
+    ],
 }
 FIGURES = [
     "gsae_fig4_l0.png",
@@ -98,6 +108,7 @@ FIGURES = [
     "gated_pareto.png",
     "transcoders_shapes.png",
     "transcoders_matryoshka.png",
+    "e2e_loss_l0.png",
 ]
 
 
@@ -115,11 +126,12 @@ def recipes_run(tiny_lm, corpus, tmp_path_factory):
     return request, run_recipes(request)
 
 
-@pytest.mark.slow  # all three recipes, end to end (the recipes_run fixture)
+@pytest.mark.slow  # every recipe, end to end (the recipes_run fixture)
 def test_every_recipe_reports_its_claims_with_verdicts_and_figures(recipes_run):
     request, outcome = recipes_run
     out = request.out
-    assert len(outcome.trained_runs) == 4 + 4 + 2 + 2, "gsae, choice: two stages; 2 seeds each"
+    # gsae, choice: two stages, 2 seeds each; gated, transcoders: one; e2e: one and its fine-tune
+    assert len(outcome.trained_runs) == 4 + 4 + 2 + 2 + 2 + 2
     report = json.loads((out / "report.json").read_text())
     for recipe, texts in CLAIMS.items():
         claims = report["recipes"][recipe]["claims"]

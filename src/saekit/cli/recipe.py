@@ -67,7 +67,9 @@ def register(app: typer.Typer) -> None:
     def recipe(
         name: Annotated[
             list[str],
-            typer.Argument(help="gsae, choice, gated, transcoders or all (several may be given)."),
+            typer.Argument(
+                help="gsae, choice, gated, transcoders, e2e or all (several may be given)."
+            ),
         ],
         out: Annotated[Path, typer.Option(help="Directory for the store, runs and report.")],
         model: Annotated[

@@ -22,6 +22,9 @@ from typing import Any
 HOLDS = "holds"
 FAILS = "does not hold"
 INCONCLUSIVE = "inconclusive"
+# a compared claim without a point: the rows of an arm are missing, or the two curves share no
+# L0 range or never reach each other's values there
+NO_POINT = "no point where both arms could be compared"
 
 
 @dataclass
@@ -95,7 +98,9 @@ class Claim:
     def measured(self) -> str:
         """The numbers behind the verdict, one clause per point."""
         if not self.points:
-            return self.note
+            if self.fixed_verdict is not None:
+                return self.note
+            return f"{NO_POINT}. {self.note}" if self.note else NO_POINT
         parts = []
         for p in self.points:
             parts.append(

@@ -1,8 +1,10 @@
-"""Claim points from evaluated rows: two series compared at matched L0, per key, or per value."""
+"""Claim points from evaluated rows: two series compared at matched L0, per key, or per value;
+and how well one metric ranks a series' rows as another does."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from saekit.recipes.claims import Point
@@ -108,3 +110,46 @@ def borrow_spread(points: list[Point]) -> list[Point]:
     for point in points:
         point.borrowed_spread = max(repeated) if repeated else None
     return points
+
+
+def ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ties given the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for i in order[start : end + 1]:
+            out[i] = (start + end) / 2 + 1
+        start = end + 1
+    return out
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (Pearson's of the ranks); NaN with fewer than 3 pairs or a
+    constant side."""
+    if len(a) != len(b) or len(a) < 3:
+        return math.nan
+    x, y = ranks(a), ranks(b)
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxy = sum((u - mx) * (v - my) for u, v in zip(x, y, strict=True))
+    sxx = sum((u - mx) ** 2 for u in x)
+    syy = sum((v - my) ** 2 for v in y)
+    return sxy / math.sqrt(sxx * syy) if sxx and syy else math.nan
+
+
+def rank_agreement(
+    results: Results, series: Series, metric: str, reference: str
+) -> dict[int, tuple[float, int]]:
+    """Per seed: Spearman's ρ between `metric` and `reference` over the series' rows where both
+    are measured, and the number of those rows."""
+    out = {}
+    for seed in results.seeds_of(series):
+        pairs = [(r.metric(metric), r.metric(reference)) for r in series.rows(results.rows, seed)]
+        pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+        rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
+        if math.isfinite(rho):
+            out[seed] = (rho, len(pairs))
+    return out

@@ -23,17 +23,21 @@ class Estimate:
     train_flops: float
     eval_flops: float
     saes: int
+    finetune_flops: float = 0.0  # the declared KL fine-tunes (their SAEs are in `saes`)
 
     @property
     def gpu_hours(self) -> float:
-        total = self.harvest_flops + self.train_flops + self.eval_flops
+        total = self.harvest_flops + self.train_flops + self.finetune_flops + self.eval_flops
         return total / (ASSUMED_TFLOPS * 1e12) / 3600
 
     def describe(self) -> str:
+        finetune = (
+            f"KL fine-tunes {self._hours(self.finetune_flops)}, " if self.finetune_flops else ""
+        )
         return (
             f"{self.saes} SAEs; about {self.gpu_hours:.1f} GPU hours (estimated from FLOP counts "
             f"at {ASSUMED_TFLOPS:g} TFLOP/s sustained: harvest {self._hours(self.harvest_flops)}, "
-            f"training {self._hours(self.train_flops)}, "
+            f"training {self._hours(self.train_flops)}, {finetune}"
             f"evaluation {self._hours(self.eval_flops)} h)"
         )
 
@@ -44,11 +48,12 @@ class Estimate:
 
 def estimate(recipes: list[tuple[Recipe, Scope]], model: ModelShape, harvesting: bool) -> Estimate:
     """FLOPs of harvesting (if needed; a backward pass too where a recipe reads gradients),
-    training every stage of every seed of each recipe at its scope, and evaluating (every SAE
-    spliced in each of its modes, and the steering sweeps)."""
+    training every stage of every seed of each recipe at its scope, the declared KL fine-tunes
+    (per token: a clean LM pass and, per SAE, a spliced pass with its backward pass), and
+    evaluating (every SAE spliced in each of its modes, and the steering sweeps)."""
     preset = recipes[0][1].preset
     lm_token = model.forward_flops_per_token(preset.context_size)
-    train = evaluate = 0.0
+    train = evaluate = finetune = 0.0
     saes = 0
     for recipe, scope in recipes:
         d_in = scope.d_in
@@ -73,6 +78,21 @@ def estimate(recipes: list[tuple[Recipe, Scope]], model: ModelShape, harvesting:
                     if steered and stage.length == 1:
                         evaluate += steer_per_sae
                     saes += 1
+                for declared, texts in stage.finetunes(StageInputs(scope, seed)):
+                    tokens = declared.tokens(
+                        round(preset.train_tokens * stage.length), preset.context_size
+                    )
+                    finetune += tokens * lm_token  # the clean pass, shared
+                    for text in texts:
+                        resolved = parse_spec(text).resolve(d_in)
+                        variant = VARIANTS[resolved.variant]
+                        per_row = 2 * d_in * resolved.latents
+                        finetune += tokens * (
+                            BACKWARD_FACTOR * lm_token + variant.dense_products * per_row
+                        )
+                        modes = variant.modes(resolved.options, recipe.diagnostic_modes)
+                        evaluate += len(modes) * preset.online_tokens * lm_token
+                        saes += 1
     passes = BACKWARD_FACTOR if any(recipe.needs_gradients for recipe, _ in recipes) else 1
     harvest = passes * lm_token * preset.harvest_tokens if harvesting else 0.0
-    return Estimate(harvest, train, evaluate, saes)
+    return Estimate(harvest, train, evaluate, saes, finetune)

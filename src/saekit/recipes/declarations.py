@@ -92,9 +92,27 @@ Derive = Callable[[StageInputs, Any], Mapping[str, Any]]  # (inputs, swept value
 
 
 @dataclass(frozen=True)
+class Finetune:
+    """A short KL fine-tune of a train set's SAEs after their stage trained (`sae finetune`):
+    each SAE trained further on the spliced LM's KL to the clean LM plus its reconstruction
+    loss, on the store's training contexts, for `share` of its training tokens in steps of
+    `contexts` contexts; the results are new SAEs of the stage's run (`<name>-kl<tokens>`),
+    evaluated like the others."""
+
+    share: float
+    contexts: int = 8
+
+    def tokens(self, training_tokens: int, context_size: int) -> int:
+        """The fine-tune's tokens: `share` of the SAE's, rounded to whole steps (at least one)."""
+        step = self.contexts * context_size
+        return max(round(self.share * training_tokens / step), 1) * step
+
+
+@dataclass(frozen=True)
 class TrainSet:
     """SAEs of some arms, swept over one option (`k`, `l1`, or `latents` given as factors of the
-    base width) with other options `fixed`; trained on every seed or on the first only."""
+    base width) with other options `fixed`; trained on every seed or on the first only, and
+    fine-tuned afterwards when a `finetune` is declared."""
 
     arms: tuple[Arm, ...]
     over: str
@@ -102,6 +120,7 @@ class TrainSet:
     fixed: Mapping[str, Any] = field(default_factory=dict)
     seeds: Literal["all", "first"] = "all"
     derive: Derive | None = None  # options learnt from earlier stages, per swept value
+    finetune: Finetune | None = None
 
     def specs(self, inputs: StageInputs) -> list[str]:
         scope, specs = inputs.scope, []
@@ -140,6 +159,16 @@ class Stage:
             for text in train_set.specs(inputs)
         ]
         return list(dict.fromkeys(specs))
+
+    def finetunes(self, inputs: StageInputs) -> list[tuple[Finetune, list[str]]]:
+        """The fine-tunes declared for this stage's run of `inputs.seed`: each with the specs
+        of the SAEs it fine-tunes."""
+        first = inputs.seed == inputs.scope.preset.seeds[0]
+        return [
+            (train_set.finetune, train_set.specs(inputs))
+            for train_set in self.sets
+            if train_set.finetune is not None and (train_set.seeds == "all" or first)
+        ]
 
 
 # -- claims ---------------------------------------------------------------------------------------
@@ -268,10 +297,16 @@ class Recipe:
     def scope(self, preset: Preset, d_in: int, hooks: tuple[str, ...]) -> Scope:
         return Scope(preset, self.grid(preset), d_in, hooks)
 
-    def steers(self, scope: Scope, variant: str, options: Mapping[str, Any]) -> bool:
-        """Whether the SAE with these options gets the steering sweep."""
+    def steers(
+        self, scope: Scope, variant: str, options: Mapping[str, Any], finetuned: bool = False
+    ) -> bool:
+        """Whether the SAE with these options (fine-tuned from another or not) gets the steering
+        sweep."""
         return any(
-            s.variant == variant and _subset(s.options, options) for s in self.steered(scope)
+            s.variant == variant
+            and _subset(s.options, options)
+            and s.finetuned in (None, finetuned)
+            for s in self.steered(scope)
         )
 
     def steering_alphas(self, scope: Scope) -> tuple[float, ...]:

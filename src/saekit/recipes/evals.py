@@ -115,7 +115,8 @@ def pending(
             for target in targets_of(run.name, sae, diagnostic=recipe.diagnostic_modes)
             if target.label not in cached
         )
-        steered = run.length == 1 and recipe.steers(scope, sae.cfg.variant, sae.cfg.options)
+        cfg = sae.cfg
+        steered = run.length == 1 and recipe.steers(scope, cfg.variant, cfg.options, cfg.finetuned)
         if labels:
             jobs.append(
                 SAEJob(

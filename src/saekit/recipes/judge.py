@@ -14,6 +14,7 @@ from saekit.recipes.compare import (
     common_seeds,
     l0_ratio_at_matched_metric,
     per_key,
+    rank_agreement,
     shared_l0_range,
 )
 from saekit.recipes.declarations import ClaimSpec, Comparison
@@ -59,6 +60,27 @@ class L0RatioAtMatched(Comparison):
             return []
         l0s = geometric_grid(*shared, GRID_POINTS)
         return l0_ratio_at_matched_metric(results, claimed, other, metric, l0s)
+
+
+@dataclass(frozen=True)
+class RankAgreement(Comparison):
+    """Whether the claimed series' metric ranks its rows as `reference` does: Spearman's ρ over
+    each seed's rows, one point of the seeds' ρs against `threshold` (it holds when their mean
+    exceeds the threshold by more than their range, does not hold when it falls short by more).
+    The other series is not read."""
+
+    reference: str
+    threshold: float
+
+    def points(self, results: Results, claimed: Series, other: Series, metric: str) -> list[Point]:
+        by_seed = rank_agreement(results, claimed, metric, self.reference)
+        if not by_seed:
+            return []
+        rhos = [rho for rho, _ in by_seed.values()]
+        counts = sorted({n for _, n in by_seed.values()})
+        rows = "–".join(map(str, (counts[0], counts[-1]) if len(counts) > 1 else counts))
+        where = f"Spearman ρ over {rows} rows per seed vs {self.threshold:g}"
+        return [Point(where, rhos, [self.threshold] * len(rhos), higher_is_better=True)]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ RECONSTRUCTIONS = (
     "(targets through the final norm and unembedding, strength α · E‖x‖); the gradient as the "
     "sum of next-token CE over the context; aux_zipf; Feature Choice's Zipf capacities fitted to "
     "a TopK SAE's densities, and aux_zipf as the paper's headline FC row; the compute-matched "
-    "ReLU baseline at 1.5× latents; interpolation along Pareto curves linear in log L0."
+    "ReLU baseline at 1.5× latents; the loss-aware objective (store gradients) standing in for "
+    "end-to-end training, and the KL fine-tune added to the training tokens rather than "
+    "replacing their end; interpolation along Pareto curves linear in log L0."
 )
 VERDICTS = (
     "Verdicts: a claim is checked at each point (an L0, a width, a strength) with every seed; "

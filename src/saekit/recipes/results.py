@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,6 +18,10 @@ OFFLINE_METRICS = (
     "underused_fraction",
     "relative_reconstruction_bias",
     "cosine",
+    # the loss added estimated from the store's gradients (`saekit.evaluate.estimate`)
+    "loss_added_estimate",
+    "kl_estimate",
+    "loss_added_first_order",
 )
 ONLINE_METRICS = ("loss_added", "ce_recovered_zero", "ce_recovered_mean", "kl")
 HIGHER_IS_BETTER = {"ce_recovered_zero": True, "ce_recovered_mean": True, "cosine": True}
@@ -54,6 +59,11 @@ class Row:
     def steering(self) -> dict[str, Any] | None:
         return self.data.get("steering")
 
+    @property
+    def finetuned(self) -> bool:
+        """Whether the SAE was made by a KL fine-tune of another SAE of its run."""
+        return bool(self.data.get("finetune"))
+
     def option(self, key: str) -> Any:
         """An option's value; a shape key left out of a saved SAE's options has its default."""
         return self.options.get(key, SHAPE_DEFAULTS.get(key))
@@ -82,22 +92,31 @@ class Row:
 
 @dataclass(frozen=True)
 class Series:
-    """A family of SAEs that differ only along a sweep (k, λ or width): a filter on rows."""
+    """A family of SAEs that differ only along a sweep (k, λ or width): a filter on rows. The
+    SAEs a KL fine-tune made are a family of their own (`finetuned`): they keep the options of
+    the SAE they were fine-tuned from. `variant` or `mode` None: any."""
 
     label: str
-    variant: str
-    mode: str
+    variant: str | None
+    mode: str | None
     options: dict[str, Any]
+    finetuned: bool | None = False  # None: both
 
     def at(self, **options: Any) -> Series:
         """The same series narrowed to rows with these option values (e.g. one k)."""
-        return Series(self.label, self.variant, self.mode, {**self.options, **options})
+        return dataclasses.replace(self, options={**self.options, **options})
+
+    def fine_tuned(self, label: str) -> Series:
+        """The SAEs a KL fine-tune made from this series' SAEs."""
+        return dataclasses.replace(self, label=label, finetuned=True)
 
     def rows(self, rows: Iterable[Row], seed: int | None = None) -> list[Row]:
         return [
             r
             for r in rows
-            if r.matches(self.variant, self.mode, self.options) and seed in (None, r.seed)
+            if r.matches(self.variant, self.mode, self.options)
+            and self.finetuned in (None, r.finetuned)
+            and seed in (None, r.seed)
         ]
 
 

@@ -101,7 +101,7 @@ def run_recipes(request: RecipeRequest, reporter: Reporter | None = None) -> Out
                 runs, trained = train_recipe(
                     recipe, scope, store, workspace, request.device,
                     reporter.training, reporter.message, request.storage_options,
-                    request.tracking, cluster,
+                    request.tracking, cluster, inputs.model.name,
                 )  # fmt: skip
             outcome.trained_runs += trained
             with timed(recipe_timings, "evaluate"):

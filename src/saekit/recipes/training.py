@@ -1,5 +1,7 @@
-"""A recipe's sweep trained: one `sae train` run per stage and seed, many SAEs per data pass.
-A run that finished is not trained again; one that was cut short is resumed."""
+"""A recipe's sweep trained: one `sae train` run per stage and seed, many SAEs per data pass,
+then the fine-tunes the stage declares (`sae finetune` on the run: new SAEs of it). A run that
+finished is not trained again, nor a fine-tune whose SAEs are saved; one that was cut short is
+resumed."""
 
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ from saekit.base.errors import SaekitError
 from saekit.base.outputs import make_directory
 from saekit.base.tracking import Tracking
 from saekit.cache_format import ActivationStore
-from saekit.recipes.declarations import Recipe, Scope, StageInputs
+from saekit.finetune import FinetuneRequest, finetune
+from saekit.recipes.declarations import Recipe, Scope, Stage, StageInputs
 from saekit.recipes.workspace import Workspace
 from saekit.train import (
+    CFG_FILE,
     Observer,
     TrainRequest,
     TrainSettings,
@@ -50,9 +54,11 @@ def train_recipe(
     storage_options: dict[str, Any] | None = None,
     tracking: Tracking | None = None,
     cluster: Cluster | None = None,
+    model: str | None = None,
 ) -> tuple[list[TrainedRun], list[str]]:
     """Train every stage of the recipe, one run per seed (on `cluster`, each run's SAEs in
-    groups over its workers); return its runs and the names of the runs this call trained.
+    groups over its workers), and fine-tune what the stage declares (against `model`, default
+    the store's); return its runs and the names of the runs this call trained or fine-tuned.
     Tracked runs are named `<recipe>/<stage>-s<seed>`, grouped by recipe."""
     preset, runs, trained_now = scope.preset, [], []
     trained: dict[int, dict[str, Path]] = {seed: {} for seed in preset.seeds}
@@ -88,8 +94,50 @@ def train_recipe(
                     train(request, observer, cluster)
                 trained_now.append(f"{recipe.name}/{run_name}")
             trained[seed].update({name: sae_directory(run_dir, name) for name in names})
+            tuned = _finetune(
+                stage, inputs, run_dir, store, device, model, storage_options,
+                lambda what: message(f"{recipe.name}: fine-tuning {what}"),
+            )  # fmt: skip
+            trained_now += [f"{recipe.name}/{run_name}/{suffix}" for suffix in tuned]
             runs.append(TrainedRun(run_name, seed, run_dir, stage.length))
     return runs, trained_now
+
+
+def _finetune(
+    stage: Stage,
+    inputs: StageInputs,
+    run_dir: Path,
+    store: ActivationStore,
+    device: str,
+    model: str | None,
+    storage_options: dict[str, Any] | None,
+    message: Callable[[str], None],
+) -> list[str]:
+    """Run the stage's declared fine-tunes on its run whose SAEs are not all saved yet (a cut
+    one continues from its checkpoint); return the name suffixes of those run."""
+    preset, done = inputs.scope.preset, []
+    context_size = int(store.spec.identity.get("context_size") or preset.context_size)
+    for declared, texts in stage.finetunes(inputs):
+        names = [parse_spec(text).resolve(inputs.scope.d_in).name for text in texts]
+        tokens = declared.tokens(round(preset.train_tokens * stage.length), context_size)
+        request = FinetuneRequest(
+            run=str(run_dir),
+            tokens=tokens,
+            saes=tuple(names),
+            model=model,
+            store=store.location,
+            batch_size=declared.contexts,
+            device=device,
+            seed=inputs.seed,
+            storage_options=storage_options,
+        )
+        made = [sae_directory(run_dir, f"{name}-{request.name_suffix}") for name in names]
+        if all((directory / CFG_FILE).exists() for directory in made):
+            continue
+        message(f"{len(names)} SAEs of run {run_dir.name} on {tokens:,} tokens")
+        finetune(request)
+        done.append(request.name_suffix)
+    return done
 
 
 def _complete(run_dir: Path, names: list[str]) -> bool:
