@@ -12,7 +12,9 @@ Steps, each timed with the device synchronised, with its peak GPU memory:
    forward + backward of the same model on the same batches;
 3. `sae train` of TopK, g-SAE, BatchTopK and Feature Choice in one pass over that store: rows/s
    and the fraction of the time the trainer's thread was blocked waiting for the loader;
-4. `sae eval` online on a few batches of held-out contexts;
+4. `sae eval` online on a few batches of held-out contexts, then the multi-device form of step
+   3: the same SAEs in 2 groups on a LocalCluster of 2 workers (`sae train --groups 2 --cluster
+   local:2`, one GPU each; left out with a single GPU), checked bit for bit against step 3's;
 5. a sharded harvest on a LocalCluster of 2 workers (`--cluster local:2`), each worker seeing
    its own GPU where there are two;
 6. the loader benchmark (`bench_store.py`, one round): raw reads against encoded batches copied
@@ -253,10 +255,7 @@ def train_step(check: Check, work: Path, store: Path, sizes: Sizes) -> Path:
     from saekit.train import TrainRequest, TrainSettings, parse_spec, train
     from saekit.train.metrics import read_metrics
 
-    specs = [
-        f"{variant}:k={sizes.k},latents={sizes.latents}"
-        for variant in ("topk", "gsae", "batchtopk", "feature-choice")
-    ]
+    specs = train_specs(sizes)
     settings = TrainSettings(
         tokens=sizes.train_tokens,
         batch_size=sizes.train_batch,
@@ -279,6 +278,47 @@ def train_step(check: Check, work: Path, store: Path, sizes: Sizes) -> Path:
         )
         figures["final_nmse"] = {n: round(m["nmse"], 3) for n, m in result.final_metrics.items()}
     return work / "run"
+
+
+def train_specs(sizes: Sizes) -> list[str]:
+    """The SAEs the training checks train: four variants, one of them reading gradients."""
+    return [
+        f"{variant}:k={sizes.k},latents={sizes.latents}"
+        for variant in ("topk", "gsae", "batchtopk", "feature-choice")
+    ]
+
+
+def groups_step(check: Check, work: Path, store: Path, run: Path, sizes: Sizes) -> None:
+    """The multi-device form of the training check: the same SAEs split into 2 groups on a
+    LocalCluster of 2 workers (one GPU each; CPU workers in CPU mode), bit for bit the SAEs of
+    the one-process run. Left out on a machine with one GPU."""
+    gpus = torch.cuda.device_count() if check.device.type == "cuda" else 0
+    if check.device.type == "cuda" and gpus < 2:
+        return
+    out = work / "run-groups"
+    command = [
+        sys.executable, "-m", "saekit", "train", "--store", str(store), "--out", str(out),
+        *(arg for spec in train_specs(sizes) for arg in ("--sae", spec)),
+        "--tokens", str(sizes.train_tokens), "--batch-size", str(sizes.train_batch),
+        "--checkpoint-every", "0", "--device", "auto" if gpus else "cpu",
+        "--groups", "2", "--cluster", "local:2",
+    ]  # fmt: skip
+    with check.step("train in 2 groups, LocalCluster of 2 workers") as figures:
+        figures["peak_gpu_memory_gb"] = "n/a (worker processes)"
+        started = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True)
+        figures["seconds_with_startup"] = round(time.perf_counter() - started, 1)
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr.strip().splitlines()[-1])
+        differing = [
+            sae.name
+            for sae in sorted((run / "saes").iterdir())
+            if (sae / "sae.safetensors").read_bytes()
+            != (out / "saes" / sae.name / "sae.safetensors").read_bytes()
+        ]
+        if differing:
+            raise RuntimeError(f"SAEs differ from the one-process run's: {', '.join(differing)}")
+        figures["saes_equal_to_one_process"] = len(list((run / "saes").iterdir()))
 
 
 def eval_step(check: Check, work: Path, run: Path, sizes: Sizes) -> None:
@@ -373,6 +413,7 @@ def run_steps(check: Check, work: Path, sizes: Sizes, hook: str) -> None:
         run = train_step(check, work, store, sizes)
         if check.ok("train 4 SAEs in one pass"):
             eval_step(check, work, run, sizes)
+            groups_step(check, work, store, run, sizes)
     sharded_step(check, work, work / "model", corpus, sizes, hook)
     loader_step(check, work, sizes)
 

@@ -3,16 +3,19 @@ grids moved to the research note's L0s (16 and 32) and a shorter online evaluati
 shared 2-core CPU:
 
     .venv/bin/python experiments/research_recipes.py gsae choice gated
-    .venv/bin/python experiments/research_recipes.py e2e
+    .venv/bin/python experiments/research_recipes.py e2e --out experiments/output/research-e2e \
+        --store experiments/output/research-loss/store.zarr
 
-Writes experiments/output/research-recipes/ (report.md, report.json, figures/); resumable like
-`sae recipe`. Skips with a message when the research LM or the shared data is absent.
+Writes experiments/output/research-recipes/ or --out (report.md, report.json, figures/);
+resumable like `sae recipe`; --store reuses a store of the research LM (e2e needs one with
+gradients at the residual stream, as research_loss.py harvests) instead of harvesting.
+Skips with a message when the research LM or the shared data is absent.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 from saekit.recipes import SMALL, RecipeRequest, Reporter, run_recipes
@@ -47,16 +50,22 @@ class Print(Reporter):
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipes", nargs="*", default=["all"])
+    parser.add_argument("--out", type=Path, default=OUTPUT / "research-recipes")
+    parser.add_argument("--store", help="a store of the research LM to use instead of harvesting")
+    args = parser.parse_args()
     model = OUTPUT / "research-lm"
     data = [p / "text" for p in DATA_CANDIDATES if (p / "text").is_dir()]
     if not (model / "config.json").exists() or not data:
         print("skipped: build experiments/output/research-lm first (needs shared/data)")
         return
     request = RecipeRequest(
-        recipes=tuple(sys.argv[1:]) or ("all",),
-        out=OUTPUT / "research-recipes",
+        recipes=tuple(args.recipes),
+        out=args.out,
         model=str(model),
-        dataset=str(data[0]),
+        dataset=None if args.store else str(data[0]),
+        store=args.store,
         preset=RESEARCH,
         device="cpu",
     )

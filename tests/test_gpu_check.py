@@ -19,6 +19,7 @@ STEPS = [
     "harvest",
     "train 4 SAEs in one pass",
     "eval online",
+    "train in 2 groups, LocalCluster of 2 workers",
     "sharded harvest, LocalCluster of 2 workers",
     "loader benchmark",
 ]
@@ -43,6 +44,8 @@ def test_the_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
     loss_added = steps["eval online"]["loss_added"]
     assert len(loss_added) == 7, "topk, gsae grad/plain, batchtopk and fc threshold/batch"
     assert all(math.isfinite(value) for value in loss_added.values())
+    groups = steps["train in 2 groups, LocalCluster of 2 workers"]
+    assert groups["saes_equal_to_one_process"] == 4, "the grouped SAEs are the one-process ones"
     sharded = steps["sharded harvest, LocalCluster of 2 workers"]
     assert sharded["tokens"] == sizes["shard_tokens"] and sharded["worker_gpus"] == [None, None]
     loader = (out / "bench_store.txt").read_text()
