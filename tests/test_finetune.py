@@ -465,7 +465,7 @@ def test_finetuned_saes_are_new_saes_of_the_run_beside_the_trained_ones(store, r
 # -- bad input -------------------------------------------------------------------------------
 
 
-def test_bad_input_is_one_line_and_writes_nothing(store, trained, tmp_path, run_cli):
+def test_bad_input_is_one_line_and_writes_nothing(store, trained, corpus, tmp_path, run_cli):
     """A model that is not the store's (another tiny LM of the same shape), a store that names
     no model, an unknown SAE, a cross-layer transcoder, a name the run already uses, numbers out
     of range, a missing run: exit 2, one line, and nothing written."""
@@ -481,6 +481,9 @@ def test_bad_input_is_one_line_and_writes_nothing(store, trained, tmp_path, run_
         synthetic, synthetic_spec(2048, holdout_rows=256, hooks={HOOK: HookSpec(d=64)})
     )
     no_model = train_run(synthetic, tmp_path / "no-model", ("topk:k=4,latents=128",))
+    other_store = harvest_small_store(
+        other_lm, corpus, tmp_path / "other.zarr", hooks=(HOOK, MLP_IN, MLP_OUT), dtype="float32"
+    )
     taken = shutil.copytree(trained, tmp_path / "taken")
     shutil.copytree(taken / "saes" / SAE, taken / "saes" / f"{SAE}-kl64")
     before = snapshot(tmp_path)
@@ -496,6 +499,12 @@ def test_bad_input_is_one_line_and_writes_nothing(store, trained, tmp_path, run_
         fragments=("is not the model store", "weights_fingerprint", "tokenizer"),
     )
     refused(no_model, fragments=("names no model", "--model"))
+    refused(
+        run,
+        "--store",
+        other_store,
+        fragments=("another model than store", "weights_fingerprint", "give the store it was"),
+    )
     refused(run, "--sae", "nope", fragments=("has no SAE named nope", SAE, TRANSCODER))
     refused(clt, fragments=("cross-layer transcoder", "--sae"))
     refused(taken, "--sae", SAE, fragments=(f"already holds an SAE named {SAE}-kl64", "--suffix"))
@@ -515,3 +524,29 @@ def test_bad_input_is_one_line_and_writes_nothing(store, trained, tmp_path, run_
     refused(linked, fragments=("is a symbolic link", "finetunes"))
     assert snapshot(tmp_path) == before_link and not any(outside.iterdir())
     assert not (run / "finetunes").exists()
+
+
+# -- tracking --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # a fine-tune with the LM in the loop, read back from TensorBoard's files
+def test_a_finetune_is_tracked_in_tensorboard_as_its_metrics_lines(run, tmp_path, run_cli):
+    """--tensorboard DIR: every number of the fine-tune's metrics lines, per SAE, at its step,
+    in TensorBoard's own reader; the tracked run is named after the run and the suffix."""
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    board = tmp_path / "board"
+    args = ["finetune", run, "--tokens", 24 * CONTEXT, "--batch-size", 2, "--device", "cpu"]
+    result = run_cli(*args, "--sae", SAE, "--tensorboard", board)
+    assert result.exit_code == 0, result.stderr
+    events = accumulator.EventAccumulator(
+        str(board / f"{run.name}-kl768"), size_guidance={"scalars": 0}
+    )
+    events.Reload()
+    records = read_metrics(state_directory(run, f"{SAE}-kl768") / "metrics.jsonl")
+    assert len(records) >= 2
+    for record in records:
+        for key, value in record.items():
+            if key in ("sae", "step") or not isinstance(value, float | int):
+                continue
+            points = {e.step: e.value for e in events.Scalars(f"{record['sae']}/{key}")}
+            assert points[record["step"]] == pytest.approx(value, rel=1e-6), key

@@ -9,9 +9,12 @@ from rich.markup import escape
 from rich.progress import Progress, TextColumn
 from rich.table import Table
 
+from saekit.base.tracking import Tracking
 from saekit.cli.common import (
     DEVICE_HELP,
     StorageOptions,
+    TensorboardDir,
+    WandbProject,
     console,
     parse_storage_options,
     print_table,
@@ -133,6 +136,8 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(help="Tokens between checkpoints; 0: only at the end.")
         ] = 5_000_000,
         storage_options: StorageOptions = None,
+        wandb: WandbProject = None,
+        tensorboard: TensorboardDir = None,
     ) -> None:
         """Fine-tune saved SAEs on the spliced LM's KL to the clean LM plus their reconstruction
         loss; save them as new SAEs of the run (re-run the same command to resume)."""
@@ -154,6 +159,7 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             checkpoint_every=checkpoint_every,
             storage_options=parse_storage_options(storage_options),
+            tracking=Tracking(wandb, tensorboard),
         )
         with FinetuneBar(progress_bar(TextColumn("{task.fields[kl]}"))) as bar:
             result = finetune(request, bar)

@@ -205,12 +205,17 @@ def provenance_differences(trained: dict[str, Any], here: dict[str, Any]) -> lis
 
 
 def check_provenance(
-    sae: SAE, store: ActivationStore, where: Path, allow_other_model: bool = False
+    sae: SAE,
+    store: ActivationStore,
+    where: Path,
+    allow_other_model: bool = False,
+    overridable: bool = True,
 ) -> list[str]:
-    """The one check of an SAE meeting a store (eval, inspect, recipes): the hook and width
-    always (`check_against_store`); the model, tokenizer, vocabulary and context size the store
-    it was trained on recorded, unless `allow_other_model`, which returns the warning a report
-    must then carry."""
+    """The one check of an SAE meeting a store (eval, inspect, recipes, fine-tunes): the hook
+    and width always (`check_against_store`); the model, tokenizer, vocabulary and context size
+    the store it was trained on recorded, unless `allow_other_model`, which returns the warning a
+    report must then carry. `overridable`: whether the command has --allow-other-model (the
+    refusal offers it only then)."""
     check_against_store(sae, store, where)
     trained = sae.cfg.store.get("identity")
     trained = trained if isinstance(trained, dict) else {}
@@ -218,11 +223,15 @@ def check_provenance(
     if not differences:
         return []
     if not allow_other_model:
+        override = (
+            ", or pass --allow-other-model to measure it on this one (the output then says so)"
+            if overridable
+            else ""
+        )
         raise SaekitError(
             f"SAE {where} was trained on activations of another model than store "
             f"{store.location} holds: {'; '.join(differences)}; give the store it was trained "
-            "on with --store, or pass --allow-other-model to measure it on this one (the output "
-            "then says so)"
+            f"on with --store{override}"
         )
     return [
         f"SAE {where} is measured on store {store.location}, whose activations come from "

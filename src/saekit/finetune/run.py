@@ -22,8 +22,9 @@ from saekit.base.devices import check_device_name, resolve_device
 from saekit.base.errors import SaekitError
 from saekit.base.fingerprint import files_fingerprint
 from saekit.base.locations import absolute_location
+from saekit.base.tracking import Tracking
 from saekit.cache_format import ActivationStore
-from saekit.evaluate import check_against_store
+from saekit.evaluate import check_provenance
 from saekit.finetune.data import ContextSource, StoreContexts, TextContexts
 from saekit.finetune.job import Job
 from saekit.finetune.objective import LOSS, Finetuning, Terms, clean_pass
@@ -35,11 +36,13 @@ from saekit.train import (
     Member,
     Plan,
     Throughput,
+    TrainingTracker,
     checkpoint_due,
     load_sae,
     recorded_store,
     saved_saes,
     saved_spec,
+    track_training,
     trained_saes,
 )
 
@@ -71,6 +74,7 @@ class FinetuneRequest:
     log_every: int = 10  # steps between metric lines
     grad_clip: float = 1.0
     storage_options: dict[str, Any] | None = None
+    tracking: Tracking = field(default_factory=Tracking)  # --wandb, --tensorboard
 
     def check(self) -> None:
         """Refuse numbers and names out of range."""
@@ -120,10 +124,28 @@ class Observer:
     def logged(self, step: int, records: list[dict[str, Any]]) -> None: ...
 
 
+class Tracked(Observer):
+    """An observer whose metrics lines also go to a tracked run (`--wandb`, `--tensorboard`)."""
+
+    def __init__(self, observer: Observer, tracker: TrainingTracker) -> None:
+        self.observer, self.tracker = observer, tracker
+
+    def started(self, plan: Plan, start_step: int, contexts_per_step: int) -> None:
+        self.observer.started(plan, start_step, contexts_per_step)
+
+    def stepped(self, step: int) -> None:
+        self.observer.stepped(step)
+
+    def logged(self, step: int, records: list[dict[str, Any]]) -> None:
+        self.observer.logged(step, records)
+        self.tracker.logged(step, records)
+
+
 def finetune(request: FinetuneRequest, observer: Observer | None = None) -> FinetuneResult:
     """Fine-tune the run's SAEs on the spliced model's KL to the clean model (plus their
     reconstruction loss), and save them as new SAEs of the run."""
     request.check()
+    request.tracking.check()
     observer = observer or Observer()
     run = Path(request.run)
     sources = _selected(run, request.saes)
@@ -135,7 +157,7 @@ def finetune(request: FinetuneRequest, observer: Observer | None = None) -> Fine
         request.store or recorded_store(sources[0]), request.storage_options
     )
     for directory, sae in saes.items():
-        check_against_store(sae, store, directory)
+        check_provenance(sae, store, directory, overridable=False)
     context_size = _context_size(store)
     plan = _plan(request, context_size)
     hooks = sorted({hook for sae in saes.values() for hook in sae.shape.hooks})
@@ -151,8 +173,14 @@ def finetune(request: FinetuneRequest, observer: Observer | None = None) -> Fine
     starts = [job.open() for job in jobs]  # the first write
     first = min(starts)
     if first < plan.steps:
-        observer.started(plan, first, request.batch_size)
-        _loop(jobs, plan, data.batches(first, request.batch_size), model, request, observer)
+        # one tracked run per fine-tune, recorded in its first SAE's state directory
+        record_dir, name = jobs[0].state, f"{run.name}-{request.name_suffix}"
+        with track_training(request.tracking, record_dir, first, name) as tracker:
+            if tracker is not None:
+                tracker.begin(record_dir, {job.name: job.identity for job in jobs})
+                observer = Tracked(observer, tracker)
+            observer.started(plan, first, request.batch_size)
+            _loop(jobs, plan, data.batches(first, request.batch_size), model, request, observer)
     saved = {job.name: job.save(_record(job, model)) for job in jobs}
     return FinetuneResult(
         run,
