@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 import typer
 from rich.console import Console
@@ -65,13 +65,27 @@ def progress_bar(*extra_columns) -> Progress:
     )
 
 
-class LateProgressBar:
-    """A progress bar shown from its first task on, so that an error found before any work
-    starts is printed alone, as one line."""
+class BarOwner:
+    """Owns a progress bar that is started with its first task (so that an error found before
+    any work starts is printed alone, as one line) and stopped on leaving the `with` block
+    (vanishing after a failure)."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.task: Any = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        stop_bar(self.bar, started=self.task is not None, vanish=exc_info[0] is not None)
+
+
+class LateProgressBar(BarOwner):
+    """A progress bar shown from its first task on."""
 
     def __init__(self, *extra_columns) -> None:
-        self.bar = progress_bar(*extra_columns)
-        self.task = None
+        super().__init__(progress_bar(*extra_columns))
 
     def add_task(self, description: str, total: int | None, completed: int = 0) -> None:
         if self.task is None:
@@ -80,12 +94,6 @@ class LateProgressBar:
 
     def advance(self, n: int) -> None:
         self.bar.advance(self.task, n)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        stop_bar(self.bar, started=self.task is not None, vanish=exc_info[0] is not None)
 
 
 def stop_bar(bar: Progress, *, started: bool = True, vanish: bool = False) -> None:

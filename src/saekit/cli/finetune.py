@@ -6,12 +6,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress, TextColumn
+from rich.progress import TextColumn
 from rich.table import Table
 
 from saekit.base.tracking import Tracking
 from saekit.cli.common import (
     DEVICE_HELP,
+    BarOwner,
     StorageOptions,
     TensorboardDir,
     WandbProject,
@@ -19,7 +20,6 @@ from saekit.cli.common import (
     parse_storage_options,
     print_table,
     progress_bar,
-    stop_bar,
 )
 
 if TYPE_CHECKING:
@@ -27,12 +27,8 @@ if TYPE_CHECKING:
     from saekit.train import Plan
 
 
-class FinetuneBar:
+class FinetuneBar(BarOwner):
     """The fine-tune's progress bar, from its first step on (errors before it print alone)."""
-
-    def __init__(self, bar: Progress) -> None:
-        self.bar = bar
-        self.task: Any = None
 
     def started(self, plan: Plan, start_step: int, contexts_per_step: int) -> None:
         self.bar.start()
@@ -50,12 +46,6 @@ class FinetuneBar:
         kl = ", ".join(f"{record['loss/kl']:.4f}" for record in records)
         rate = records[0]["tokens_per_s"]
         self.bar.update(self.task, kl=f"KL {kl}, {rate:,.0f} tok/s")
-
-    def __enter__(self) -> FinetuneBar:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        stop_bar(self.bar, started=self.task is not None, vanish=exc_info[0] is not None)
 
 
 def print_result(result: FinetuneResult) -> None:

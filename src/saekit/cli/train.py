@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import Progress, TextColumn
+from rich.progress import TextColumn
 from rich.table import Table
 
 from saekit.base.cluster import Cluster
 from saekit.base.tracking import Tracking
 from saekit.cli.common import (
     DEVICE_HELP,
+    BarOwner,
     StorageOptions,
     TensorboardDir,
     WandbProject,
@@ -22,7 +23,6 @@ from saekit.cli.common import (
     parse_storage_options,
     print_table,
     progress_bar,
-    stop_bar,
 )
 from saekit.train import (
     TRAIN_RESOURCE,
@@ -44,12 +44,8 @@ SPEC_HELP = (
 )
 
 
-class ProgressReporter(Observer):
+class ProgressReporter(BarOwner, Observer):
     """Draws the run's progress bar, from the first step on (errors before it print alone)."""
-
-    def __init__(self, bar: Progress) -> None:
-        self.bar = bar
-        self.task: Any = None
 
     def split(self, groups: list[list[str]], time_fraction: float) -> None:
         saes = sum(map(len, groups))
@@ -79,12 +75,6 @@ class ProgressReporter(Observer):
     def logged(self, step: int, records: list[dict[str, Any]]) -> None:
         tokens_per_s, waiting = records[0]["tokens_per_s"], records[0]["data_wait_fraction"]
         self.bar.update(self.task, rate=f"{tokens_per_s:,.0f} tok/s, {waiting:.0%} waiting on data")
-
-    def __enter__(self) -> ProgressReporter:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        stop_bar(self.bar, started=self.task is not None, vanish=exc_info[0] is not None)
 
 
 def print_result(result: RunResult) -> None:
